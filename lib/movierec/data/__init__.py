@@ -1,0 +1,1 @@
+"""MovieLens data: fetch, parse, validate, prepare sequences and splits."""

@@ -1,0 +1,141 @@
+"""Validation rules for canonical interactions, with a report of every rule and its count.
+
+Each rule is a boolean polars expression that is true on a bad row. ``--strict`` (the
+default) fails on the first violated rule with a message naming the file, the line and the
+value; ``--lenient`` drops the flagged rows and the report says how many, per rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from movierec.data.columns import ITEM_COL, LINE_COL, RATING_COL, TIMESTAMP_COL, USER_COL
+from movierec.data.movielens import MALFORMED_COL, RawTables
+
+RATING_MIN, RATING_MAX = 0.5, 5.0
+MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule: a name, what it means, and the expression flagging bad rows."""
+
+    name: str
+    description: str
+    flags: pl.Expr
+    shows: str  # the column whose value an error message quotes
+
+
+def interaction_rules(known_items: pl.Series | None) -> list[Rule]:
+    """The rules, in the order they are checked and reported."""
+    ok = ~pl.col(MALFORMED_COL)
+    rules = [
+        Rule("malformed_line", "line cannot be split into user, item, rating, timestamp",
+             pl.col(MALFORMED_COL), USER_COL),
+        Rule("bad_user_id", "user id missing or not a positive integer",
+             ok & (pl.col(USER_COL).is_null() | (pl.col(USER_COL) <= 0)), USER_COL),
+        Rule("bad_item_id", "item id missing or not a positive integer",
+             ok & (pl.col(ITEM_COL).is_null() | (pl.col(ITEM_COL) <= 0)), ITEM_COL),
+        Rule("rating_out_of_range", f"rating missing or outside {RATING_MIN}-{RATING_MAX:g}",
+             ok & ~pl.col(RATING_COL).is_between(RATING_MIN, RATING_MAX).fill_null(False),
+             RATING_COL),
+        Rule("bad_timestamp", "timestamp missing or negative",
+             ok & (pl.col(TIMESTAMP_COL).is_null() | (pl.col(TIMESTAMP_COL) < 0)),
+             TIMESTAMP_COL),
+        # Only later copies are flagged, so the first (user, item, timestamp) row is kept.
+        Rule("duplicate_interaction", "repeats an earlier (user, item, timestamp) row",
+             ok & pl.struct(USER_COL, ITEM_COL, TIMESTAMP_COL).is_first_distinct().not_(),
+             ITEM_COL),
+    ]
+    if known_items is not None:
+        rules.append(Rule("item_without_metadata", "item id absent from the movie metadata",
+                          ok & pl.col(ITEM_COL).is_not_null()
+                          & ~pl.col(ITEM_COL).is_in(known_items.implode()), ITEM_COL))
+    return rules
+
+
+class RuleResult(BaseModel):
+    """How often one rule fired, with the first few offending lines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str
+    count: int
+    examples: list[str]
+
+
+class ValidationReport(BaseModel):
+    """Every rule and its count, the rows read and the rows kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    rows_read: int
+    rows_dropped: int
+    rules: dict[str, RuleResult]
+
+    @property
+    def violations(self) -> int:
+        """Total rule firings (a row may violate several rules)."""
+        return sum(r.count for r in self.rules.values())
+
+    def summary(self) -> str:
+        """A few human lines: one per rule that fired, or 'all rules passed'."""
+        fired = [f"{name}: {r.count} ({r.description})" for name, r in self.rules.items()
+                 if r.count]
+        if not fired:
+            return f"{self.file}: {self.rows_read:,} rows, all {len(self.rules)} rules passed"
+        return (f"{self.file}: {self.rows_read:,} rows, dropped {self.rows_dropped:,}:\n  "
+                + "\n  ".join(fired))
+
+
+class DataValidationError(ValueError):
+    """Strict validation failed; the message names file, line, value and the fix."""
+
+    def __init__(self, message: str, report: ValidationReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def validate(tables: RawTables, strict: bool = True) -> tuple[pl.DataFrame, ValidationReport]:
+    """Apply every rule to ``tables.interactions``.
+
+    Args:
+        tables: Parsed canonical tables (with ``line`` and ``malformed`` columns).
+        strict: Raise on any violation (default); otherwise drop flagged rows and report.
+
+    Returns:
+        The clean interactions (helper columns kept) and the report.
+
+    Raises:
+        DataValidationError: In strict mode, when any rule fires.
+    """
+    inter = tables.interactions
+    known = tables.items[ITEM_COL] if tables.items.height else None
+    rules = interaction_rules(known)
+    flagged = inter.with_columns([r.flags.alias(f"_bad_{r.name}") for r in rules])
+    counts = flagged.select([pl.col(f"_bad_{r.name}").sum() for r in rules]).row(0)
+    results: dict[str, RuleResult] = {}
+    first_error = ""
+    for rule, count in zip(rules, counts, strict=True):
+        examples: list[str] = []
+        if count:
+            bad = flagged.filter(pl.col(f"_bad_{rule.name}")).head(MAX_EXAMPLES)
+            examples = [f"{tables.interactions_file} line {line}: {rule.shows}={value}"
+                        for line, value in zip(bad[LINE_COL], bad[rule.shows], strict=True)]
+            first_error = first_error or (
+                f"{examples[0].split(':')[0]}: {rule.description} "
+                f"({rule.shows}={bad[rule.shows][0]}); {count:,} such row(s) in all. "
+                "Fix the file or use --lenient to drop such rows")
+        results[rule.name] = RuleResult(description=rule.description, count=int(count),
+                                        examples=examples)
+    any_bad = pl.any_horizontal([pl.col(f"_bad_{r.name}") for r in rules])
+    clean = flagged.filter(~any_bad).select(inter.columns)
+    report = ValidationReport(file=tables.interactions_file, rows_read=inter.height,
+                              rows_dropped=inter.height - clean.height, rules=results)
+    if strict and first_error:
+        raise DataValidationError(first_error, report)
+    return clean, report

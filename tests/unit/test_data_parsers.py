@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from movierec.data.movielens import Layout, ParseError, detect_layout, parse_folder, unpack
+from tests.unit.data_fixtures import write_atomic, write_csv, write_ml1m, write_ml100k, zip_folder
+
+RATINGS_TAB = ["1\t1\t5\t100", "1\t2\t3\t200", "2\t3\t4\t150"]
+
+
+def test_ml100k_parses_items_users_and_latin1(tmp_path: Path) -> None:
+    tables = parse_folder(write_ml100k(tmp_path / "ml-100k", RATINGS_TAB))
+    assert tables.layout is Layout.ML100K
+    assert tables.interactions.select("user_id", "item_id", "rating", "timestamp").rows() == [
+        (1, 1, 5.0, 100), (1, 2, 3.0, 200), (2, 3, 4.0, 150)]
+    assert tables.interactions["line"].to_list() == [1, 2, 3]
+    items = {r["item_id"]: r for r in tables.items.to_dicts()}
+    assert items[1]["title"] == "Toy Story" and items[1]["year"] == 1995
+    assert items[1]["genres"] == ["Animation", "Children's", "Comedy"]
+    assert items[3]["title"] == "Café"
+    assert tables.users is not None and tables.users["occupation"].to_list() == ["technician",
+                                                                                 "other"]
+
+
+def test_ml1m_double_colon_and_users(tmp_path: Path) -> None:
+    tables = parse_folder(write_ml1m(tmp_path / "ml-1m", ["1::1::5::978300760",
+                                                          "2::2::3::978302109"]))
+    assert tables.layout is Layout.DAT
+    assert tables.interactions["item_id"].to_list() == [1, 2]
+    assert tables.items.filter(pl.col("item_id") == 2)["title"].item() == "Café Society"
+    assert tables.users is not None and tables.users["age"].to_list() == [1, 56]
+
+
+def test_csv_quoted_titles_and_no_genres(tmp_path: Path) -> None:
+    tables = parse_folder(write_csv(tmp_path / "ml-latest-small",
+                                    ["1,1,4.5,964982703", "1,2,0.5,964981247"]))
+    assert tables.layout is Layout.CSV
+    assert tables.interactions["line"].to_list() == [2, 3]  # line 1 is the header
+    items = {r["item_id"]: r for r in tables.items.to_dicts()}
+    assert items[2]["title"] == "American President, The" and items[2]["year"] == 1995
+    assert items[3]["genres"] == [] and items[3]["year"] is None
+
+
+def test_atomic_typed_headers(tmp_path: Path) -> None:
+    tables = parse_folder(write_atomic(tmp_path / "tiny", ["1\t1\t3\t881250949.0"]))
+    assert tables.layout is Layout.ATOMIC
+    assert tables.interactions["timestamp"].dtype == pl.Int64
+    assert tables.interactions["timestamp"].item() == 881250949
+    assert tables.items["genres"][0].to_list() == ["Animation", "Children's", "Comedy"]
+
+
+def test_zip_is_extracted_once_and_found_in_subfolder(tmp_path: Path) -> None:
+    folder = write_csv(tmp_path / "src" / "ml-latest-small", ["1,1,4,1"])
+    archive = zip_folder(folder, tmp_path / "ml-latest-small.zip")
+    extracted = unpack(archive, tmp_path / "work")
+    layout, marker = detect_layout(extracted)
+    assert layout is Layout.CSV and marker.name == "ratings.csv"
+    assert unpack(archive, tmp_path / "work") == extracted
+
+
+def test_malformed_lines_are_flagged_with_exact_line_numbers(tmp_path: Path) -> None:
+    ratings = ["1\t1\t5\t100", "1\t2\tfive\t200", "", "2\t3\t4", "2\t1\t4\t300\textra",
+               "2\t2\t4\t400"]
+    tables = parse_folder(write_ml100k(tmp_path / "ml-100k", ratings), lenient=True)
+    frame = tables.interactions
+    assert frame.height == 6  # nothing is dropped by the parser
+    assert frame.filter(pl.col("malformed"))["line"].to_list() == [2, 3, 4, 5]
+    assert frame.filter(~pl.col("malformed"))["line"].to_list() == [1, 6]
+
+
+def test_bad_encoding_names_the_line(tmp_path: Path) -> None:
+    folder = write_ml100k(tmp_path / "ml-100k", RATINGS_TAB)
+    (folder / "u.data").write_bytes(b"1\t1\t5\t100\n1\t2\t3\xff\t200\n")
+    with pytest.raises(ParseError, match=r"u.data line 2: not valid UTF-8"):
+        parse_folder(folder)
+
+
+def test_empty_file_and_unknown_folder_are_clear_errors(tmp_path: Path) -> None:
+    folder = write_ml100k(tmp_path / "ml-100k", RATINGS_TAB)
+    (folder / "u.data").write_text("")
+    with pytest.raises(ParseError, match=r"u\.data: file is empty"):
+        parse_folder(folder)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ParseError, match="no MovieLens files found"):
+        parse_folder(tmp_path / "nothing")
+
+
+def test_missing_metadata_file_is_named(tmp_path: Path) -> None:
+    folder = write_ml100k(tmp_path / "ml-100k", RATINGS_TAB)
+    (folder / "u.item").unlink()
+    with pytest.raises(ParseError, match=r"u\.item"):
+        parse_folder(folder)
