@@ -28,3 +28,29 @@ def ml100k_dir() -> Path:
         pytest.fail("MovieLens 100K not found: set MOVIEREC_DATASETS to the folder holding "
                     "ml-100k/ (make test and .ci/run do this for ../shared/data)")
     return Path(root) / "ml-100k"
+
+
+@pytest.fixture(scope="session")
+def small_prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small prepared synthetic dataset (60 users, 300 items) for fast training tests."""
+    from movierec.config import Settings
+    from movierec.data.prepare import PrepareConfig, prepare
+    from movierec.data.synth import SynthConfig, write_synthetic
+
+    root = tmp_path_factory.mktemp("small")
+    write_synthetic(SynthConfig(interactions=3_000, users=60, items=300, seed=1), root / "raw")
+    prepare(PrepareConfig(dataset="canonical"), root / "prepared", source=root / "raw",
+            settings=Settings(home=root / "home"))
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def ml100k_prepared(tmp_path_factory: pytest.TempPathFactory, ml100k_dir: Path) -> Path:
+    """MovieLens 100K prepared once per session."""
+    from movierec.config import Settings
+    from movierec.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("ml100k")
+    prepare(PrepareConfig(dataset="ml-100k"), root / "prepared", source=ml100k_dir,
+            settings=Settings(home=root / "home"))
+    return root / "prepared"

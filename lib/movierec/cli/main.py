@@ -14,12 +14,17 @@ from pydantic import ValidationError
 
 from movierec import __version__
 from movierec.cli import data as data_cli
+from movierec.cli import evaluate as evaluate_cli
+from movierec.cli import train as train_cli
 from movierec.data.movielens import ParseError
 from movierec.data.sources import FetchError
 from movierec.data.validate import DataValidationError
 
 # Each group module exposes ``register(subparsers)``; later groups are appended here.
-GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register]
+GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register,
+                                                                train_cli.register,
+                                                                train_cli.register_tune,
+                                                                evaluate_cli.register]
 USER_ERRORS = (FetchError, ParseError, DataValidationError, FileNotFoundError,
                NotADirectoryError, ValidationError, ValueError)
 

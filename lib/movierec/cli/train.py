@@ -1,0 +1,105 @@
+"""``movierec train`` and ``movierec tune``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from movierec.training.config import TrainConfig
+
+MODEL_CHOICES = ("sse-pt", "sasrec", "pop")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train`` and ``tune``."""
+    train = sub.add_parser("train", help="train a model and track it in MLflow",
+                           description="Train SSE-PT, SASRec or the popularity baseline on a "
+                           "prepared folder; select on validation, test once; log to MLflow.")
+    train.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    train.add_argument("--model", choices=MODEL_CHOICES, default="sse-pt")
+    train.add_argument("--loss", choices=("bce", "ce"), help="default: the config's")
+    train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end first)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--workers", type=int, default=0,
+                       help="0 trains in-process; N >= 1 uses Ray Train with N workers")
+    train.add_argument("--gpu", action="store_true", help="one GPU per Ray worker (NCCL)")
+    train.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
+    train.add_argument("--config", type=Path, help="JSON TrainConfig for everything else")
+    train.add_argument("--metrics-out", type=Path, help="write the result JSON here")
+    train.add_argument("--checkpoint-dir", type=Path, help="in-process checkpoints (resumable)")
+    train.add_argument("--resume", action="store_true", help="resume from --checkpoint-dir")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge ``--config`` with the explicit flags (flags win)."""
+    raw: dict[str, Any] = json.loads(args.config.read_text()) if args.config else {}
+    model = raw.setdefault("model", {})
+    if args.model == "pop":
+        raw["baseline"] = "pop"
+    else:
+        model["kind"] = args.model
+    if args.loss:
+        model["loss"] = args.loss
+    if args.epochs is not None:
+        raw["epochs"] = args.epochs
+    if args.seed is not None:
+        raw["seed"] = args.seed
+    return TrainConfig.model_validate(raw)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, print the run id and a summary, write ``--metrics-out``."""
+    from movierec.training.runner import train_and_track  # noqa: PLC0415 - torch is heavy
+
+    config = config_from_args(args)
+    options: dict[str, Any] = {}
+    if args.workers:
+        options = {"use_gpu": args.gpu, "address": args.ray_address}
+    else:
+        options = {"checkpoint_dir": args.checkpoint_dir, "resume": args.resume,
+                   "progress": not args.quiet}
+    summary = train_and_track(config, args.data, workers=args.workers, **options)
+    print(f"run_id {summary['run_id']}")
+    test = summary["test"]
+    print(f"{summary['model']}: best epoch {summary['best_epoch']}, "
+          f"test sampled NDCG@10 {test['sampled']['ndcg@10']:.4f}, "
+          f"full NDCG@10 {test['full']['ndcg@10']:.4f} ({summary['seconds']:.0f} s)")
+    if args.metrics_out:
+        args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
+        args.metrics_out.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def register_tune(sub: argparse._SubParsersAction) -> None:
+    """Add ``tune``."""
+    tune = sub.add_parser("tune", help="Ray Tune search with ASHA; trials are MLflow runs",
+                          description="Search width, depth, dropout, lr, SSE probabilities and "
+                          "loss with Ray Tune and ASHA; print and save the best config.")
+    tune.add_argument("--data", type=Path, required=True)
+    tune.add_argument("--samples", type=int, default=8)
+    tune.add_argument("--max-epochs", type=int, default=30)
+    tune.add_argument("--grace-epochs", type=int, default=5)
+    tune.add_argument("--concurrent", type=int, default=2)
+    tune.add_argument("--config", type=Path, help="base TrainConfig JSON")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--out", type=Path, default=Path("best_config.json"))
+    tune.set_defaults(run=run_tune)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """Tune and write the best TrainConfig (usable as ``train --config``)."""
+    from movierec.training.tuning import METRIC, TuneConfig, tune_model  # noqa: PLC0415
+
+    base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    summary = tune_model(base, args.data, TuneConfig(
+        samples=args.samples, max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
+        concurrent=args.concurrent, seed=args.seed), out=None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary["best_config"], indent=2) + "\n")
+    print(f"best {METRIC} {summary[METRIC]:.4f} with {summary['best_trial']}")
+    print(f"wrote {args.out} (use: movierec train --config {args.out})")
+    return 0

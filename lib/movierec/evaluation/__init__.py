@@ -1,0 +1,1 @@
+"""Evaluation: the papers' sampled protocol, full ranking, beyond-accuracy metrics, reports."""

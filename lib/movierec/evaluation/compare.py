@@ -1,0 +1,67 @@
+"""Compare MLflow runs, and re-evaluate one run in depth (CIs, slices)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from movierec.data.columns import TEST
+from movierec.data.dataset import load_sequences
+from movierec.evaluation.protocols import rank_users
+from movierec.evaluation.report import comparison_table, detailed_report
+from movierec.models import PopularityModel, build_model
+from movierec.training.config import TrainConfig
+from movierec.training.loop import make_scorer
+from movierec.training.tracking import load_run
+
+
+def unflatten_metrics(metrics: dict[str, float], prefix: str) -> dict[str, dict[str, float]]:
+    """Invert ``tracking.metric_items``: ``test_full_ndcg_10`` -> ``{"full": {"ndcg@10"}}``."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("_", 2)
+        if len(parts) == 3 and parts[0] == prefix and parts[1] in ("sampled", "full"):
+            name = parts[2]
+            if name[-2:].isdigit() or name[-1].isdigit():
+                head, _, k = name.rpartition("_")
+                name = f"{head}@{k}"
+            out.setdefault(parts[1], {})[name] = value
+    return out
+
+
+def compare_runs(run_ids: list[str], split: str = TEST) -> dict[str, Any]:
+    """Rows of ``{"run_id", "name", "data_version", "metrics"}`` and a markdown table."""
+    rows = []
+    for run_id in run_ids:
+        metrics, tags, _ = load_run(run_id)
+        rows.append({"run_id": run_id, "name": f"{tags.get('model', '?')} ({run_id[:8]})",
+                     "data_version": tags.get("data_version"),
+                     "metrics": unflatten_metrics(metrics, split)})
+    versions = {r["data_version"] for r in rows}
+    note = "" if len(versions) <= 1 else (
+        f"\n\nWarning: runs use different data versions {sorted(map(str, versions))}; "
+        "their metrics are not comparable.")
+    return {"split": split, "runs": rows, "markdown": comparison_table(rows) + note}
+
+
+def evaluate_run(run_id: str, data_dir: Path, split: str = TEST, seed: int = 0) -> dict[str, Any]:
+    """Reload a run's weights and compute the detailed report (CIs, slices) on ``split``."""
+    _, tags, folder = load_run(run_id)
+    config = TrainConfig.model_validate(json.loads((folder / "config.json").read_text()))
+    data = load_sequences(data_dir)
+    if tags.get("data_version") != data.data_version:
+        raise ValueError(f"run {run_id} was trained on data_version {tags.get('data_version')}"
+                         f" but {data_dir} is {data.data_version}; prepare the same data")
+    state = torch.load(folder / "model" / "model.pt", weights_only=True, map_location="cpu")
+    if config.baseline == "pop":
+        model: torch.nn.Module = PopularityModel(data.n_items)
+    else:
+        model = build_model(config.model, data.n_users, data.n_items)
+    model.load_state_dict(state)
+    ranked = rank_users(make_scorer(model, torch.device("cpu")), data, split,
+                        config.model.max_len, seed=seed)
+    return {"run_id": run_id, "model": tags.get("model"), **detailed_report(ranked, data, split,
+                                                                             seed=seed)}

@@ -1,0 +1,135 @@
+"""The two evaluation protocols, computed in one pass over users.
+
+- Sampled (the SASRec / SSE-PT papers): the held-out item ranked among 100 negatives drawn
+  uniformly from items the user never interacted with (train, valid and test). Negatives are
+  drawn once per (split, seed) and saved in the prepared folder, so every model is ranked
+  against the same candidates.
+- Full ranking (the promotion metric): the held-out item ranked among all items outside the
+  user's input history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from movierec.data.dataset import SequenceData, left_pad
+from movierec.evaluation.metrics import pessimistic_ranks
+
+# (users [B], left-padded sequences [B, L]) -> scores of every item [B, n_items + 1].
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+N_NEGATIVES = 100
+TOP_K = 10
+
+
+@dataclass(frozen=True)
+class RankedUsers:
+    """Per-user outcome of one evaluation pass."""
+
+    users: np.ndarray          # [U] user indices
+    sampled_ranks: np.ndarray  # [U] rank among the fixed negatives
+    full_ranks: np.ndarray     # [U] rank among all items outside the input history
+    top_k: np.ndarray          # [U, TOP_K] full-ranking recommendations
+
+
+def _user_item_keys(data: SequenceData) -> np.ndarray:
+    """Sorted keys user * (n_items + 1) + item of every interaction a user ever had."""
+    width = data.n_items + 1
+    lengths = np.array([len(s) for s in data.train])
+    keys = [np.repeat(np.arange(data.n_users + 1), lengths) * width + np.concatenate(data.train)]
+    for targets in (data.valid_item, data.test_item):
+        users = np.flatnonzero(targets)
+        keys.append(users * width + targets[users])
+    return np.unique(np.concatenate(keys))
+
+
+def draw_negatives(data: SequenceData, users: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Draw ``n`` distinct negatives per user, uniformly among items they never touched.
+
+    Rejection sampling on sorted (user, item) keys: vectorised, memory linear in the data.
+
+    Raises:
+        ValueError: When a user has interacted with too many items to leave ``n`` out.
+    """
+    width = data.n_items + 1
+    seen = _user_item_keys(data)
+    touched = np.bincount(seen // width, minlength=data.n_users + 1)[users]
+    if np.any(data.n_items - touched < n):
+        raise ValueError(f"some users interacted with more than {data.n_items - n} items: "
+                         f"cannot draw {n} distinct negatives; lower the number of negatives")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(1, width, size=(len(users), n))
+    while True:
+        keys = users[:, None] * width + draws
+        pos = np.minimum(np.searchsorted(seen, keys), len(seen) - 1)
+        bad = seen[pos] == keys
+        order = np.argsort(draws, axis=1, kind="stable")
+        ranked = np.take_along_axis(draws, order, axis=1)
+        repeat = np.zeros_like(bad)
+        np.put_along_axis(repeat, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], axis=1)
+        bad |= repeat
+        if not bad.any():
+            return draws
+        draws[bad] = rng.integers(1, width, size=int(bad.sum()))
+
+
+def fixed_negatives(data: SequenceData, split: str, seed: int, n: int = N_NEGATIVES) -> np.ndarray:
+    """Negatives for ``split`` and ``seed``: loaded from the prepared folder or drawn once."""
+    users = data.eval_users(split)
+    path = Path(data.folder) / "negatives" / f"{split}-seed{seed}-n{n}.npz"
+    if path.exists():
+        saved = np.load(path)
+        if np.array_equal(saved["users"], users):
+            return saved["negatives"]
+    negatives = draw_negatives(data, users, n, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, users=users, negatives=negatives)
+    tmp.replace(path)
+    return negatives
+
+
+def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, seed: int = 0,
+               batch_size: int = 256, sampled: bool = True) -> RankedUsers:
+    """Score every user with a target in ``split`` and rank the target both ways.
+
+    Args:
+        scorer: Maps (users, left-padded histories) to scores of all items.
+        data: The prepared sequences.
+        split: ``valid`` (history = train) or ``test`` (history = train + valid item).
+        max_len: Length the histories are padded / cut to.
+        seed: Seed of the sampled negatives.
+        batch_size: Users per scorer call.
+        sampled: Also compute the sampled protocol (needs the fixed negatives).
+    """
+    users = data.eval_users(split)
+    targets = data.targets(split)[users]
+    negatives = fixed_negatives(data, split, seed) if sampled else None
+    sampled_ranks = np.zeros(len(users), dtype=np.int64)
+    full_ranks = np.zeros(len(users), dtype=np.int64)
+    k = min(TOP_K, data.n_items)  # tiny catalogues (tests) have fewer than TOP_K items
+    top_k = np.zeros((len(users), k), dtype=np.int64)
+    for start in range(0, len(users), batch_size):
+        rows = slice(start, start + batch_size)
+        histories = [data.history(int(u), split) for u in users[rows]]
+        scores = np.asarray(scorer(users[rows], left_pad(histories, max_len)), dtype=np.float64)
+        row_ids = np.arange(scores.shape[0])
+        positive = scores[row_ids, targets[rows]]
+        if negatives is not None:
+            candidate = np.take_along_axis(scores, negatives[rows], axis=1)
+            sampled_ranks[rows] = pessimistic_ranks(positive, candidate)
+        masked = scores.copy()
+        masked[:, 0] = -np.inf
+        lengths = [len(h) for h in histories]
+        masked[np.repeat(row_ids, lengths), np.concatenate(histories)] = -np.inf
+        masked[row_ids, targets[rows]] = -np.inf  # the target competes only as the positive
+        full_ranks[rows] = pessimistic_ranks(positive, masked)
+        masked[row_ids, targets[rows]] = positive
+        best = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(masked, best, axis=1), axis=1, kind="stable")
+        top_k[rows] = np.take_along_axis(best, order, axis=1)
+    return RankedUsers(users=users, sampled_ranks=sampled_ranks, full_ranks=full_ranks,
+                       top_k=top_k)

@@ -1,0 +1,69 @@
+"""Architecture settings of the sequential recommenders (SSE-PT and SASRec)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelConfig(BaseModel):
+    """Shape and regularisation of an SSE-PT / SASRec model.
+
+    SASRec is SSE-PT with the user embedding switched off, so ``d_user`` and
+    ``sse_prob_user`` are ignored for ``kind="sasrec"``. Optimiser settings belong to the
+    trainer, not here.
+
+    Attributes:
+        kind: ``"sse-pt"`` (item and user embeddings) or ``"sasrec"`` (items only).
+        max_len: Length of the left-padded input window.
+        d_item: Width of the item embedding.
+        d_user: Width of the user embedding (SSE-PT only).
+        n_blocks: Number of self-attention blocks.
+        n_heads: Attention heads; must divide the hidden width.
+        dropout: Dropout rate of embeddings, attention weights and feed-forward layers.
+        norm_first: Pre-LayerNorm blocks (default) or post-LayerNorm blocks.
+        sse_prob_user: Probability of replacing a sequence's user by a random user.
+        sse_prob_item: Probability of replacing an input item and its target by random items.
+        sse_pt_plus_plus: Sample the training window of long histories (SSE-PT++).
+        loss: ``"bce"`` (one sampled negative per position) or ``"ce"`` (full softmax).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sse-pt", "sasrec"] = "sse-pt"
+    max_len: int = Field(default=200, ge=1)
+    d_item: int = Field(default=50, ge=1)
+    d_user: int = Field(default=50, ge=0)
+    n_blocks: int = Field(default=2, ge=1)
+    n_heads: int = Field(default=1, ge=1)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    norm_first: bool = True
+    sse_prob_user: float = Field(default=0.92, ge=0.0, le=1.0)
+    sse_prob_item: float = Field(default=0.1, ge=0.0, le=1.0)
+    sse_pt_plus_plus: bool = False
+    loss: Literal["bce", "ce"] = "bce"
+
+    @model_validator(mode="after")
+    def _check_widths(self) -> ModelConfig:
+        if self.kind == "sse-pt" and self.d_user < 1:
+            raise ValueError(
+                f"d_user={self.d_user}: SSE-PT needs a positive user width "
+                "(use kind='sasrec' for a model without user embedding)"
+            )
+        if self.hidden % self.n_heads:
+            raise ValueError(
+                f"hidden width {self.hidden} (d_item + d_user for sse-pt, d_item for sasrec) "
+                f"is not divisible by n_heads={self.n_heads}; change d_item/d_user or n_heads"
+            )
+        return self
+
+    @property
+    def user_width(self) -> int:
+        """Width of the user part of the hidden state (0 for SASRec)."""
+        return self.d_user if self.kind == "sse-pt" else 0
+
+    @property
+    def hidden(self) -> int:
+        """Model width: ``d_item + d_user`` for SSE-PT, ``d_item`` for SASRec."""
+        return self.d_item + self.user_width

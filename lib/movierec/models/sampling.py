@@ -1,0 +1,210 @@
+"""Training batches for SSE-PT/SASRec: windows, negatives and Stochastic Shared Embeddings.
+
+Every function is pure numpy driven by an explicit ``np.random.Generator``, so a batch is a
+function of (data, seed, epoch) only. Item ids are 1..n_items and 0 is padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from movierec.models.config import ModelConfig
+
+# Rejection rounds before the exact (complement) fallback; each round redraws only the
+# rejected positions, so even a user who saw 90% of the catalogue finishes in a few rounds.
+_MAX_REJECTION_ROUNDS = 32
+
+
+def _gather_windows(flat: np.ndarray, offsets: np.ndarray, ends: np.ndarray,
+                    max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded (input, target) windows ending after pair ``ends[r]`` of history ``r``.
+
+    History ``r`` is ``flat[offsets[r]:]``; its pair ``p`` is (item p, item p + 1). ``flat``
+    must end with one spare element so that the look-ahead of padded slots stays in bounds.
+    """
+    pair = ends[:, None] - max_len + np.arange(max_len)
+    valid = pair >= 0
+    source = offsets[:, None] + np.where(valid, pair, 0)
+    seqs = np.where(valid, flat[source], 0)
+    targets = np.where(valid, flat[source + 1], 0)
+    return seqs, targets
+
+
+def training_window(history: np.ndarray, max_len: int, rng: np.random.Generator,
+                    plus_plus: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded input and target sequences of length ``max_len`` from one history.
+
+    Inputs are ``history[:-1]`` and targets ``history[1:]``; the last ``max_len`` pairs are
+    kept, or with ``plus_plus`` (SSE-PT++) a window whose end is drawn uniformly, so that the
+    early part of a long history is trained too.
+    """
+    history = np.asarray(history, dtype=np.int64)
+    n_pairs = max(history.size - 1, 0)
+    end = n_pairs
+    if plus_plus and n_pairs > max_len:
+        end = int(rng.integers(max_len, n_pairs + 1))
+    flat = np.append(history, np.zeros(2, dtype=np.int64))
+    seqs, targets = _gather_windows(flat, np.zeros(1, dtype=np.int64),
+                                    np.array([end]), max_len)
+    return seqs[0], targets[0]
+
+
+def sse_corrupt(users: np.ndarray, seqs: np.ndarray, targets: np.ndarray, n_users: int,
+                n_items: int, prob_user: float, prob_item: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stochastic Shared Embeddings: randomly replace users and items (training only).
+
+    Each sequence's user is replaced by a uniform user in 1..n_users with probability
+    ``prob_user``; at each non-padded position the input item and its target are replaced
+    (by two independent uniform items) with probability ``prob_item``. The reference's
+    ``threshold_user=0.08, threshold_item=0.9`` are keep probabilities, i.e. 0.92 and 0.1 here.
+
+    Returns:
+        New ``(users, seqs, targets)`` arrays; the inputs are not modified.
+    """
+    users, seqs, targets = np.asarray(users), np.asarray(seqs), np.asarray(targets)
+    replace_user = rng.random(users.shape) < prob_user
+    new_users = np.where(replace_user, rng.integers(1, n_users + 1, size=users.shape), users)
+    replace_item = (rng.random(seqs.shape) < prob_item) & (seqs != 0) & (targets != 0)
+    new_seqs = np.where(replace_item, rng.integers(1, n_items + 1, size=seqs.shape), seqs)
+    new_targets = np.where(replace_item, rng.integers(1, n_items + 1, size=seqs.shape), targets)
+    return new_users, new_seqs, new_targets
+
+
+def _contains(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Membership of ``queries`` in the sorted array ``sorted_keys``."""
+    if sorted_keys.size == 0:
+        return np.zeros(queries.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, queries), sorted_keys.size - 1)
+    return sorted_keys[at] == queries
+
+
+def _draw_excluding(rows: np.ndarray, seen_keys: np.ndarray, n_items: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """One uniform item per entry of ``rows`` that row has not seen.
+
+    ``seen_keys`` holds ``row * (n_items + 1) + item`` for every seen item, sorted; every row
+    must have at least one unseen item.
+    """
+    stride = n_items + 1
+    items = rng.integers(1, n_items + 1, size=rows.shape)
+    bad = np.flatnonzero(_contains(seen_keys, rows * stride + items))
+    for _ in range(_MAX_REJECTION_ROUNDS):
+        if bad.size == 0:
+            return items
+        items[bad] = rng.integers(1, n_items + 1, size=bad.size)
+        bad = bad[_contains(seen_keys, rows[bad] * stride + items[bad])]
+    # Users who saw almost everything: draw from the explicit complement instead.
+    catalogue = np.arange(1, n_items + 1)
+    for i in bad:
+        lo, hi = np.searchsorted(seen_keys, [rows[i] * stride, (rows[i] + 1) * stride])
+        unseen = np.setdiff1d(catalogue, seen_keys[lo:hi] - rows[i] * stride)
+        items[i] = rng.choice(unseen)
+    return items
+
+
+def _seen_array(user_items: Iterable[int] | np.ndarray, n_items: int) -> np.ndarray:
+    """Sorted unique in-catalogue items of a history given as a set or an array."""
+    values = user_items if isinstance(user_items, np.ndarray) else np.fromiter(user_items, np.int64)
+    seen = np.unique(values.astype(np.int64))
+    return seen[(seen >= 1) & (seen <= n_items)]
+
+
+def sample_negatives(targets: np.ndarray, user_items: Iterable[int] | np.ndarray,
+                     n_items: int, rng: np.random.Generator) -> np.ndarray:
+    """One negative per non-padded target, uniform over the items the user has not seen.
+
+    Args:
+        targets: Target ids of one user, any shape; 0 marks padding (negative 0 there).
+        user_items: The user's history (set or array); negatives avoid all of it.
+        n_items: Catalogue size (items are 1..n_items).
+        rng: Source of randomness.
+    """
+    targets = np.asarray(targets)
+    seen = _seen_array(user_items, n_items)
+    if seen.size >= n_items:
+        raise ValueError(f"the user has seen all {n_items} items: no negative can be sampled")
+    negatives = np.zeros(targets.shape, dtype=np.int64)
+    where = targets != 0
+    rows = np.zeros(int(where.sum()), dtype=np.int64)
+    negatives[where] = _draw_excluding(rows, seen, n_items, rng)
+    return negatives
+
+
+class TrainingBatches:
+    """Shuffled training batches of users, one window per user and epoch.
+
+    Users with at least two training items are visited once per epoch in an order drawn
+    from ``(seed, epoch)``; each batch holds ``users`` [b], ``seqs``, ``pos`` and (for BCE)
+    ``neg`` [b, max_len], all int64, with SSE already applied.
+    """
+
+    def __init__(self, train_sequences: Sequence[np.ndarray], n_users: int, n_items: int,
+                 config: ModelConfig, batch_size: int, seed: int) -> None:
+        if len(train_sequences) != n_users + 1:
+            raise ValueError(
+                f"train_sequences has {len(train_sequences)} entries, expected n_users + 1 = "
+                f"{n_users + 1} (index = user id, entry 0 unused)"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be at least 1")
+        self.n_users, self.n_items = n_users, n_items
+        self.config, self.batch_size, self.seed = config, batch_size, seed
+        histories = [np.asarray(s, dtype=np.int64).reshape(-1) for s in train_sequences]
+        lengths = np.array([h.size for h in histories])
+        lengths[0] = 0
+        self.users = np.flatnonzero(lengths >= 2)
+        kept = [histories[u] for u in self.users]
+        for user, history in zip(self.users, kept, strict=True):
+            if history.min() < 1 or history.max() > n_items:
+                raise ValueError(f"train_sequences[{user}] has item ids outside 1..{n_items}"
+                                 " (0 is reserved for padding)")
+        # One flat array plus offsets: windows are then a single vectorised gather.
+        self._flat = np.concatenate([*kept, np.zeros(2, dtype=np.int64)])
+        self._offsets = np.concatenate([[0], np.cumsum(lengths[self.users])[:-1]]).astype(np.int64)
+        self._n_pairs = lengths[self.users] - 1
+        seen = [np.unique(h) for h in kept]
+        if any(s.size >= n_items for s in seen):
+            raise ValueError("a user has seen every item, so no negative can be sampled for them")
+        rows = np.repeat(np.arange(len(kept)), [s.size for s in seen])
+        self._seen_keys = rows * (n_items + 1) + np.concatenate([*seen, np.zeros(0, np.int64)])
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        return -(-self.users.size // self.batch_size)
+
+    @property
+    def n_sequences(self) -> int:
+        """Number of users trained per epoch (those with at least two training items)."""
+        return int(self.users.size)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield the batches of one epoch; the same (seed, epoch) gives the same batches."""
+        config = self.config
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.users.size)
+        ends = self._n_pairs.copy()
+        if config.sse_pt_plus_plus:
+            long = np.flatnonzero(ends > config.max_len)
+            ends[long] = rng.integers(config.max_len, self._n_pairs[long] + 1)
+        # SASRec has no user embedding, so replacing its users would only muddle the logs.
+        prob_user = config.sse_prob_user if config.kind == "sse-pt" else 0.0
+        for start in range(0, order.size, self.batch_size):
+            rows = order[start:start + self.batch_size]
+            seqs, pos = _gather_windows(self._flat, self._offsets[rows], ends[rows],
+                                        config.max_len)
+            users, seqs, pos = sse_corrupt(self.users[rows], seqs, pos, self.n_users,
+                                           self.n_items, prob_user, config.sse_prob_item, rng)
+            batch = {"users": users, "seqs": seqs, "pos": pos}
+            if config.loss == "bce":
+                neg = np.zeros(pos.shape, dtype=np.int64)
+                where = pos != 0
+                # Negatives avoid the true user's history, even when SSE swapped the user.
+                row_of = np.broadcast_to(rows[:, None], pos.shape)[where]
+                neg[where] = _draw_excluding(row_of, self._seen_keys, self.n_items, rng)
+                batch["neg"] = neg
+            yield {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64))
+                   for k, v in batch.items()}

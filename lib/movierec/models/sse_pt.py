@@ -1,0 +1,217 @@
+"""SSE-PT (Wu et al., RecSys 2020): a causal transformer over [item ‖ user] embeddings.
+
+Item ids run 1..n_items and user ids 1..n_users; 0 is padding (items) or an unknown user.
+Sequences are left padded, so position -1 always holds the most recent item. SASRec is the
+same network with the user embedding switched off (``ModelConfig.kind == "sasrec"``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from movierec.models.config import ModelConfig
+
+# The reference implementation normalises with this epsilon; PyTorch's 1e-5 would change
+# nothing measurable but keeping it makes side-by-side comparisons exact.
+LAYER_NORM_EPS = 1e-8
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention with a boolean "may attend" mask.
+
+    As in the reference code there is no output projection: the heads are concatenated and
+    added to the residual stream directly.
+    """
+
+    def __init__(self, width: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Attend over ``x`` [B, L, H] where ``allowed`` [B, 1, L, L] is True."""
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
+        return out.transpose(1, 2).flatten(-2)
+
+
+class FeedForward(nn.Module):
+    """Point-wise two-layer network of the reference (width -> width -> width, ReLU)."""
+
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(width, width), nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform every position independently."""
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """One transformer block: causal attention then feed-forward, each with a residual."""
+
+    def __init__(self, width: int, n_heads: int, dropout: float, norm_first: bool) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.attention = CausalSelfAttention(width, n_heads, dropout)
+        self.attention_norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+        self.feed_forward = FeedForward(width, dropout)
+        self.feed_forward_norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Apply the block and zero the padded positions again (as the reference does)."""
+        if self.norm_first:
+            x = x + self.attention(self.attention_norm(x), allowed)
+            x = x + self.feed_forward(self.feed_forward_norm(x))
+        else:
+            x = self.attention_norm(x + self.attention(x, allowed))
+            x = self.feed_forward_norm(x + self.feed_forward(x))
+        return x * valid
+
+
+class SSEPT(nn.Module):
+    """SSE-PT / SASRec sequential recommender.
+
+    Scores are dot products between the last hidden state and a candidate embedding
+    ``[e_item ; e_user]`` whose user part is the scored user's own embedding.
+    """
+
+    def __init__(self, config: ModelConfig, n_users: int, n_items: int) -> None:
+        super().__init__()
+        if n_users < 1 or n_items < 1:
+            raise ValueError(f"n_users={n_users}, n_items={n_items}: both must be at least 1")
+        self.config = config
+        self.n_users = n_users
+        self.n_items = n_items
+        self.max_len = config.max_len
+        self.d_item = config.d_item
+        width = config.hidden
+        self.item_embedding = nn.Embedding(n_items + 1, config.d_item, padding_idx=0)
+        # User 0 (unknown) gets the zero vector, so a cold-start user is scored from items only.
+        self.user_embedding = (
+            nn.Embedding(n_users + 1, config.user_width, padding_idx=0)
+            if config.user_width else None
+        )
+        self.item_scale = math.sqrt(config.d_item)
+        self.user_scale = math.sqrt(max(config.user_width, 1))
+        self.position_embedding = nn.Embedding(config.max_len, width)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(width, config.n_heads, config.dropout, config.norm_first)
+            for _ in range(config.n_blocks)
+        )
+        # Post-LN blocks already end in a LayerNorm; a second one would only add parameters.
+        self.final_norm: nn.Module = (
+            nn.LayerNorm(width, eps=LAYER_NORM_EPS) if config.norm_first else nn.Identity()
+        )
+        padding_column = torch.zeros(n_items + 1, dtype=torch.bool)
+        padding_column[0] = True
+        self.register_buffer("padding_column", padding_column, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-normal weights, zero biases, unit LayerNorms, zero padding rows."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_normal_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.xavier_normal_(module.weight)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+            if self.user_embedding is not None:
+                self.user_embedding.weight[0].zero_()
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor | None:
+        """Scaled user embeddings [B, d_user] (None for SASRec)."""
+        if self.user_embedding is None:
+            return None
+        return self.user_embedding(users) * self.user_scale
+
+    def forward(self, users: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, H] of left-padded item sequences [B, L] (L <= max_len).
+
+        Position embeddings are aligned to the right, so a shorter input is equivalent to
+        the same input left padded to ``max_len``.
+        """
+        length = seqs.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}; "
+                             "keep only the last max_len items")
+        key_valid = seqs != 0
+        valid = key_valid.unsqueeze(-1).to(self.position_embedding.weight.dtype)
+        x = self.item_embedding(seqs) * self.item_scale
+        user = self.user_vectors(users)
+        if user is not None:
+            x = torch.cat([x, user.unsqueeze(1).expand(-1, length, -1)], dim=-1)
+        x = x + self.position_embedding.weight[self.max_len - length:]
+        x = self.embedding_dropout(x) * valid
+        # Causal mask; a padded query may see itself only, so no softmax row is all -inf,
+        # and no real position ever sees a padded key.
+        causal = torch.ones(length, length, dtype=torch.bool, device=seqs.device).tril()
+        itself = torch.eye(length, dtype=torch.bool, device=seqs.device)
+        allowed = causal & (key_valid[:, None, None, :] | itself)
+        for block in self.blocks:
+            x = block(x, allowed, valid)
+        return self.final_norm(x) * valid
+
+    def candidate_embeddings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Candidate embeddings [B, C, H]: ``[e_item ; e_user]`` for SSE-PT, ``e_item`` else."""
+        item = self.item_embedding(items)
+        user = self.user_vectors(users)
+        if user is None:
+            return item
+        shape = (*items.shape, user.shape[-1])
+        return torch.cat([item, user.view(user.shape[0], *([1] * (items.dim() - 1)), -1)
+                          .expand(shape)], dim=-1)
+
+    def catalogue_scores(self, hidden: torch.Tensor,
+                                  user: torch.Tensor | None) -> torch.Tensor:
+        """Scores [..., n_items + 1] of hidden states [..., H]; ``user`` broadcasts to them."""
+        scores = hidden[..., : self.d_item] @ self.item_embedding.weight.T
+        if user is not None:
+            # The user part of every candidate is the same vector: one dot product per row.
+            scores = scores + (hidden[..., self.d_item:] * user).sum(-1, keepdim=True)
+        return scores.masked_fill(self.padding_column, float("-inf"))
+
+    def score_candidates(self, users: torch.Tensor, seqs: torch.Tensor,
+                         items: torch.Tensor) -> torch.Tensor:
+        """Scores [B, C] of candidate items [B, C] after the last position."""
+        last = self(users, seqs)[:, -1]
+        return (self.candidate_embeddings(users, items) * last.unsqueeze(1)).sum(-1)
+
+    def score_all(self, users: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """Scores [B, n_items + 1] of the whole catalogue; column 0 (padding) is -inf."""
+        last = self(users, seqs)[:, -1]
+        return self.catalogue_scores(last, self.user_vectors(users))
+
+    def training_logits(self, users: torch.Tensor, seqs: torch.Tensor, pos: torch.Tensor,
+                        neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position logits [B, L] of the positive and the sampled negative items."""
+        hidden = self(users, seqs)
+        pos_logits = (hidden * self.candidate_embeddings(users, pos)).sum(-1)
+        neg_logits = (hidden * self.candidate_embeddings(users, neg)).sum(-1)
+        return pos_logits, neg_logits
+
+    def training_logits_all(self, users: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """Per-position logits [B, L, n_items + 1] of every item (column 0 is -inf)."""
+        hidden = self(users, seqs)
+        user = self.user_vectors(users)
+        return self.catalogue_scores(hidden, None if user is None else user[:, None])

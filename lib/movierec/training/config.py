@@ -1,0 +1,41 @@
+"""Typed training configuration; ``movierec train --config FILE`` reads this shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from movierec.models.config import ModelConfig
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs besides the data (unknown keys are errors).
+
+    The defaults are the best configuration measured on ml-100k (see ``bench/quality.py``),
+    so ``movierec train --model sse-pt`` with no other options trains it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    baseline: Literal["none", "pop"] = Field("none", description="'pop' skips the network")
+    epochs: int = Field(200, ge=1, description="upper bound; early stopping usually ends first")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(10, ge=1, description="evaluations without validation gain")
+    eval_every: int = Field(1, ge=1, description="epochs between validation evaluations")
+    eval_batch_size: int = Field(512, ge=1)
+    seed: int = 0
+    eval_seed: int = Field(0, description="seed of the fixed sampled negatives (shared "
+                           "by every model, so runs stay comparable)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainConfig:
+        """Read a JSON config; unknown keys fail with their names."""
+        return cls.model_validate(json.loads(Path(path).read_text()))

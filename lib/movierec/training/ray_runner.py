@@ -1,0 +1,159 @@
+"""Ray Train runner: the same ``fit`` on N workers (DDP over gloo on CPU, NCCL on GPU).
+
+Every epoch each worker reports its metrics and rank 0 attaches a checkpoint of the whole
+loop state; when a worker dies, ``FailureConfig`` restarts the group, which resumes from
+the latest checkpoint. Ray is imported lazily so the rest of movierec does not need it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from movierec.config import get_settings
+from movierec.data.dataset import load_sequences
+from movierec.models import build_model
+from movierec.training.config import TrainConfig
+from movierec.training.loop import FitResult, fit
+
+STATE_FILE = "state.pt"
+
+
+class RayHooks:
+    """Hooks for ``fit`` inside a Ray Train worker."""
+
+    def __init__(self, crash_once_at_epoch: int | None = None,
+                 crash_marker: Path | None = None) -> None:
+        import ray.train  # noqa: PLC0415
+
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self._crash_at, self._crash_marker = crash_once_at_epoch, crash_marker
+
+    def wrap(self, objective: nn.Module) -> nn.Module:
+        """DDP-wrap the objective (gloo on CPU, NCCL on GPU)."""
+        import ray.train.torch  # noqa: PLC0415
+
+        return ray.train.torch.prepare_model(objective, move_to_device=True)
+
+    def device(self, config: TrainConfig) -> torch.device:
+        """The device Ray assigned to this worker."""
+        import ray.train.torch  # noqa: PLC0415
+
+        del config
+        return ray.train.torch.get_device()
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The latest reported checkpoint (after a restart), if any."""
+        import ray.train  # noqa: PLC0415
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return torch.load(Path(folder) / STATE_FILE, weights_only=False,
+                              map_location="cpu")
+
+    def report(self, record: dict[str, Any], state: dict[str, Any]) -> None:
+        """Report the epoch's metrics; rank 0 attaches the checkpoint."""
+        import ray.train  # noqa: PLC0415
+
+        metrics = {k: float(v) for k, v in record.items()}
+        if self.rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(state, Path(folder) / STATE_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+        self._maybe_crash(int(record["epoch"]))
+
+    def _maybe_crash(self, epoch: int) -> None:
+        """Test hook: fail once at a given epoch, to exercise resume-after-failure."""
+        if self._crash_at is None or epoch != self._crash_at or self._crash_marker is None:
+            return
+        if self.rank == 0 and not self._crash_marker.exists():
+            self._crash_marker.write_text("crashed once\n")
+            raise RuntimeError(f"injected failure after epoch {epoch}")
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker."""
+    import ray.train  # noqa: PLC0415
+
+    config = TrainConfig.model_validate(loop_config["config"])
+    torch.set_num_threads(config.threads or 1)
+    data = load_sequences(Path(loop_config["data_dir"]))
+    marker = loop_config.get("crash_marker")
+    hooks = RayHooks(loop_config.get("crash_once_at_epoch"), Path(marker) if marker else None)
+    result = fit(config, data, hooks, progress=False)
+    final = {"final": 1.0, "best_epoch": float(result.best_epoch), "seconds": result.seconds,
+             "seconds_to_best": result.seconds_to_best}
+    # Every worker must call report the same number of times; rank 0 carries the weights.
+    if hooks.rank == 0:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"model": result.model.state_dict(), "valid": result.valid,
+                        "test": result.test, "history": result.history},
+                       Path(folder) / "final.pt")
+            ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    else:
+        ray.train.report(final)
+
+
+def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bool = False,
+               address: str | None = None, max_failures: int = 2,
+               crash_once_at_epoch: int | None = None) -> FitResult:
+    """Train with ``workers`` Ray Train workers and return the rank-0 result.
+
+    Args:
+        config: The training configuration.
+        data_dir: Prepared data folder (every worker reads it; on a cluster, shared storage).
+        workers: Number of DDP workers.
+        use_gpu: One GPU per worker (NCCL backend).
+        address: Ray cluster address; ``None`` starts a local Ray.
+        max_failures: Restarts from the latest checkpoint before giving up.
+        crash_once_at_epoch: Test hook; a worker fails once after this epoch.
+    """
+    import ray  # noqa: PLC0415
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
+    from ray.train.torch import TorchTrainer  # noqa: PLC0415
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False)
+    storage = get_settings().home / "ray_results"
+    name = f"train-{config.model.kind}-{int(time.time() * 1000)}"
+    loop_config: dict[str, Any] = {"config": config.model_dump(),
+                                   "data_dir": str(Path(data_dir).resolve())}
+    if crash_once_at_epoch is not None:
+        loop_config.update(crash_once_at_epoch=crash_once_at_epoch,
+                           crash_marker=str(storage / f"{name}.crashed"))
+    trainer = TorchTrainer(
+        _train_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=RunConfig(storage_path=str(storage), name=name,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    started = time.perf_counter()
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"Ray training failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError("Ray training ended without a final checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        final = torch.load(Path(folder) / "final.pt", weights_only=False, map_location="cpu")
+    data = load_sequences(Path(data_dir))
+    model = build_model(config.model, data.n_users, data.n_items)
+    model.load_state_dict(final["model"])
+    return FitResult(model=model, best_epoch=int(result.metrics["best_epoch"]),
+                     valid=final["valid"], test=final["test"], history=final["history"],
+                     seconds=time.perf_counter() - started,
+                     seconds_to_best=float(result.metrics["seconds_to_best"]))

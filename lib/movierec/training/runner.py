@@ -1,0 +1,75 @@
+"""``train_and_track``: run training (in-process or on Ray) and record it in MLflow."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from movierec.data.dataset import load_sequences
+from movierec.training.config import TrainConfig
+from movierec.training.loop import FitResult, LocalHooks, fit
+from movierec.training.tracking import (
+    log_history,
+    log_json_artifact,
+    metric_items,
+    tracked_run,
+)
+
+
+def model_name(config: TrainConfig) -> str:
+    """``pop``, ``sasrec`` or ``sse-pt``, with the loss for the networks."""
+    return "pop" if config.baseline == "pop" else f"{config.model.kind}-{config.model.loss}"
+
+
+def run_training(config: TrainConfig, data_dir: Path, workers: int = 0,
+                 checkpoint_dir: Path | None = None, resume: bool = False,
+                 progress: bool = True, **ray_options: Any) -> FitResult:
+    """Train with the in-process runner (``workers == 0``) or Ray Train (``workers >= 1``)."""
+    if workers == 0 or config.baseline == "pop":
+        data = load_sequences(data_dir)
+        return fit(config, data, LocalHooks(checkpoint_dir, resume), progress=progress)
+    from movierec.training.ray_runner import fit_on_ray  # noqa: PLC0415 - Ray is heavy
+
+    return fit_on_ray(config, data_dir, workers, **ray_options)
+
+
+def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
+                    run_name: str | None = None, nested: bool = False,
+                    **options: Any) -> dict[str, Any]:
+    """Train, then log params, history, metrics, tags and artifacts to one MLflow run.
+
+    Returns:
+        ``{"run_id", "best_epoch", "valid", "test", "seconds", ...}`` as printed by the CLI.
+    """
+    data_dir = Path(data_dir)
+    card = json.loads((data_dir / "dataset.json").read_text())
+    result = run_training(config, data_dir, workers, **options)
+    name = model_name(config)
+    tags = {"data_version": card["data_version"], "dataset": card["name"], "model": name,
+            "runner": "ray" if workers and config.baseline != "pop" else "in-process"}
+    params = {**config.model_dump(), "workers": workers, "data_dir": str(data_dir)}
+    with tracked_run(run_name or name, params, tags, nested=nested) as mlflow:
+        log_history(mlflow, result.history)
+        mlflow.log_metrics({**metric_items(result.valid, "valid"),
+                            **metric_items(result.test, "test"),
+                            "best_epoch": result.best_epoch, "seconds": result.seconds,
+                            "seconds_to_best": result.seconds_to_best,
+                            "seconds_per_epoch": result.seconds_per_epoch})
+        log_json_artifact(mlflow, "config.json", config.model_dump())
+        log_json_artifact(mlflow, "dataset.json", card)
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / "model.pt"
+            torch.save(result.model.state_dict(), weights)
+            mlflow.log_artifact(str(weights), artifact_path="model")
+        for table in ("items.parquet", "users.parquet"):  # the id mapping
+            mlflow.log_artifact(str(data_dir / table), artifact_path="id_mapping")
+        run_id = mlflow.active_run().info.run_id
+    return {"run_id": run_id, "model": name, "best_epoch": result.best_epoch,
+            "valid": result.valid, "test": result.test, "seconds": round(result.seconds, 2),
+            "seconds_to_best": round(result.seconds_to_best, 2),
+            "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+            "data_version": card["data_version"]}

@@ -1,0 +1,111 @@
+"""MLflow adapter: the only module of training that talks to MLflow.
+
+Tracking URI: ``MLFLOW_TRACKING_URI`` when set (any server), else SQLite under
+``MOVIEREC_HOME`` with artifacts beside it, which works offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from movierec.config import get_settings
+
+EXPERIMENT = "movierec"
+
+
+def git_commit() -> str:
+    """The current git commit (``unknown`` outside a checkout), for run tags."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict to dotted keys, as MLflow params are flat."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def metric_items(metrics: dict[str, dict[str, float]], prefix: str) -> dict[str, float]:
+    """``{"sampled": {"ndcg@10": x}}`` to ``{"<prefix>_sampled_ndcg_10": x}`` (MLflow-safe)."""
+    return {f"{prefix}_{proto}_{name.replace('@', '_')}": value
+            for proto, values in metrics.items() for name, value in values.items()}
+
+
+def configure() -> Any:
+    """Import MLflow lazily, point it at our store and experiment, and return the module."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow  # noqa: PLC0415 - heavy import, only when tracking
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        artifacts = None
+        if settings.tracking_uri.startswith("sqlite:"):
+            artifacts = (settings.home / "mlartifacts").as_uri()
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+@contextmanager
+def tracked_run(run_name: str, params: dict[str, Any], tags: dict[str, str],
+                nested: bool = False) -> Iterator[Any]:
+    """Start an MLflow run with flattened params and tags; yields the mlflow module."""
+    mlflow = configure()
+    with mlflow.start_run(run_name=run_name, nested=nested):
+        mlflow.log_params(flatten(params))
+        mlflow.set_tags({"git_commit": git_commit(), **tags})
+        yield mlflow
+
+
+def log_history(mlflow: Any, history: list[dict[str, Any]]) -> None:
+    """Per-epoch loss and validation metrics, with the epoch as the step."""
+    for record in history:
+        values = {k: float(v) for k, v in record.items() if k != "epoch"}
+        mlflow.log_metrics(values, step=int(record["epoch"]))
+
+
+def log_json_artifact(mlflow: Any, name: str, payload: Any) -> None:
+    """Write ``payload`` as JSON and attach it to the active run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(payload, indent=2, default=str))
+        mlflow.log_artifact(str(path))
+
+
+def load_run(run_id: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """A run's metrics and tags, and a local folder with its artifacts (downloaded)."""
+    mlflow = configure()
+    run = mlflow.get_run(run_id)
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id))
+    return dict(run.data.metrics), {**run.data.tags, "run_name": run.info.run_name}, folder
+
+
+def search_runs(max_results: int = 50) -> list[str]:
+    """Ids of the latest finished top-level runs of the experiment, newest first."""
+    mlflow = configure()
+    frame = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=max_results,
+                               filter_string="attributes.status = 'FINISHED'",
+                               order_by=["attributes.start_time DESC"])
+    if frame.empty:
+        return []
+    if "tags.mlflow.parentRunId" in frame:
+        frame = frame[frame["tags.mlflow.parentRunId"].isna()]
+    return frame["run_id"].tolist()

@@ -1,0 +1,132 @@
+"""Ray Tune over the model and optimiser with ASHA early stopping; trials become MLflow runs.
+
+Each trial runs the in-process ``fit`` and reports validation full-ranking NDCG@10 every
+epoch, which is what ASHA compares. Trials are logged as MLflow child runs of one parent
+by the driver, after tuning, so that workers never write to the tracking store at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from movierec.config import get_settings
+from movierec.data.dataset import load_sequences
+from movierec.training.config import TrainConfig
+from movierec.training.loop import LocalHooks, fit
+from movierec.training.tracking import flatten, log_json_artifact, tracked_run
+
+METRIC = "valid_full_ndcg_10"
+
+
+class TuneConfig(BaseModel):
+    """Search budget and ASHA settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(8, ge=1)
+    max_epochs: int = Field(30, ge=1)
+    grace_epochs: int = Field(5, ge=1, description="ASHA: epochs before a trial can be cut")
+    reduction_factor: int = Field(3, ge=2)
+    concurrent: int = Field(2, ge=1)
+    seed: int = 0
+
+
+def search_space() -> dict[str, Any]:
+    """Model width, depth, dropout, learning rate, SSE probabilities and loss."""
+    from ray import tune  # noqa: PLC0415
+
+    return {
+        "d": tune.choice([32, 50, 64]),
+        "n_blocks": tune.choice([1, 2, 3]),
+        "dropout": tune.uniform(0.1, 0.6),
+        "lr": tune.loguniform(3e-4, 3e-3),
+        "sse_prob_user": tune.uniform(0.0, 0.95),
+        "sse_prob_item": tune.uniform(0.0, 0.3),
+        "loss": tune.choice(["bce", "ce"]),
+    }
+
+
+def apply_sample(base: TrainConfig, sample: dict[str, Any]) -> TrainConfig:
+    """The base config with one sampled point of the search space applied."""
+    raw = base.model_dump()
+    raw["model"].update(d_item=sample["d"], d_user=sample["d"], n_blocks=sample["n_blocks"],
+                        dropout=sample["dropout"], sse_prob_user=sample["sse_prob_user"],
+                        sse_prob_item=sample["sse_prob_item"], loss=sample["loss"])
+    raw["lr"] = sample["lr"]
+    return TrainConfig.model_validate(raw)
+
+
+class TuneHooks(LocalHooks):
+    """Report every epoch to Ray Tune (ASHA decides whether the trial goes on)."""
+
+    def report(self, record: dict[str, Any], state: dict[str, Any]) -> None:
+        """Send the epoch's metrics to Tune."""
+        from ray import tune  # noqa: PLC0415
+
+        del state
+        tune.report({k: float(v) for k, v in record.items()})
+
+
+def _trial(sample: dict[str, Any], base: dict[str, Any], data_dir: str) -> None:
+    torch.set_num_threads(1)
+    config = apply_sample(TrainConfig.model_validate(base), sample)
+    fit(config, load_sequences(Path(data_dir)), TuneHooks(), progress=False)
+
+
+def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig,
+               out: Path | None = None) -> dict[str, Any]:
+    """Run the search; log the parent and child runs; return and save the best config."""
+    import ray  # noqa: PLC0415
+    from ray import tune  # noqa: PLC0415
+    from ray.tune.schedulers import ASHAScheduler  # noqa: PLC0415
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=tune_config.concurrent, include_dashboard=False, log_to_driver=False)
+    base = base.model_copy(update={"epochs": tune_config.max_epochs, "eval_every": 1})
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=tune_config.max_epochs,
+                              grace_period=tune_config.grace_epochs,
+                              reduction_factor=tune_config.reduction_factor)
+    trainable = tune.with_parameters(_trial, base=base.model_dump(),
+                                     data_dir=str(Path(data_dir).resolve()))
+    space = search_space()
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}), param_space=space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
+                                    num_samples=tune_config.samples,
+                                    max_concurrent_trials=tune_config.concurrent,
+                                    search_alg=tune.search.BasicVariantGenerator(
+                                        random_state=tune_config.seed)),
+        run_config=tune.RunConfig(storage_path=str(get_settings().home / "ray_results"),
+                                  name=f"tune-{int(time.time() * 1000)}"))
+    grid = tuner.fit()
+    best = grid.get_best_result(metric=METRIC, mode="max", scope="all")
+    best_config = apply_sample(base, best.config)
+    card = json.loads((Path(data_dir) / "dataset.json").read_text())
+    trials = []
+    with tracked_run("tune", {"samples": tune_config.samples, **tune_config.model_dump()},
+                     {"data_version": card["data_version"], "kind": "tune"}) as mlflow:
+        for result in grid:
+            history = result.metrics_dataframe
+            score = float(history[METRIC].max()) if history is not None and len(history) else 0.0
+            trials.append({"config": result.config, METRIC: score,
+                           "epochs": len(history) if history is not None else 0})
+            with mlflow.start_run(run_name="trial", nested=True):
+                mlflow.log_params(flatten(result.config))
+                mlflow.set_tags({"data_version": card["data_version"], "kind": "trial"})
+                for _, row in (history.iterrows() if history is not None else []):
+                    mlflow.log_metrics({METRIC: float(row[METRIC]), "loss": float(row["loss"])},
+                                       step=int(row["epoch"]))
+        mlflow.log_metric(f"best_{METRIC}", max(t[METRIC] for t in trials))
+        log_json_artifact(mlflow, "best_config.json", best_config.model_dump())
+    summary = {"best_config": best_config.model_dump(), "best_trial": best.config,
+               METRIC: max(t[METRIC] for t in trials), "trials": trials}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

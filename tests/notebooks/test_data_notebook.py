@@ -1,0 +1,54 @@
+"""Run notebooks/01_data.ipynb end to end with papermill on MovieLens 100K."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "01_data.ipynb"
+
+
+@pytest.mark.notebook
+def test_data_notebook_records_ml100k_figures(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = os.environ.get("MOVIEREC_DATASETS")
+    if not datasets or not (Path(datasets) / "ml-100k").is_dir():
+        pytest.fail(f"MOVIEREC_DATASETS={datasets!r} must name a folder holding ml-100k "
+                    "(e.g. /work/shared/data); `make test` sets it. Tests never download.")
+    monkeypatch.setenv("MOVIEREC_HOME", str(tmp_path / "home"))
+    # Any attempt to reach GroupLens fails at once instead of touching the network.
+    monkeypatch.setenv("MOVIEREC_GROUPLENS_URL", "http://127.0.0.1:9/no-network")
+    results_path = tmp_path / "results.json"
+    output = tmp_path / "01_data.out.ipynb"
+
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(output), kernel_name="python3", cwd=str(tmp_path),
+        parameters={"DATASET": "ml-100k", "RESULTS_PATH": str(results_path)},
+        progress_bar=False,
+    )
+
+    results = json.loads(results_path.read_text())
+    assert results["users"] == 943
+    assert results["items"] == 1682
+    assert results["interactions"] == 100_000
+    assert results["valid_users"] == 943
+    assert results["test_users"] == 943
+    assert results["train_interactions"] == 100_000 - 2 * 943
+    assert len(results["data_version"]) == 16
+    int(results["data_version"], 16)  # hexadecimal
+    assert "MOVIEREC_DATASETS" in results["source_origin"]
+    assert Path(results["folder"]) == tmp_path / "home" / "data" / "ml-100k"
+    summary = results["summary"]
+    assert summary["median_length"] == 65
+    assert summary["top_genre"] == "Drama"
+    assert 0 < summary["item_gini"] < 1
+
+    executed = nbformat.read(output, as_version=4)
+    images = [o for cell in executed.cells for o in cell.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 1, "plot_overview should render exactly one figure"

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from movierec.data.dataset import SequenceData
+from movierec.evaluation.protocols import draw_negatives, fixed_negatives, rank_users
+
+
+def tiny_data(folder: Path, train: list[list[int]], valid: list[int], test: list[int],
+              n_items: int) -> SequenceData:
+    import polars as pl
+
+    n_users = len(train)
+    return SequenceData(
+        folder=folder, card={"data_version": "x"}, n_users=n_users, n_items=n_items,
+        train=[np.array([], dtype=np.int64)] + [np.array(t, dtype=np.int64) for t in train],
+        valid_item=np.array([0, *valid]), test_item=np.array([0, *test]),
+        items=pl.DataFrame({"item_idx": list(range(1, n_items + 1)),
+                            "genres": [["A"]] * n_items}),
+        users=pl.DataFrame({"user_idx": list(range(1, n_users + 1))}))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(110, 160))
+def test_negatives_never_touch_a_users_items(seed: int, n_items: int) -> None:
+    rng = np.random.default_rng(seed)
+    train = [sorted(rng.choice(np.arange(1, n_items + 1), size=8, replace=False).tolist())
+             for _ in range(5)]
+    data = tiny_data(Path("/nonexistent"), train, [t[0] for t in train], [t[1] for t in train],
+                     n_items)
+    users = np.arange(1, 6)
+    negatives = draw_negatives(data, users, 100, seed)
+    for user, row in zip(users, negatives, strict=True):
+        touched = set(train[user - 1])
+        assert not touched & set(row.tolist())
+        assert len(set(row.tolist())) == 100  # distinct
+        assert row.min() >= 1 and row.max() <= n_items
+
+
+def test_negatives_are_saved_once_per_seed(tmp_path: Path) -> None:
+    data = tiny_data(tmp_path, [[1, 2, 3]] * 3, [4, 4, 4], [5, 5, 5], 200)
+    first = fixed_negatives(data, "test", seed=7)
+    assert (tmp_path / "negatives" / "test-seed7-n100.npz").exists()
+    assert np.array_equal(fixed_negatives(data, "test", seed=7), first)
+    assert not np.array_equal(fixed_negatives(data, "test", seed=8), first)
+
+
+def test_too_few_items_for_negatives_is_a_clear_error() -> None:
+    data = tiny_data(Path("/x"), [[1, 2, 3]], [4], [5], 50)
+    with pytest.raises(ValueError, match="cannot draw 100 distinct negatives"):
+        draw_negatives(data, np.array([1]), 100, 0)
+
+
+def test_full_ranking_masks_history_but_not_the_target(tmp_path: Path) -> None:
+    # One user, history [1, 2], valid 3, test 4; the scorer loves the history items.
+    data = tiny_data(tmp_path, [[1, 2]], [3], [4], 6)
+
+    def scorer(users: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+        return np.tile(np.array([0.0, 9, 8, 5, 4, 4, 1]), (len(users), 1))
+
+    valid = rank_users(scorer, data, "valid", max_len=5, sampled=False)
+    assert valid.full_ranks.tolist() == [0]  # 1 and 2 are history: masked
+    test = rank_users(scorer, data, "test", max_len=5, sampled=False)
+    # history is now [1, 2, 3]; item 5 ties with the target 4: pessimistic rank 1.
+    assert test.full_ranks.tolist() == [1]
+    assert test.top_k[0, :3].tolist() in ([4, 5, 6], [5, 4, 6])
