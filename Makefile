@@ -31,11 +31,16 @@ test: setup  ## run every test (unit, integration, notebooks, infra)
 	$(PY) -m pytest -q
 
 demo: setup  ## the main job on ml-100k, on this machine
-	MOVIEREC_HOME=$(DEMO_HOME) $(VENV)/bin/movierec data prepare --dataset ml-100k \
-	  --out $(DEMO_HOME)/data/ml-100k
+	export MOVIEREC_HOME=$(DEMO_HOME); set -e; \
+	$(VENV)/bin/movierec data prepare --dataset ml-100k --out $(DEMO_HOME)/data/ml-100k; \
+	$(VENV)/bin/movierec train --data $(DEMO_HOME)/data/ml-100k --model pop; \
+	$(VENV)/bin/movierec train --data $(DEMO_HOME)/data/ml-100k --model sse-pt; \
+	$(VENV)/bin/movierec evaluate --latest 2 --data $(DEMO_HOME)/data/ml-100k \
+	  --out $(DEMO_HOME)/evaluation
 
 bench: setup  ## benchmarks (write JSON under bench/results/)
 	$(PY) bench/data_pipeline.py
+	$(PY) bench/quality.py
 
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check lib tests bench

@@ -65,7 +65,7 @@ KINDS = [pytest.param({"kind": "sse-pt"}, id="sse-pt"), pytest.param({"kind": "s
 
 def test_config_defaults_and_hidden() -> None:
     config = ModelConfig()
-    assert (config.kind, config.max_len, config.hidden) == ("sse-pt", 200, 100)
+    assert (config.kind, config.max_len, config.hidden, config.loss) == ("sse-pt", 100, 100, "ce")
     assert (config.sse_prob_user, config.sse_prob_item) == (0.92, 0.1)
     sasrec = ModelConfig(kind="sasrec")
     assert sasrec.hidden == 50 and sasrec.user_width == 0

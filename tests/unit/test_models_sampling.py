@@ -133,7 +133,7 @@ def test_negatives_when_one_item_is_left_and_none() -> None:
 # --- epoch batches --------------------------------------------------------------------------
 
 def config(**overrides: object) -> ModelConfig:
-    return ModelConfig(max_len=10, d_item=8, d_user=8, **overrides)
+    return ModelConfig(**{"max_len": 10, "d_item": 8, "d_user": 8, "loss": "bce", **overrides})
 
 
 def collect(batches: TrainingBatches, epoch: int) -> list[dict[str, torch.Tensor]]:
@@ -167,7 +167,11 @@ def test_batches_cover_eligible_users_once_with_plain_windows() -> None:
         for user, seq, pos in zip(batch["users"], batch["seqs"], batch["pos"], strict=True):
             want_seq, want_pos = training_window(sequences[int(user)], 10,
                                                  np.random.default_rng(), plus_plus=False)
-            assert seq.tolist() == want_seq.tolist() and pos.tolist() == want_pos.tolist()
+            # Batches drop the columns that are padding in every row (left side only).
+            width = seq.shape[0]
+            assert not want_seq[:-width].any() and not want_pos[:-width].any()
+            assert seq.tolist() == want_seq[-width:].tolist()
+            assert pos.tolist() == want_pos[-width:].tolist()
             seen.append(int(user))
     expected = [u for u in range(1, 31) if len(sequences[u]) >= 2]
     assert sorted(seen) == expected and 4 not in seen
@@ -224,3 +228,17 @@ def test_epoch_of_ml100k_size_is_fast() -> None:
     rows = sum(len(b["users"]) for b in batches.epoch(0))
     elapsed = time.perf_counter() - start
     assert rows == 943 and elapsed < 0.5
+
+
+def test_bucketing_trims_padding_and_keeps_every_user() -> None:
+    sequences = random_sequences(64, 80, 2000, seed=5)
+    cfg = config(loss="ce", sse_prob_user=0.0)
+    plain = TrainingBatches(sequences, 64, 80, cfg, batch_size=8, seed=0, bucket_by_length=False)
+    bucketed = TrainingBatches(sequences, 64, 80, cfg, batch_size=8, seed=0)
+    cells = {name: sum(b["seqs"].numel() for b in tb.epoch(0))
+             for name, tb in (("plain", plain), ("bucketed", bucketed))}
+    assert cells["bucketed"] <= cells["plain"]
+    users = sorted(int(u) for b in bucketed.epoch(0) for u in b["users"])
+    assert users == sorted(int(u) for b in plain.epoch(0) for u in b["users"])
+    for batch in bucketed.epoch(0):
+        assert (batch["seqs"][:, 0] != 0).any()  # no all-padding column is left

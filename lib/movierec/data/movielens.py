@@ -209,6 +209,15 @@ def _read_text_table(path: Path, separator: str, encoding: str, n_fields: int) -
                        for i in range(n_fields)])
 
 
+def _read_users(path: Path, separator: str, fields: tuple[str, ...]) -> pl.DataFrame:
+    """Demographics in the canonical column order; ``fields`` names the file's columns."""
+    raw = _read_text_table(path, separator, "latin-1", len(fields))
+    raw = raw.rename({f"c{i}": name for i, name in enumerate(fields)})
+    return raw.select(pl.col("user_id").cast(pl.Int64).alias(USER_COL),
+                      pl.col("age").cast(pl.Int32, strict=False), "gender", "occupation",
+                      "zip_code")
+
+
 def parse_ml100k(folder: Path, lenient: bool) -> RawTables:
     """MovieLens 100K: ``u.data`` (tab), ``u.item`` and ``u.user`` (pipe, latin-1)."""
     inter = read_delimited_interactions(folder / "u.data", "\t", False, [0, 1, 2, 3], 4, lenient)
@@ -219,10 +228,8 @@ def parse_ml100k(folder: Path, lenient: bool) -> RawTables:
     date_year = pl.col("c2").str.slice(-4).cast(pl.Int32, strict=False)
     items = items.with_columns(pl.coalesce(YEAR_COL, date_year).alias(YEAR_COL),
                                pl.concat_list(flags).list.drop_nulls().alias(GENRES_COL))
-    users = _read_text_table(folder / "u.user", "|", "latin-1", 5).select(
-        pl.col("c0").cast(pl.Int64).alias(USER_COL), pl.col("c1").cast(pl.Int32).alias("age"),
-        pl.col("c2").alias("gender"), pl.col("c3").alias("occupation"),
-        pl.col("c4").alias("zip_code"))
+    users = _read_users(folder / "u.user", "|", ("user_id", "age", "gender", "occupation",
+                                                  "zip_code"))
     return RawTables(inter, _items_frame(items), users, "u.data", Layout.ML100K)
 
 
@@ -236,10 +243,8 @@ def parse_dat(folder: Path, lenient: bool) -> RawTables:
     items = items.with_columns(pl.col("c2").str.split("|").alias(GENRES_COL))
     users = None
     if (folder / "users.dat").exists():
-        users = _read_text_table(folder / "users.dat", "::", "latin-1", 5).select(
-            pl.col("c0").cast(pl.Int64).alias(USER_COL), pl.col("c2").cast(pl.Int32).alias("age"),
-            pl.col("c1").alias("gender"), pl.col("c3").alias("occupation"),
-            pl.col("c4").alias("zip_code"))
+        users = _read_users(folder / "users.dat", "::", ("user_id", "gender", "age",
+                                                         "occupation", "zip_code"))
     return RawTables(inter, _items_frame(items), users, "ratings.dat", Layout.DAT)
 
 

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +53,8 @@ from movierec.data.validate import ValidationReport, validate
 PREPARED_FORMAT = 1
 CARD_FILE = "dataset.json"
 MIN_SPLIT_LENGTH = 3
+SPLIT_DTYPE = pl.Enum([TRAIN, VALID, TEST])
+_KEY_LIMIT = 1 << 32  # timestamps and line numbers below this pack into one sort key
 
 
 class PrepareConfig(BaseModel):
@@ -85,37 +86,54 @@ def kcore(inter: pl.DataFrame, min_user: int, min_item: int) -> tuple[pl.DataFra
     return inter, passes
 
 
+def _time_order(inter: pl.DataFrame) -> list[pl.Expr]:
+    """Sort key for (user, timestamp, line): one Int128 when the values allow, else three.
+
+    Polars sorts one column faster than three row-encoded ones (~20% at 25M rows here,
+    up to 2x on a busy machine).
+    Validated rows always fit (user > 0, 0 <= timestamp < 2^32, line < 2^32).
+    """
+    cols = (USER_COL, TIMESTAMP_COL, LINE_COL)
+    u0, t0, t1, l1, nulls = inter.select(
+        pl.col(USER_COL).min().alias("u0"), pl.col(TIMESTAMP_COL).min().alias("t0"),
+        pl.col(TIMESTAMP_COL).max().alias("t1"), pl.col(LINE_COL).max().alias("l1"),
+        pl.sum_horizontal(pl.col(cols).null_count()).alias("nulls")).row(0)
+    if nulls or u0 is None or u0 < 0 or t0 < 0 or t1 >= _KEY_LIMIT or l1 >= _KEY_LIMIT:
+        return [pl.col(c) for c in cols]
+    return [pl.col(USER_COL).cast(pl.Int128) * pl.lit(1 << 64, dtype=pl.Int128)
+            + pl.col(TIMESTAMP_COL).cast(pl.Int128) * _KEY_LIMIT + pl.col(LINE_COL)]
+
+
 def sequence_and_split(inter: pl.DataFrame) -> pl.DataFrame:
     """Order each user's interactions in time, remap ids densely, and assign the split.
 
     Ties in time keep file order (``line``). Users are numbered by original id, items too,
     so the same input always gives the same mapping.
     """
-    ordered = inter.sort([USER_COL, TIMESTAMP_COL, LINE_COL])
+    ordered = inter.sort(_time_order(inter)).select(USER_COL, ITEM_COL, RATING_COL,
+                                                    TIMESTAMP_COL)
     # Sorted by user: a new user starts wherever the id changes, so a running count of
     # changes is the dense index without another sort.
     new_user = pl.col(USER_COL) != pl.col(USER_COL).shift(1, fill_value=-1)
-    start = pl.int_range(pl.len(), dtype=pl.Int64)
-    with_user = ordered.with_columns(new_user.cum_sum().cast(pl.Int32).alias(USER_IDX_COL),
-                                     start.alias("_row"))
-    item_ids = with_user[ITEM_COL].unique().sort()
-    item_idx = pl.Series(np.arange(1, item_ids.len() + 1, dtype=np.int32))
-    user_first = pl.col("_row").min().over(USER_IDX_COL)
-    length = pl.len().over(USER_IDX_COL).cast(pl.Int32)
-    position = (pl.col("_row") - user_first).cast(pl.Int32)
-    from_end = length - 1 - position
-    split = (pl.when(length < MIN_SPLIT_LENGTH).then(pl.lit(TRAIN))
-             .when(from_end == 0).then(pl.lit(TEST))
-             .when(from_end == 1).then(pl.lit(VALID))
-             .otherwise(pl.lit(TRAIN)))
-    return with_user.select(
+    item_ids = ordered[ITEM_COL].unique().sort()
+    item_idx = pl.int_range(1, item_ids.len() + 1, dtype=pl.Int32, eager=True)
+    # Each window once, as a column: an eager select evaluates an expression at every use.
+    with_user = ordered.with_columns(new_user.cum_sum().cast(pl.Int32).alias(USER_IDX_COL))
+    with_pos = with_user.with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int32).over(USER_IDX_COL).alias(POSITION_COL),
+        pl.len().over(USER_IDX_COL).cast(pl.Int32).alias("_length"))
+    from_end = pl.col("_length") - 1 - pl.col(POSITION_COL)
+    # 0 train, 1 valid, 2 test: the last two of every user with at least 3 interactions.
+    code = (pl.when(pl.col("_length") < MIN_SPLIT_LENGTH).then(0)
+            .otherwise((2 - from_end).clip(0, 2)))
+    return with_pos.select(
         pl.col(USER_IDX_COL),
         pl.col(ITEM_COL).replace_strict(item_ids, item_idx, return_dtype=pl.Int32)
         .alias(ITEM_IDX_COL),
         pl.col(USER_COL), pl.col(ITEM_COL),
-        pl.col(RATING_COL).cast(pl.Float32), pl.col(TIMESTAMP_COL),
-        position.alias(POSITION_COL),
-        split.cast(pl.Enum([TRAIN, VALID, TEST])).alias(SPLIT_COL),
+        pl.col(RATING_COL).cast(pl.Float32), pl.col(TIMESTAMP_COL), pl.col(POSITION_COL),
+        pl.lit(pl.Series([TRAIN, VALID, TEST], dtype=SPLIT_DTYPE)).gather(code)
+        .alias(SPLIT_COL),
     )
 
 
@@ -128,8 +146,8 @@ def content_version(seq: pl.DataFrame, items: pl.DataFrame, params: dict[str, An
     digest = hashlib.sha256(json.dumps({"format": PREPARED_FORMAT, "params": params},
                                        sort_keys=True).encode())
     for col in (USER_COL, ITEM_COL, TIMESTAMP_COL, RATING_COL):
-        digest.update(seq[col].to_numpy().tobytes())
-    digest.update(seq[SPLIT_COL].to_physical().to_numpy().tobytes())
+        digest.update(seq[col].to_numpy())  # the buffer itself: no 200 MB copy per column
+    digest.update(seq[SPLIT_COL].to_physical().to_numpy())
     digest.update(items.write_json().encode())
     return digest.hexdigest()[:16]
 
@@ -170,12 +188,14 @@ def prepare(config: PrepareConfig, out: Path, source: Path | None = None,
     below_rating = clean.height - filtered.height
     cored, kcore_passes = kcore(filtered, config.min_user, config.min_item)
     seq = sequence_and_split(cored)
-    train_counts = (seq.filter(pl.col(SPLIT_COL) == TRAIN).group_by(ITEM_IDX_COL)
-                    .agg(pl.len().cast(pl.Int32).alias("train_count")))
-    items = (seq.select(ITEM_IDX_COL, ITEM_COL).unique().join(tables.items, on=ITEM_COL)
-             .join(train_counts, on=ITEM_IDX_COL, how="left")
-             .with_columns(pl.col("train_count").fill_null(0)).sort(ITEM_IDX_COL))
-    users = seq.select(USER_IDX_COL, USER_COL).unique(keep="first").sort(USER_IDX_COL)
+    # One pass over seq per table: no 25M-row unique() of id pairs.
+    meta = [c for c in tables.items.columns if c != ITEM_COL]
+    items = (seq.group_by(ITEM_IDX_COL)
+             .agg(pl.col(ITEM_COL).first(),
+                  (pl.col(SPLIT_COL) == TRAIN).sum().cast(pl.Int32).alias("train_count"))
+             .join(tables.items, on=ITEM_COL).sort(ITEM_IDX_COL)
+             .select(ITEM_IDX_COL, ITEM_COL, *meta, "train_count"))
+    users = seq.filter(pl.col(POSITION_COL) == 0).select(USER_IDX_COL, USER_COL)
     if tables.users is not None:
         users = users.join(tables.users.unique(USER_COL, keep="first"), on=USER_COL,
                            how="left")

@@ -112,8 +112,12 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
     full_ranks = np.zeros(len(users), dtype=np.int64)
     k = min(TOP_K, data.n_items)  # tiny catalogues (tests) have fewer than TOP_K items
     top_k = np.zeros((len(users), k), dtype=np.int64)
+    # Batches of users with similar history lengths: a scorer that drops all-padding
+    # columns then does far less work (results are written back in user order).
+    lengths = np.array([min(len(data.history(int(u), split)), max_len) for u in users])
+    by_length = np.argsort(lengths, kind="stable")
     for start in range(0, len(users), batch_size):
-        rows = slice(start, start + batch_size)
+        rows = by_length[start:start + batch_size]
         histories = [data.history(int(u), split) for u in users[rows]]
         scores = np.asarray(scorer(users[rows], left_pad(histories, max_len)), dtype=np.float64)
         row_ids = np.arange(scores.shape[0])

@@ -143,7 +143,8 @@ class TrainingBatches:
     """
 
     def __init__(self, train_sequences: Sequence[np.ndarray], n_users: int, n_items: int,
-                 config: ModelConfig, batch_size: int, seed: int) -> None:
+                 config: ModelConfig, batch_size: int, seed: int,
+                 bucket_by_length: bool = True) -> None:
         if len(train_sequences) != n_users + 1:
             raise ValueError(
                 f"train_sequences has {len(train_sequences)} entries, expected n_users + 1 = "
@@ -153,6 +154,7 @@ class TrainingBatches:
             raise ValueError(f"batch_size={batch_size}: must be at least 1")
         self.n_users, self.n_items = n_users, n_items
         self.config, self.batch_size, self.seed = config, batch_size, seed
+        self.bucket_by_length = bucket_by_length
         histories = [np.asarray(s, dtype=np.int64).reshape(-1) for s in train_sequences]
         lengths = np.array([h.size for h in histories])
         lengths[0] = 0
@@ -171,6 +173,25 @@ class TrainingBatches:
             raise ValueError("a user has seen every item, so no negative can be sampled for them")
         rows = np.repeat(np.arange(len(kept)), [s.size for s in seen])
         self._seen_keys = rows * (n_items + 1) + np.concatenate([*seen, np.zeros(0, np.int64)])
+
+    def _batches(self, order: np.ndarray, window: np.ndarray,
+                 rng: np.random.Generator) -> list[np.ndarray]:
+        """Split the shuffled users into batches, grouping similar lengths when bucketing.
+
+        Bucketing sorts each run of 32 batches' worth of users by window length, cuts it into
+        batches and shuffles the batch order: batches stay random, but their rows have
+        similar lengths, so little padding is left after trimming.
+        """
+        size = self.batch_size
+        if self.bucket_by_length:
+            chunk = size * 32
+            order = np.concatenate([
+                part[np.argsort(window[part], kind="stable")]
+                for part in np.split(order, range(chunk, order.size, chunk))])
+        batches = np.split(order, range(size, order.size, size))
+        if self.bucket_by_length:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
 
     def __len__(self) -> int:
         """Number of batches per epoch."""
@@ -192,10 +213,14 @@ class TrainingBatches:
             ends[long] = rng.integers(config.max_len, self._n_pairs[long] + 1)
         # SASRec has no user embedding, so replacing its users would only muddle the logs.
         prob_user = config.sse_prob_user if config.kind == "sse-pt" else 0.0
-        for start in range(0, order.size, self.batch_size):
-            rows = order[start:start + self.batch_size]
+        window = np.minimum(ends, config.max_len)
+        for rows in self._batches(order, window, rng):
             seqs, pos = _gather_windows(self._flat, self._offsets[rows], ends[rows],
                                         config.max_len)
+            # Columns that are padding in every row change nothing (padding is masked and
+            # positions are right-aligned): dropping them saves most of the compute.
+            width = int(window[rows].max())
+            seqs, pos = seqs[:, config.max_len - width:], pos[:, config.max_len - width:]
             users, seqs, pos = sse_corrupt(self.users[rows], seqs, pos, self.n_users,
                                            self.n_items, prob_user, config.sse_prob_item, rng)
             batch = {"users": users, "seqs": seqs, "pos": pos}

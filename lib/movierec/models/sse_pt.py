@@ -65,10 +65,11 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """One transformer block: causal attention then feed-forward, each with a residual."""
 
-    def __init__(self, width: int, n_heads: int, dropout: float, norm_first: bool) -> None:
+    def __init__(self, width: int, n_heads: int, dropout: float, norm_first: bool,
+                 attention_dropout: float) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.attention = CausalSelfAttention(width, n_heads, dropout)
+        self.attention = CausalSelfAttention(width, n_heads, attention_dropout)
         self.attention_norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
         self.feed_forward = FeedForward(width, dropout)
         self.feed_forward_norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
@@ -112,7 +113,9 @@ class SSEPT(nn.Module):
         self.position_embedding = nn.Embedding(config.max_len, width)
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            Block(width, config.n_heads, config.dropout, config.norm_first)
+            Block(width, config.n_heads, config.dropout, config.norm_first,
+                  config.dropout if config.attention_dropout is None
+                  else config.attention_dropout)
             for _ in range(config.n_blocks)
         )
         # Post-LN blocks already end in a LayerNorm; a second one would only add parameters.
@@ -138,6 +141,15 @@ class SSEPT(nn.Module):
             self.item_embedding.weight[0].zero_()
             if self.user_embedding is not None:
                 self.user_embedding.weight[0].zero_()
+
+    def next_item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [N, n_items] of items 1..n_items for hidden states [N, H], for softmax.
+
+        The user part of every candidate is the same vector, so it shifts all logits of a row
+        equally and cancels in a softmax: only the item part is computed (and no padding
+        column), which is the cheap path for the CE loss.
+        """
+        return hidden[..., : self.d_item] @ self.item_embedding.weight[1:].T
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor | None:
         """Scaled user embeddings [B, d_user] (None for SASRec)."""

@@ -23,17 +23,20 @@ class TrainConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     baseline: Literal["none", "pop"] = Field("none", description="'pop' skips the network")
     epochs: int = Field(200, ge=1, description="upper bound; early stopping usually ends first")
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(4e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(10, ge=1, description="evaluations without validation gain")
     eval_every: int = Field(1, ge=1, description="epochs between validation evaluations")
-    eval_batch_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
     seed: int = 0
     eval_seed: int = Field(0, description="seed of the fixed sampled negatives (shared "
                            "by every model, so runs stay comparable)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast for training steps (AMX/tensor cores); "
+        "evaluation always runs in fp32")
 
     @classmethod
     def from_file(cls, path: Path) -> TrainConfig:

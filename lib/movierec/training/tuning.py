@@ -21,7 +21,7 @@ from movierec.training.config import TrainConfig
 from movierec.training.loop import LocalHooks, fit
 from movierec.training.tracking import flatten, log_json_artifact, tracked_run
 
-METRIC = "valid_full_ndcg_10"
+METRIC = "epoch_valid_ndcg_10"
 
 
 class TuneConfig(BaseModel):

@@ -1,0 +1,159 @@
+"""Quality and speed of Pop, SASRec-BCE, SSE-PT-BCE and SSE-PT-CE on MovieLens (bench).
+
+Writes JSON and a markdown table with mean ± std over seeds for both protocols (sampled:
+100 fixed negatives outside the user's history; full: all items outside the input history),
+seconds per epoch and wall time to the best validation epoch. Models are selected on
+validation; test metrics are computed once per run. Run: ``make bench`` or
+
+    .venv/bin/python bench/quality.py --dataset ml-100k --seeds 0,1,2
+
+Peer references (measured on the same machine, split and evaluator; see issue 3) are
+recorded next to the results, with the targets and whether they were met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from movierec.data.dataset import load_sequences
+from movierec.data.prepare import PrepareConfig, load_card, prepare
+from movierec.training.config import TrainConfig
+from movierec.training.loop import fit
+
+# Documented configurations. sse-pt-ce is TrainConfig()'s default (the best measured).
+MODELS: dict[str, dict[str, Any]] = {
+    "pop": {"baseline": "pop"},
+    # pmixer/SASRec.pytorch's defaults; BCE plateaus for tens of epochs, so long patience.
+    "sasrec-bce": {"patience": 40, "batch_size": 128, "lr": 1e-3,
+                   "model": {"kind": "sasrec", "loss": "bce", "max_len": 200, "d_item": 50,
+                             "n_blocks": 2, "dropout": 0.2, "attention_dropout": None}},
+    # The SSE-PT paper's setting: BCE, max_len 200, d 50 + 50, SSE 0.92 / 0.1.
+    "sse-pt-bce": {"patience": 40, "batch_size": 128, "lr": 1e-3,
+                   "model": {"kind": "sse-pt", "loss": "bce", "max_len": 200, "dropout": 0.2,
+                             "attention_dropout": None}},
+    "sse-pt-ce": {},  # TrainConfig() defaults: what `movierec train --model sse-pt` trains
+}
+REFERENCES = {
+    "pmixer SASRec (BCE)": {"sampled_ndcg@10": 0.463, "full_ndcg@10": 0.096,
+                            "seconds_to_best": "500-700"},
+    "RecBole SASRec (CE)": {"sampled_ndcg@10": 0.4524, "full_ndcg@10": 0.1035},
+    "RecBole GRU4Rec (CE)": {"sampled_ndcg@10": 0.4385, "full_ndcg@10": 0.0888},
+    "Markov chain": {"sampled_ndcg@10": 0.3256, "full_ndcg@10": 0.0792},
+    "Popularity": {"sampled_ndcg@10": 0.2296, "full_ndcg@10": 0.0444},
+}
+TARGETS = {"sampled_ndcg@10": 0.49, "full_ndcg@10": 0.135, "default_run_seconds": 200.0}
+
+
+def prepared_folder(dataset: str, workdir: Path) -> Path:
+    """Prepare the dataset once (MOVIEREC_DATASETS copy, cache, GroupLens or fallback)."""
+    out = workdir / dataset
+    if not (out / "dataset.json").exists():
+        prepare(PrepareConfig(dataset=dataset), out)
+    return out
+
+
+def run_one(name: str, seed: int, folder: Path, threads: int, max_epochs: int | None) -> dict:
+    """Train one (model, seed) in-process and return its figures."""
+    raw = json.loads(json.dumps(MODELS[name]))
+    raw.update(seed=seed, threads=threads, device="cpu")
+    if max_epochs:
+        raw["epochs"] = max_epochs
+    config = TrainConfig.model_validate(raw)
+    started = time.perf_counter()
+    result = fit(config, load_sequences(folder), progress=False)
+    return {"model": name, "seed": seed, "config": config.model_dump(),
+            "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            "seconds_per_epoch": result.seconds_per_epoch,
+            "seconds_to_best": result.seconds_to_best,
+            "wall_seconds": time.perf_counter() - started,
+            "valid": result.valid, "test": result.test}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Per model: [mean, std] of the headline figures over seeds."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for name in dict.fromkeys(r["model"] for r in runs):
+        mine = [r for r in runs if r["model"] == name]
+        figures = {
+            "test_sampled_ndcg@10": [r["test"]["sampled"]["ndcg@10"] for r in mine],
+            "test_sampled_hr@10": [r["test"]["sampled"]["hr@10"] for r in mine],
+            "test_full_ndcg@10": [r["test"]["full"]["ndcg@10"] for r in mine],
+            "test_full_hr@10": [r["test"]["full"]["hr@10"] for r in mine],
+            "seconds_per_epoch": [r["seconds_per_epoch"] for r in mine],
+            "seconds_to_best": [r["seconds_to_best"] for r in mine],
+            "wall_seconds": [r["wall_seconds"] for r in mine],
+            "best_epoch": [float(r["best_epoch"]) for r in mine],
+        }
+        table[name] = {k: list(mean_std(v)) for k, v in figures.items()}
+        table[name]["seeds"] = [float(len(mine)), 0.0]
+    return table
+
+
+def markdown(summary: dict[str, dict[str, list[float]]]) -> str:
+    """The results table (mean ± std over seeds)."""
+    cols = ["test_sampled_ndcg@10", "test_sampled_hr@10", "test_full_ndcg@10",
+            "test_full_hr@10", "seconds_per_epoch", "best_epoch", "seconds_to_best",
+            "wall_seconds"]
+    lines = ["| model | seeds | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 2)]
+    for name, row in summary.items():
+        cells = [f"{row[c][0]:.4f} ± {row[c][1]:.4f}" if "@" in c else
+                 f"{row[c][0]:.1f} ± {row[c][1]:.1f}" for c in cols]
+        lines.append(f"| {name} | {int(row['seeds'][0])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-epochs", type=int, help="cap epochs (smoke runs only)")
+    parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
+    args = parser.parse_args()
+    folder = prepared_folder(args.dataset, args.workdir)
+    runs = []
+    for name in args.models.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            runs.append(run_one(name, seed, folder, args.threads, args.max_epochs))
+            last = runs[-1]
+            print(f"{name} seed {seed}: best epoch {last['best_epoch']}, test sampled "
+                  f"{last['test']['sampled']['ndcg@10']:.4f} full "
+                  f"{last['test']['full']['ndcg@10']:.4f}, {last['wall_seconds']:.0f} s",
+                  flush=True)
+    summary = summarize(runs)
+    default = summary.get("sse-pt-ce")
+    met = None if default is None else {
+        "sampled_ndcg@10": default["test_sampled_ndcg@10"][0] >= TARGETS["sampled_ndcg@10"],
+        "full_ndcg@10": default["test_full_ndcg@10"][0] >= TARGETS["full_ndcg@10"],
+        "default_run_seconds": default["wall_seconds"][0] <= TARGETS["default_run_seconds"]}
+    report = {"dataset": args.dataset, "data_version": load_card(folder)["data_version"],
+              "machine": {"cpus": os.cpu_count(), "threads": args.threads,
+                          "python": platform.python_version(), "torch": torch.__version__,
+                          "load_average": os.getloadavg()},
+              "summary": summary, "references": REFERENCES, "targets": TARGETS,
+              "targets_met": met, "runs": runs, "markdown": markdown(summary)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(report["markdown"] + "\n")
+    print(report["markdown"])
+    print(f"targets met: {met}")
+
+
+if __name__ == "__main__":
+    main()
