@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from movierec import __version__
 from movierec.cli import data as data_cli
 from movierec.cli import evaluate as evaluate_cli
+from movierec.cli import registry as registry_cli
+from movierec.cli import serve as serve_cli
 from movierec.cli import train as train_cli
 from movierec.data.movielens import ParseError
 from movierec.data.sources import FetchError
@@ -24,7 +26,9 @@ from movierec.data.validate import DataValidationError
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register,
                                                                 train_cli.register,
                                                                 train_cli.register_tune,
-                                                                evaluate_cli.register]
+                                                                evaluate_cli.register,
+                                                                registry_cli.register,
+                                                                serve_cli.register]
 USER_ERRORS = (FetchError, ParseError, DataValidationError, FileNotFoundError,
                NotADirectoryError, ValidationError, ValueError)
 

@@ -1,0 +1,106 @@
+"""``movierec export`` and ``movierec registry history|set-alias|rollback|remove-alias``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``export`` and the ``registry`` group."""
+    export = sub.add_parser("export", help="export a run to a verified ONNX bundle",
+                            description="Export a trained run to ONNX (fp32 and int8), check "
+                            "parity against PyTorch, write and verify a bundle; with --register "
+                            "add it to the MLflow registry as a new version.")
+    export.add_argument("--run", dest="run_id", required=True,
+                        help="MLflow run id of a training run")
+    export.add_argument("--data", type=Path, required=True, help="the run's prepared data")
+    export.add_argument("--out", type=Path, required=True, help="bundle folder")
+    export.add_argument("--register", action="store_true", help="create a registry version")
+    export.add_argument("--max-fp32-diff", type=float, default=1e-4)
+    export.add_argument("--max-int8-ndcg-loss", type=float, default=0.005)
+    export.set_defaults(run=run_export)
+
+    registry = sub.add_parser("registry", help="aliases and their audit trail",
+                              description="Move the staging/canary/production aliases of the "
+                              "registered model 'movierec'; every move is recorded.")
+    cmds = registry.add_subparsers(dest="registry_command", metavar="SUBCOMMAND", required=True)
+    history = cmds.add_parser("history", help="print every recorded alias move")
+    history.add_argument("--alias", help="only this alias")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(run=run_history)
+    set_alias = cmds.add_parser("set-alias", help="point an alias at a version")
+    set_alias.add_argument("alias", choices=("staging", "canary", "production"))
+    set_alias.add_argument("version")
+    set_alias.add_argument("--reason", required=True, help="why (recorded)")
+    set_alias.set_defaults(run=run_set_alias)
+    rollback = cmds.add_parser("rollback", help="move an alias back to its previous version")
+    rollback.add_argument("alias", choices=("staging", "canary", "production"))
+    rollback.add_argument("--reason", default="manual rollback")
+    rollback.set_defaults(run=run_rollback)
+    remove = cmds.add_parser("remove-alias", help="remove an alias (recorded)")
+    remove.add_argument("alias", choices=("staging", "canary", "production"))
+    remove.add_argument("--reason", required=True)
+    remove.set_defaults(run=run_remove)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Export (and optionally register) a run's bundle."""
+    from movierec.export.onnx import ExportConfig  # noqa: PLC0415 - torch, onnx
+    from movierec.registry.bundle import bundle_from_run  # noqa: PLC0415
+    from movierec.registry.mlflow_registry import register_bundle  # noqa: PLC0415
+
+    config = ExportConfig(max_fp32_diff=args.max_fp32_diff,
+                          max_int8_ndcg_loss=args.max_int8_ndcg_loss)
+    metadata = bundle_from_run(args.run_id, args.data, args.out, config)
+    parity = metadata["parity"]
+    print(f"bundle {args.out} verified ({len(metadata['files'])} files); parity: "
+          f"{json.dumps({k: v for k, v in parity.items() if k != 'batches'})}")
+    if args.register:
+        version = register_bundle(args.out, args.run_id)
+        print(f"registered movierec version {version}")
+    return 0
+
+
+def run_history(args: argparse.Namespace) -> int:
+    """Print the alias history."""
+    from movierec.registry.mlflow_registry import read_history  # noqa: PLC0415
+
+    events = read_history(args.alias)
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    if not events:
+        print("no alias has been moved yet")
+    for e in events:
+        print(f"{e['at']}  {e['alias']:<10} {e['from'] or '-':>4} -> {e['to'] or '-':<4} "
+              f"{e['action']:<8} by {e['who']}: {e['why']}")
+    return 0
+
+
+def run_set_alias(args: argparse.Namespace) -> int:
+    """Point an alias at a version."""
+    from movierec.registry.mlflow_registry import set_alias  # noqa: PLC0415
+
+    event = set_alias(args.alias, args.version, args.reason)
+    print(f"{event['alias']}: {event['from'] or '-'} -> {event['to']}")
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    """Roll an alias back."""
+    from movierec.registry.mlflow_registry import rollback  # noqa: PLC0415
+
+    event = rollback(args.alias, args.reason)
+    print(f"{event['alias']} rolled back: {event['from']} -> {event['to']}")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    """Remove an alias."""
+    from movierec.registry.mlflow_registry import remove_alias  # noqa: PLC0415
+
+    event = remove_alias(args.alias, args.reason)
+    print(f"{event['alias']} removed (was {event['from']})")
+    return 0

@@ -1,0 +1,62 @@
+"""``movierec serve``: the recommendation service over a verified bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``serve``."""
+    serve = sub.add_parser("serve", help="serve a bundle over HTTP (FastAPI + ONNX Runtime)",
+                           description="Serve recommendations from a verified bundle folder or "
+                           "from a registry alias (models:/movierec@ALIAS). The web page is at "
+                           "/, the API at /recommend, /feedback, /metrics, /version.")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", type=Path, help="bundle folder (from movierec export)")
+    source.add_argument("--model", help="models:/movierec@ALIAS or models:/movierec/VERSION")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    serve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    serve.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    serve.add_argument("--max-batch-size", type=int, default=32, help="1 turns batching off")
+    serve.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    serve.set_defaults(run=run_serve)
+
+
+def _resolve_model_uri(uri: str) -> tuple[Path, str, str]:
+    """``models:/movierec@alias`` or ``models:/movierec/3`` -> (local bundle, version, alias)."""
+    from movierec.registry.mlflow_registry import MODEL_NAME, download_bundle  # noqa: PLC0415
+
+    prefix = f"models:/{MODEL_NAME}"
+    if uri.startswith(prefix + "@"):
+        alias = uri[len(prefix) + 1:]
+        from movierec.registry.mlflow_registry import current_version  # noqa: PLC0415
+
+        version = current_version(alias)
+        if version is None:
+            raise ValueError(f"{uri}: alias {alias!r} is not set in the registry")
+        return download_bundle(version), version, alias
+    if uri.startswith(prefix + "/") and uri[len(prefix) + 1:].isdigit():
+        version = uri[len(prefix) + 1:]
+        return download_bundle(version), version, ""
+    raise ValueError(f"--model {uri!r}: use models:/{MODEL_NAME}@ALIAS or "
+                     f"models:/{MODEL_NAME}/VERSION")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Verify the bundle, warm up, and serve until stopped."""
+    from movierec.serving.app import ServeSettings, run_server  # noqa: PLC0415
+
+    version, alias = "", ""
+    bundle = args.bundle
+    if args.model:
+        bundle, version, alias = _resolve_model_uri(args.model)
+    options = {"bundle": bundle, "precision": args.precision, "device": args.device,
+               "threads": args.threads, "max_batch_size": args.max_batch_size,
+               "max_queue_delay_ms": args.max_queue_delay_ms}
+    if version:
+        options.update(model_version=version, model_alias=alias)
+    run_server(ServeSettings(**options), host=args.host, port=args.port, log_level="info")
+    return 0

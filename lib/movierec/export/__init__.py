@@ -1,0 +1,5 @@
+"""Export trained models to ONNX (fp32 and int8) and check them against PyTorch.
+
+``movierec.export.onnx`` needs torch; ``movierec.export.runtime`` (ONNX Runtime sessions)
+does not, so serving can import it without pulling in the training side.
+"""

@@ -1,0 +1,321 @@
+"""ONNX export of a scorer (``score_all``), int8 quantisation, and parity with PyTorch.
+
+The exported graph maps ``users`` int64 [B] and left-padded ``seqs`` int64 [B, max_len] to
+``scores`` float32 [B, n_items + 1] with a dynamic batch axis. Column 0 (padding) stays
+``-inf``: ONNX Runtime and ``quantize_dynamic`` both handle it (the constant is not a
+weight that gets quantised), so no finite stand-in is needed; parity checks accept any
+value below ``PADDING_CEILING`` there.
+
+Models are saved as exported (one self-contained file, no external data); graph
+optimisation is a session option applied at load time (``ort_session``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from movierec.data.columns import VALID
+from movierec.data.dataset import SequenceData, left_pad
+from movierec.evaluation.metrics import ndcg_at_k
+from movierec.evaluation.protocols import Scorer, rank_users
+from movierec.export.runtime import session_options
+from movierec.training.loop import make_scorer
+
+INPUT_NAMES = ("users", "seqs")
+OUTPUT_NAME = "scores"
+# Column 0 counts as "excluded" when at or below this (-inf as exported, or a finite stand-in).
+PADDING_CEILING = -1e30
+TOP_K = 10
+
+
+class ExportError(RuntimeError):
+    """Export or parity failed; ``report`` holds the parity numbers when they exist."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class ExportConfig(BaseModel):
+    """Parity thresholds and export options (unknown keys are errors).
+
+    Attributes:
+        max_fp32_diff: Largest allowed |score difference| between PyTorch and fp32 ONNX.
+        max_int8_ndcg_loss: Largest allowed drop of full-ranking validation NDCG@10 from
+            PyTorch to the int8 model (absolute, e.g. 0.005 = half a point).
+        parity_batches: Batch sizes at which scores are compared.
+        opset: ONNX opset (18 is the dynamo exporter's native one: no version conversion).
+        quantize: Also write and check the int8 model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_fp32_diff: float = Field(1e-4, description="negative values force a failure (tests)")
+    max_int8_ndcg_loss: float = 0.005
+    parity_batches: tuple[int, ...] = Field((1, 8, 64), min_length=1)
+    opset: int = Field(18, ge=17, description="LayerNormalization needs opset 17")
+    quantize: bool = True
+
+
+class _ScoreAll(nn.Module):
+    """Exposes ``score_all`` as ``forward``, the one entry point the exporter traces."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """Scores [B, n_items + 1] of the whole catalogue."""
+        return self.model.score_all(users, seqs)
+
+
+def _example_inputs(model: nn.Module, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of 2 (batch 1 would be specialised by the tracer) with valid ids."""
+    n_users = int(getattr(model, "n_users", 1))
+    n_items = int(model.n_items)
+    users = torch.tensor([1, min(2, n_users)], dtype=torch.int64)
+    seqs = torch.zeros(2, max_len, dtype=torch.int64)
+    seqs[:, -1] = 1
+    seqs[1, -min(2, max_len)] = min(2, n_items)
+    return users, seqs
+
+
+def export_onnx(model: nn.Module, max_len: int, path: Path, opset: int = 18) -> Path:
+    """Export ``model.score_all`` to one self-contained ONNX file with a dynamic batch.
+
+    Works for ``SSEPT`` (sse-pt and sasrec) and ``PopularityModel`` (whose graph keeps the
+    unused ``seqs`` input, so every bundle has the same interface). The model is copied to
+    the CPU in eval mode; the caller's model is not touched.
+
+    Args:
+        model: A module with ``score_all(users, seqs)`` and ``n_items``.
+        max_len: The fixed sequence length of the ``seqs`` input.
+        path: Where to write the ``.onnx`` file.
+        opset: ONNX opset version.
+
+    Returns:
+        ``path``, after checking that ONNX Runtime loads it and returns the right shape.
+
+    Raises:
+        ExportError: When tracing fails or the exported model misbehaves.
+    """
+    path = Path(path)
+    model_max_len = getattr(model, "max_len", None)
+    if model_max_len is not None and max_len > model_max_len:
+        raise ExportError(f"max_len={max_len} exceeds the model's max_len={model_max_len}")
+    wrapper = _ScoreAll(copy.deepcopy(model).cpu()).eval()
+    example = _example_inputs(model, max_len)
+    batch = torch.export.Dim("batch", min=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter (renamed axes, deprecations)
+        try:
+            torch.onnx.export(
+                wrapper, example, str(path), input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True,
+                external_data=False, verbose=False,
+                dynamic_shapes={"users": {0: batch}, "seqs": {0: batch}},
+            )
+        except Exception as error:  # the exporter raises many types; keep the cause
+            raise ExportError(f"torch.onnx.export of {type(model).__name__} failed: "
+                              f"{error}") from error
+    _check_runs(path, max_len, int(model.n_items))
+    return path
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """Dynamic int8 quantisation of ``src``'s weights (MatMul) into ``dst``; same interface.
+
+    Activations are quantised on the fly, so no calibration data is needed.
+    """
+    src, dst = Path(src), Path(dst)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # silence the "consider pre-processing" hint
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return dst
+
+
+def ort_session(path: Path, threads: int = 1,
+                providers: list[str] | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session with the serving options (all graph optimisations, N threads).
+
+    Args:
+        path: The ``.onnx`` file.
+        threads: Intra-op threads (1 suits many concurrent small requests).
+        providers: Execution providers; CPU when None.
+    """
+    return ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                providers=providers or ["CPUExecutionProvider"])
+
+
+class OrtScorer:
+    """An evaluation ``Scorer`` over an ONNX model: (users, seqs) numpy in, scores out.
+
+    Sequences longer than the model's ``max_len`` keep their last items; shorter ones are
+    left padded, so it accepts whatever ``rank_users`` passes.
+    """
+
+    def __init__(self, model: Path | ort.InferenceSession, threads: int = 1) -> None:
+        self.session = (model if isinstance(model, ort.InferenceSession)
+                        else ort_session(Path(model), threads))
+        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        if set(shapes) != set(INPUT_NAMES):
+            raise ExportError(f"ONNX inputs {sorted(shapes)} are not {list(INPUT_NAMES)}")
+        self.max_len = int(shapes["seqs"][1])
+
+    def __call__(self, users: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+        """Scores [B, n_items + 1] (float32)."""
+        seqs = np.asarray(seqs, dtype=np.int64)
+        if seqs.shape[1] > self.max_len:
+            seqs = seqs[:, -self.max_len:]
+        elif seqs.shape[1] < self.max_len:
+            seqs = np.pad(seqs, ((0, 0), (self.max_len - seqs.shape[1], 0)))
+        feeds = {"users": np.asarray(users, dtype=np.int64), "seqs": np.ascontiguousarray(seqs)}
+        return self.session.run([OUTPUT_NAME], feeds)[0]
+
+
+def _check_runs(path: Path, max_len: int, n_items: int) -> None:
+    """Load ``path`` in ONNX Runtime and score a dummy batch of 2."""
+    try:
+        scores = OrtScorer(path)(np.ones(2, np.int64), np.ones((2, max_len), np.int64))
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ExportError(f"{path.name} does not run in ONNX Runtime: {error}") from error
+    if scores.shape != (2, n_items + 1) or scores.dtype != np.float32:
+        raise ExportError(f"{path.name} returned {scores.dtype} {scores.shape}, expected "
+                          f"float32 (2, {n_items + 1})")
+
+
+def _max_abs_diff(expected: np.ndarray, got: np.ndarray) -> float:
+    """Largest |difference| over real items (column 0 excluded); inf for NaN/inf output."""
+    if got.shape != expected.shape:
+        raise ExportError(f"ONNX scores have shape {got.shape}, PyTorch {expected.shape}")
+    diff = np.abs(got[:, 1:].astype(np.float64) - expected[:, 1:])
+    if not np.all(np.isfinite(diff)):
+        return float("inf")
+    return float(diff.max()) if diff.size else 0.0
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices [B, k] of the k best real items per row (unordered)."""
+    masked = scores.astype(np.float64)
+    masked[:, 0] = -np.inf
+    return np.argpartition(-masked, k - 1, axis=1)[:, :k]
+
+
+def _top_k_overlap(expected: np.ndarray, got: np.ndarray, k: int) -> float:
+    """Mean fraction of PyTorch's top-k items that the ONNX model also puts in its top k."""
+    a, b = _top_k(expected, k), _top_k(got, k)
+    return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b, strict=True)]))
+
+
+def _full_ndcg(scorer: Scorer, data: SequenceData, max_len: int) -> float:
+    """Mean full-ranking NDCG@10 over the validation users."""
+    ranks = rank_users(scorer, data, VALID, max_len, sampled=False).full_ranks
+    return float(ndcg_at_k(ranks, 10).mean())
+
+
+def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
+                  data: SequenceData, config: ExportConfig) -> dict[str, Any]:
+    """Compare the ONNX models with PyTorch on real validation histories.
+
+    Per batch size in ``config.parity_batches`` (validation users, repeated when there are
+    fewer): max |score difference| and mean top-10 overlap for fp32 and int8. Over all
+    validation users: full-ranking NDCG@10 of PyTorch, fp32 and int8.
+
+    Returns:
+        A JSON-ready dict with ``batches``, the worst-case numbers, ``ndcg@10``,
+        ``int8_ndcg_loss``, ``thresholds``, ``passed`` and ``reasons`` (empty when passed).
+    """
+    reference = copy.deepcopy(model).cpu().eval()
+    variants: dict[str, OrtScorer] = {"fp32": OrtScorer(fp32_path)}
+    if int8_path is not None:
+        variants["int8"] = OrtScorer(int8_path)
+    max_len = variants["fp32"].max_len
+    k = min(TOP_K, data.n_items)
+    eval_users = data.eval_users(VALID)
+    if len(eval_users) == 0:
+        raise ExportError("the data has no validation users to check parity on")
+    batches: dict[str, dict[str, Any]] = {}
+    padding_ok = True
+    for size in config.parity_batches:
+        users = np.resize(eval_users, size).astype(np.int64)
+        seqs = left_pad([data.history(int(u), VALID) for u in users], max_len)
+        with torch.no_grad():
+            expected = reference.score_all(torch.as_tensor(users),
+                                           torch.as_tensor(seqs)).float().numpy()
+        entry: dict[str, Any] = {}
+        for name, scorer in variants.items():
+            got = scorer(users, seqs)
+            entry[f"{name}_max_abs_diff"] = _max_abs_diff(expected, got)
+            entry[f"{name}_top{TOP_K}_overlap"] = _top_k_overlap(expected, got, k)
+            padding_ok &= bool(np.all(got[:, 0] <= PADDING_CEILING))
+        batches[str(size)] = entry
+    ndcg = {"pytorch": _full_ndcg(make_scorer(reference, torch.device("cpu")), data, max_len)}
+    for name, scorer in variants.items():
+        ndcg[name] = _full_ndcg(scorer, data, max_len)
+    report: dict[str, Any] = {
+        "batches": batches,
+        "validation_users": len(eval_users),
+        "ndcg@10": ndcg,
+        "fp32_ndcg_diff": ndcg["fp32"] - ndcg["pytorch"],
+        "thresholds": {"max_fp32_diff": config.max_fp32_diff,
+                       "max_int8_ndcg_loss": config.max_int8_ndcg_loss},
+    }
+    for name in variants:
+        report[f"{name}_max_abs_diff"] = max(b[f"{name}_max_abs_diff"] for b in batches.values())
+        report[f"{name}_min_top{TOP_K}_overlap"] = min(
+            b[f"{name}_top{TOP_K}_overlap"] for b in batches.values())
+    reasons = []
+    if not report["fp32_max_abs_diff"] <= config.max_fp32_diff:
+        reasons.append(f"fp32 max |score diff| {report['fp32_max_abs_diff']:.3g} > "
+                       f"max_fp32_diff {config.max_fp32_diff:g}")
+    if "int8" in ndcg:
+        report["int8_ndcg_loss"] = ndcg["pytorch"] - ndcg["int8"]
+        if not report["int8_ndcg_loss"] <= config.max_int8_ndcg_loss:
+            reasons.append(f"int8 NDCG@10 {ndcg['int8']:.4f} is {report['int8_ndcg_loss']:.4f} "
+                           f"below PyTorch {ndcg['pytorch']:.4f} > max_int8_ndcg_loss "
+                           f"{config.max_int8_ndcg_loss:g}")
+    if not padding_ok:
+        reasons.append(f"padding column 0 is not excluded (must be <= {PADDING_CEILING:g})")
+    report["passed"] = not reasons
+    report["reasons"] = reasons
+    return report
+
+
+def export_and_check(model: nn.Module, max_len: int, folder: Path, data: SequenceData,
+                     config: ExportConfig | None = None) -> dict[str, Any]:
+    """Write ``model.onnx`` (and ``model.int8.onnx``) into ``folder`` and check parity.
+
+    Returns:
+        The parity report.
+
+    Raises:
+        ExportError: When parity fails; the message lists the reasons and the exception's
+            ``report`` holds all numbers. Files already written stay in ``folder`` (callers
+            build in a temporary folder).
+    """
+    config = config or ExportConfig()
+    folder = Path(folder)
+    fp32 = export_onnx(model, max_len, folder / "model.onnx", config.opset)
+    int8 = quantize_int8(fp32, folder / "model.int8.onnx") if config.quantize else None
+    if int8 is not None:
+        _check_runs(int8, max_len, int(model.n_items))
+    report = parity_report(model, fp32, int8, data, config)
+    if not report["passed"]:
+        raise ExportError("ONNX parity check failed: " + "; ".join(report["reasons"]), report)
+    return report

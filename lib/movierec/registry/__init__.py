@@ -1,0 +1,1 @@
+"""Registry: verified model bundles and the MLflow registry with aliases and history."""

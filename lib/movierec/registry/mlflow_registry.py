@@ -1,0 +1,152 @@
+"""The model registry: MLflow registered model ``movierec`` with aliases and an audit trail.
+
+A version is a verified bundle logged as artifacts of its training run. Aliases
+(``staging``, ``canary``, ``production``) point at versions; every move is recorded twice,
+durably: as version tags (so MLflow's UI shows it) and as a line in an append-only JSON
+Lines history under ``MOVIEREC_HOME`` (fsynced before the call returns). ``rollback``
+moves an alias back to the version it pointed at before, and is recorded the same way.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from movierec.config import get_settings
+from movierec.training.tracking import configure
+
+MODEL_NAME = "movierec"
+ALIASES = ("staging", "canary", "production")
+HISTORY_FILE = "registry_history.jsonl"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done (unknown alias, nothing to roll back to, ...)."""
+
+
+def _client() -> Any:
+    return configure().MlflowClient()
+
+
+def history_path() -> Path:
+    """The append-only alias history (one JSON object per line)."""
+    return get_settings().home / HISTORY_FILE
+
+
+def _append_history(event: dict[str, Any]) -> None:
+    path = history_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(event, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_history(alias: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded alias move, oldest first (optionally for one alias)."""
+    path = history_path()
+    if not path.exists():
+        return []
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if alias is None or e["alias"] == alias]
+
+
+def register_bundle(bundle_dir: Path, run_id: str, description: str = "") -> str:
+    """Log a verified bundle to its run and create a registry version; return the version.
+
+    Raises:
+        BundleError: The bundle does not verify (nothing is registered).
+    """
+    from movierec.registry.bundle import verify_bundle  # noqa: PLC0415 - onnxruntime import
+
+    metadata = verify_bundle(bundle_dir)
+    mlflow = configure()
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+    try:
+        client.get_registered_model(MODEL_NAME)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(MODEL_NAME, description="movierec SSE-PT bundles")
+    source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
+    version = client.create_model_version(
+        MODEL_NAME, source=source, run_id=run_id, description=description,
+        tags={"data_version": metadata["data_version"], "model_kind": metadata["model_kind"],
+              "git_commit": metadata.get("git_commit", "unknown")})
+    return str(version.version)
+
+
+def current_version(alias: str) -> str | None:
+    """The version an alias points at, or None."""
+    mlflow = configure()
+    try:
+        return str(_client().get_model_version_by_alias(MODEL_NAME, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def set_alias(alias: str, version: str, reason: str, who: str | None = None,
+              action: str = "set") -> dict[str, Any]:
+    """Point ``alias`` at ``version`` and record who, when, from, to and why."""
+    if alias not in ALIASES:
+        raise RegistryError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
+    client = _client()
+    client.get_model_version(MODEL_NAME, version)  # fails clearly on an unknown version
+    event = {"alias": alias, "from": current_version(alias), "to": str(version),
+             "who": who or getpass.getuser(), "why": reason, "action": action,
+             "at": datetime.now(UTC).isoformat(timespec="seconds"), "unix": time.time()}
+    client.set_registered_model_alias(MODEL_NAME, alias, version)
+    client.set_model_version_tag(MODEL_NAME, version, f"{alias}_since", event["at"])
+    client.set_model_version_tag(MODEL_NAME, version, f"{alias}_reason", reason)
+    _append_history(event)
+    return event
+
+
+def remove_alias(alias: str, reason: str, who: str | None = None) -> dict[str, Any]:
+    """Remove ``alias`` (e.g. a rejected canary) and record it."""
+    previous = current_version(alias)
+    if previous is None:
+        raise RegistryError(f"alias {alias!r} is not set")
+    _client().delete_registered_model_alias(MODEL_NAME, alias)
+    event = {"alias": alias, "from": previous, "to": None, "who": who or getpass.getuser(),
+             "why": reason, "action": "remove",
+             "at": datetime.now(UTC).isoformat(timespec="seconds"), "unix": time.time()}
+    _append_history(event)
+    return event
+
+
+def rollback(alias: str, reason: str = "rollback", who: str | None = None) -> dict[str, Any]:
+    """Move ``alias`` back to the version it pointed at before its current one."""
+    current = current_version(alias)
+    if current is None:
+        raise RegistryError(f"alias {alias!r} is not set: nothing to roll back")
+    for event in reversed(read_history(alias)):
+        if event["to"] == current and event["from"] not in (None, current):
+            return set_alias(alias, event["from"], reason, who, action="rollback")
+    raise RegistryError(f"{alias} has no earlier version than {current} to roll back to")
+
+
+def download_bundle(alias_or_version: str, dest: Path | None = None) -> Path:
+    """A local copy of the bundle of ``models:/movierec@alias`` or of a version number."""
+    mlflow = configure()
+    client = mlflow.MlflowClient()
+    if alias_or_version.isdigit():
+        version = client.get_model_version(MODEL_NAME, alias_or_version)
+    else:
+        version = client.get_model_version_by_alias(MODEL_NAME, alias_or_version)
+    dest = dest or get_settings().home / "bundles" / f"v{version.version}"
+    if not (dest / "metadata.json").exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.parent / f".v{version.version}.part"
+        local = mlflow.artifacts.download_artifacts(run_id=version.run_id,
+                                                    artifact_path="bundle",
+                                                    dst_path=str(staging))
+        Path(local).rename(dest)  # complete downloads only: a partial one stays in .part
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest

@@ -1,0 +1,126 @@
+"""``/admin/reload``: load a bundle in the background, verify, warm up, then swap atomically.
+
+The swap replaces one reference; requests already running keep the bundle they started
+with and the micro-batcher never mixes two models in one call, so no request fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from movierec.serving.catalog import BundleError
+from movierec.serving.engine import load_bundle
+from movierec.serving.schemas import ReloadRequest, ReloadStatus
+
+if TYPE_CHECKING:
+    from movierec.serving.app import ServingState
+
+log = logging.getLogger("movierec.serving")
+
+
+class ReloadManager:
+    """Runs at most one reload at a time and remembers the latest outcome."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+        self.status = ReloadStatus(status="idle")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether a reload is in progress."""
+        return self._task is not None and not self._task.done()
+
+    def start(self, request: ReloadRequest) -> asyncio.Task[None]:
+        """Begin a reload (the caller checked :attr:`running`)."""
+        current = self.state.bundle
+        path = Path(request.bundle) if request.bundle else current.path
+        precision = request.precision or current.precision
+        same = path.resolve() == current.path.resolve() and precision == current.precision
+        version = request.version or (current.version if same else None)
+        alias = request.alias if request.alias is not None else current.alias
+        self.status = ReloadStatus(status="running", bundle=str(path), started_at=time.time())
+        self._task = asyncio.create_task(self._run(path, precision, version, alias),
+                                         name="movierec-reload")
+        return self._task
+
+    async def _run(self, path: Path, precision: str, version: str | None,
+                   alias: str) -> None:
+        settings = self.state.settings
+        metrics = self.state.metrics
+        try:
+            bundle = await asyncio.to_thread(load_bundle, path, precision,  # type: ignore[arg-type]
+                                             settings.threads, settings.device, version, alias)
+        except Exception as exc:
+            # A failed reload keeps the current bundle: the service never stops serving.
+            reason = str(exc) if isinstance(exc, BundleError) else f"{type(exc).__name__}: {exc}"
+            self.status = self.status.model_copy(update={
+                "status": "failed", "error": reason, "finished_at": time.time()})
+            metrics.reloads.labels(outcome="failed").inc()
+            log.error("reload failed", extra={"bundle": str(path), "error": reason})
+            return
+        self.state.publish(bundle)
+        self.status = self.status.model_copy(update={
+            "status": "ok", "version": bundle.version, "finished_at": time.time()})
+        metrics.reloads.labels(outcome="ok").inc()
+        log.info("reloaded", extra={"bundle": str(path), "version": bundle.version,
+                                    "precision": bundle.precision})
+
+    async def cancel(self) -> None:
+        """Stop a reload in progress (at shutdown)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def admin_router(manager: ReloadManager) -> APIRouter:
+    """Routes under ``/admin``, each behind the Bearer token."""
+
+    def require_admin(request: Request) -> None:
+        token = manager.state.settings.admin_token
+        if token is None:
+            raise HTTPException(403, "the admin API is disabled: start the server with "
+                                     "MOVIEREC_ADMIN_TOKEN set")
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise HTTPException(401, "send 'Authorization: Bearer <admin token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+            raise HTTPException(403, "the admin token is not valid")
+
+    router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+    @router.post("/reload", response_model=ReloadStatus,
+                 responses={202: {"model": ReloadStatus}, 409: {}, 422: {}})
+    async def reload(body: ReloadRequest | None = None) -> JSONResponse:
+        """Load a bundle (default: the one served), verify, warm up and swap it in.
+
+        Answers 202 at once, or with ``wait`` 200 after the swap / 422 when it failed.
+        """
+        request = body or ReloadRequest()
+        if manager.running:
+            raise HTTPException(409, "a reload is already running; GET /admin/reload shows it")
+        task = manager.start(request)
+        if not request.wait:
+            return JSONResponse(manager.status.model_dump(), status_code=202)
+        await asyncio.shield(task)
+        code = 200 if manager.status.status == "ok" else 422
+        return JSONResponse(manager.status.model_dump(), status_code=code)
+
+    @router.get("/reload", response_model=ReloadStatus)
+    async def reload_status() -> ReloadStatus:
+        """The latest reload's state."""
+        return manager.status
+
+    return router

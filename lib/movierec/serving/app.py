@@ -1,0 +1,273 @@
+"""The recommendation service: ``create_app(settings)`` builds the FastAPI app.
+
+Routes: ``/recommend`` and ``/predict`` (same answer), ``/feedback``, ``/health``, ``/ready``,
+``/version``, ``/metrics``, ``/users/{id}/history``, ``/demo/users``, the demo page at ``/``
+and ``/admin/reload`` (Bearer token). The bundle is verified and warmed up before the app
+exists, so a bad bundle stops ``create_app`` with a :class:`BundleError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Annotated
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from movierec import __version__
+from movierec.serving.admin import ReloadManager, admin_router
+from movierec.serving.catalog import BundleError
+from movierec.serving.engine import LoadedBundle, MicroBatcher, load_bundle, top_k
+from movierec.serving.errors import validation_error_handler
+from movierec.serving.feedback import FeedbackEvent, FeedbackStore, open_store
+from movierec.serving.history import OnlineHistory, resolve_history
+from movierec.serving.logs import configure_logging
+from movierec.serving.metrics import ServingMetrics
+from movierec.serving.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from movierec.serving.page import load_page
+from movierec.serving.schemas import (
+    INT64_MAX,
+    DemoUserOut,
+    DemoUsersResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    HistoryResponse,
+    MovieOut,
+    PredictRequest,
+    ReadyResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ScoredMovie,
+    VersionResponse,
+)
+from movierec.serving.settings import ENV_ADMIN_TOKEN, ServeSettings
+
+__all__ = ["BundleError", "ServeSettings", "ServingState", "create_app", "run_server"]
+log = logging.getLogger("movierec.serving")
+
+
+class ServingState:
+    """What the routes share; ``bundle`` is replaced as one reference by a reload."""
+
+    def __init__(self, settings: ServeSettings, bundle: LoadedBundle, store: FeedbackStore,
+                 online: OnlineHistory, metrics: ServingMetrics, batcher: MicroBatcher) -> None:
+        self.settings = settings
+        self.bundle = bundle
+        self.store = store
+        self.online = online
+        self.metrics = metrics
+        self.batcher = batcher
+        self.started = False
+
+    def publish(self, bundle: LoadedBundle) -> None:
+        """Swap in a loaded bundle (requests already running keep the one they took)."""
+        self.bundle = bundle
+        meta = bundle.meta
+        self.metrics.set_model(bundle.version, bundle.alias, bundle.precision,
+                               str(meta.get("run_id", "")), str(meta.get("data_version", "")))
+
+    async def recommend(self, user_id: int | None, sequence: list[int] | None, k: int,
+                        exclude_seen: bool) -> RecommendResponse:
+        """Top-k movies for a user and/or a sequence, with the cold-start fallbacks."""
+        limit = self.settings.max_sequence_length
+        if sequence is not None and len(sequence) > limit:
+            raise RequestValidationError([{
+                "type": "too_long", "loc": ("body", "sequence"), "input": None,
+                "msg": f"sequence has {len(sequence)} movie ids; send at most {limit} "
+                       "(the most recent ones)"}])
+        bundle = self.bundle  # one snapshot for the whole request
+        catalog = bundle.catalog
+        user_idx = catalog.user_idx_by_id.get(user_id) if user_id is not None else None
+        unknown: list[int] = []
+        if sequence is not None:
+            history, unknown = catalog.to_indices(sequence)
+        else:
+            history = resolve_history(catalog, self.online, user_id)
+        self.metrics.unknown_items.inc(len(unknown))
+        self.metrics.sequence_length.observe(history.size)
+        if history.size == 0:
+            fallback: str | None = "popularity"
+            scores = catalog.train_count.astype(np.float64)
+        else:
+            fallback = None if user_idx is not None else "no_user_embedding"
+            scores = await self.batcher.score(bundle.model, user_idx or 0, history)
+        if fallback is not None:
+            self.metrics.fallbacks.labels(kind=fallback).inc()
+        best, values = top_k(scores, k, history if exclude_seen else None)
+        items = []
+        for item, value in zip(best.tolist(), values.tolist(), strict=True):
+            items.append(ScoredMovie(**asdict(catalog.movie(item)), score=value))
+            self.metrics.recommended_popularity.observe(float(catalog.popularity_pct[item]))
+        return RecommendResponse(items=items, model_version=bundle.version,
+                                 unknown_movie_ids=unknown, fallback=fallback,  # type: ignore[arg-type]
+                                 user_known=user_idx is not None)
+
+    def history(self, user_id: int, limit: int) -> tuple[bool, int, list[MovieOut]]:
+        """(user known, history length, most recent ``limit`` movies, newest first)."""
+        catalog = self.bundle.catalog
+        items = resolve_history(catalog, self.online, user_id)
+        recent = items[::-1][:limit].tolist()
+        return (user_id in catalog.user_idx_by_id, int(items.size),
+                [MovieOut(**asdict(catalog.movie(i))) for i in recent])
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """Build the app: open the feedback store, load and warm up the bundle, wire the routes.
+
+    Raises:
+        BundleError: The bundle fails verification or cannot be loaded (nothing is served).
+        FeedbackStoreError: The feedback URL is unusable.
+    """
+    metrics = ServingMetrics()
+    store = open_store(settings.resolved_feedback_url())
+    try:
+        online = OnlineHistory(settings.max_sequence_length)
+        replayed = online.extend(store.watches())
+        bundle = load_bundle(settings.bundle, settings.precision, settings.threads,
+                             settings.device, settings.model_version, settings.model_alias)
+    except BaseException:
+        store.close()
+        raise
+    batcher = MicroBatcher(settings.max_batch_size, settings.max_queue_delay_ms, metrics)
+    state = ServingState(settings, bundle, store, online, metrics, batcher)
+    state.publish(bundle)
+    reloads = ReloadManager(state)
+    page, page_csp = load_page()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        state.started = True
+        log.info("serving", extra={
+            "bundle": str(bundle.path), "version": bundle.version,
+            "precision": bundle.precision, "providers": bundle.model.providers,
+            "max_batch_size": settings.max_batch_size, "feedback_db": str(store.path),
+            "watches_replayed": replayed,
+            "admin_api": "enabled" if settings.admin_token else f"disabled ({ENV_ADMIN_TOKEN} "
+                                                                 "not set)"})
+        try:
+            yield
+        finally:
+            state.started = False
+            await reloads.cancel()
+            await batcher.stop()
+            store.close()
+
+    app = FastAPI(title="movierec", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # the docs UIs load from a CDN
+    app.state.serving = state
+    app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_body_bytes,
+                       limits={"/feedback": settings.max_feedback_body_bytes})
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Authorization"])
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees 413s
+    app.include_router(admin_router(reloads))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": page_csp,
+                                           "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", response_model=ReadyResponse)
+    async def ready() -> JSONResponse:
+        """Readiness: a verified, warmed-up bundle is served and the batcher runs."""
+        if not state.started:
+            return JSONResponse(ReadyResponse(ready=False, reason="starting or stopping")
+                                .model_dump(), status_code=503)
+        return JSONResponse(ReadyResponse(ready=True, version=state.bundle.version).model_dump())
+
+    @app.get("/version", response_model=VersionResponse)
+    async def version() -> VersionResponse:
+        """What is served: registry version and alias, data version, training run."""
+        b = state.bundle
+        meta = b.meta
+        return VersionResponse(
+            name=str(meta.get("name", "movierec")), version=b.version, alias=b.alias,
+            data_version=str(meta.get("data_version", "")),
+            trained_at=str(meta.get("trained_at", "")), run_id=str(meta.get("run_id", "")),
+            precision=b.precision, model_kind=str(meta.get("model_kind", "")),
+            git_commit=str(meta.get("git_commit", "")))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_text() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest) -> RecommendResponse:
+        """Top-k movies for a user (stored history) or a sequence of movie ids."""
+        return await state.recommend(body.user_id, body.sequence, body.top_k,
+                                     body.exclude_seen)
+
+    @app.post("/predict", response_model=RecommendResponse)
+    async def predict(body: PredictRequest) -> RecommendResponse:
+        """The seed service's route: same answer as ``/recommend`` (seen movies excluded)."""
+        return await state.recommend(body.user_id, body.sequence, body.top_k, True)
+
+    @app.post("/feedback", response_model=FeedbackResponse)
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        """Store events; the answer comes only after they are committed to disk."""
+        events = [FeedbackEvent(e.user_id, e.movie_id, e.event, e.timestamp)
+                  for e in body.events]
+        try:
+            count = await asyncio.to_thread(state.store.add, events, state.bundle.version)
+        except sqlite3.Error as exc:
+            log.exception("feedback store failed")
+            raise HTTPException(503, f"feedback store unavailable ({exc}); retry later") from exc
+        for event in events:
+            metrics.feedback_events.labels(event=event.event).inc()
+            if event.event == "watch":
+                state.online.add(event.user_id, event.movie_id, event.timestamp)
+        return FeedbackResponse(accepted=count)
+
+    @app.get("/users/{user_id}/history", response_model=HistoryResponse)
+    async def user_history(
+            user_id: Annotated[int, PathParam(ge=0, le=INT64_MAX)],
+            limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> HistoryResponse:
+        """A user's watch history (stored plus online watches), most recent first."""
+        known, length, items = state.history(user_id, limit)
+        return HistoryResponse(user_id=user_id, user_known=known, length=length, items=items)
+
+    @app.get("/demo/users", response_model=DemoUsersResponse)
+    async def demo_users(limit: Annotated[int, Query(ge=1, le=100)] = 10) -> DemoUsersResponse:
+        """Three real users with different tastes, with their recent history."""
+        users = []
+        for demo in state.bundle.demo_users:
+            _, length, recent = state.history(demo.user_id, limit)
+            users.append(DemoUserOut(user_id=demo.user_id, top_genre=demo.top_genre,
+                                     history_length=length, recent=recent))
+        return DemoUsersResponse(users=users)
+
+    return app
+
+
+def run_server(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
+               log_level: str = "info") -> None:
+    """Serve until interrupted, logging JSON lines to stdout (blocking).
+
+    Raises:
+        BundleError: Before binding the port, when the bundle fails verification.
+    """
+    configure_logging(log_level)
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
+                server_header=False, timeout_graceful_shutdown=10, log_level=log_level)
+

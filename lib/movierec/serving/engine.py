@@ -1,0 +1,263 @@
+"""ONNX Runtime inference: bundle loading with warm-up, and an asyncio micro-batcher.
+
+Requests wait at most ``max_queue_delay_ms`` for company, up to ``max_batch_size`` of them
+are padded into one ONNX Runtime call that runs in a worker thread, and each request gets
+its own row back. Each queued request carries the model it was admitted with, so a bundle
+swap never mixes models inside one batch and never fails a request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from movierec.export.runtime import Device, select_providers, session_options
+from movierec.serving.catalog import MODEL_FILES, BundleError, Catalog, Precision, load_catalog
+from movierec.serving.catalog import verify_bundle as verify_bundle_files
+from movierec.serving.history import DemoUser, pick_demo_users
+from movierec.serving.metrics import ServingMetrics
+
+log = logging.getLogger("movierec.serving")
+
+
+class OnnxModel:
+    """One ONNX Runtime session with the bundle interface (users, seqs) -> scores."""
+
+    def __init__(self, path: Path, max_len: int, n_items: int, threads: int | None = None,
+                 device: Device = "cpu") -> None:
+        self.max_len = max_len
+        self.n_items = n_items
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads),
+                                                providers=select_providers(device))
+        except Exception as exc:  # ORT raises its own untyped errors for bad models
+            raise BundleError(f"{path}: ONNX Runtime cannot load the model ({exc})") from exc
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if set(inputs) != {"users", "seqs"} or "scores" not in outputs:
+            raise BundleError(f"{path}: model inputs {sorted(inputs)} / outputs {outputs}; "
+                              "expected inputs users, seqs and output scores")
+        width = inputs["seqs"].shape[1] if len(inputs["seqs"].shape) == 2 else None
+        if isinstance(width, int) and width != max_len:
+            raise BundleError(f"{path}: seqs input has length {width} but metadata "
+                              f"max_len={max_len}")
+        self.providers = self.session.get_providers()
+
+    def pad(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """Left-pad (with 0) and left-truncate sequences to ``[len(sequences), max_len]``."""
+        seqs = np.zeros((len(sequences), self.max_len), dtype=np.int64)
+        for row, seq in enumerate(sequences):
+            tail = seq[-self.max_len:]
+            if tail.size:
+                seqs[row, self.max_len - tail.size:] = tail
+        return seqs
+
+    def run(self, users: np.ndarray, sequences: list[np.ndarray]) -> np.ndarray:
+        """Scores ``[B, n_items + 1]`` for user indices and item-index sequences."""
+        feeds = {"users": np.asarray(users, dtype=np.int64), "seqs": self.pad(sequences)}
+        return self.session.run(["scores"], feeds)[0]
+
+    def warm_up(self, item: int) -> None:
+        """Run one inference and check its shape and values (raises BundleError)."""
+        scores = self.run(np.zeros(1, dtype=np.int64), [np.asarray([item], dtype=np.int64)])
+        if scores.shape != (1, self.n_items + 1):
+            raise BundleError(f"warm-up: scores shape {scores.shape}, expected "
+                              f"(1, {self.n_items + 1}) from metadata n_items")
+        if not np.isfinite(scores[0, 1:]).all():
+            raise BundleError("warm-up: the model returned non-finite scores for real items")
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    """A verified, warmed-up bundle: everything one request needs, swapped as one reference."""
+
+    path: Path
+    meta: dict[str, Any]
+    precision: Precision
+    version: str
+    alias: str
+    catalog: Catalog
+    model: OnnxModel
+    demo_users: list[DemoUser]
+    loaded_at: float = field(default_factory=time.time)
+
+
+def load_bundle(path: Path, precision: Precision = "fp32", threads: int | None = None,
+                device: Device = "cpu", version: str | None = None,
+                alias: str | None = None) -> LoadedBundle:
+    """Verify, load and warm up a bundle (blocking: call it from a worker thread when live).
+
+    Args:
+        path: Bundle folder.
+        precision: ``fp32`` (model.onnx) or ``int8`` (model.int8.onnx).
+        threads: ONNX Runtime intra-op threads (None: one per physical core).
+        device: ``cpu`` or ``cuda`` (falls back to CPU when CUDA is unavailable).
+        version: The registry version to report (default: metadata ``version`` or run id).
+        alias: The registry alias to report (default: "").
+
+    Raises:
+        BundleError: When any check fails; nothing is half-loaded.
+    """
+    meta = verify_bundle_files(path, precision)
+    catalog = load_catalog(path, meta)
+    model = OnnxModel(path / MODEL_FILES[precision], int(meta["max_len"]),
+                      int(meta["n_items"]), threads, device)
+    warm_item = int(catalog.popularity_order[0]) if catalog.popularity_order.size else 0
+    model.warm_up(warm_item)
+    reported = version or str(meta.get("version") or meta.get("run_id") or "unversioned")
+    return LoadedBundle(path=Path(path), meta=meta, precision=precision, version=reported,
+                        alias=alias or "", catalog=catalog, model=model,
+                        demo_users=pick_demo_users(catalog))
+
+
+def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray,
+                                                                                  np.ndarray]:
+    """The ``k`` best item indices (best first, ties to the lower index) and their scores.
+
+    Column 0 (padding), ``exclude`` and non-finite scores are never returned, so fewer
+    than ``k`` items come back when fewer remain.
+    """
+    s = np.asarray(scores, dtype=np.float64).copy()
+    s[0] = -np.inf
+    if exclude is not None and exclude.size:
+        s[exclude] = -np.inf
+    s[~np.isfinite(s)] = -np.inf
+    available = int(np.isfinite(s).sum())
+    k = min(k, available)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    candidates = np.argpartition(-s, k - 1)[:k] if k < s.size else np.arange(s.size)
+    order = np.lexsort((candidates, -s[candidates]))
+    best = candidates[order][:k]
+    return best.astype(np.int64), s[best]
+
+
+@dataclass
+class _Job:
+    model: OnnxModel
+    user: int
+    seq: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+
+
+class MicroBatcher:
+    """Groups concurrent requests into one ONNX Runtime call.
+
+    ``max_batch_size=1`` disables batching (each request runs alone, without the queue).
+    Until :meth:`start` runs (or after :meth:`stop`), requests run alone as well.
+    """
+
+    def __init__(self, max_batch_size: int = 32, max_queue_delay_ms: float = 2.0,
+                 metrics: ServingMetrics | None = None) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_queue_delay_ms / 1000.0
+        self.metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._taken: list[_Job] = []  # jobs out of the queue, not yet answered
+
+    @property
+    def running(self) -> bool:
+        """Whether the batching loop runs."""
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self.max_batch_size > 1 and not self.running:
+            self._queue = asyncio.Queue()
+            self._task = asyncio.create_task(self._loop(), name="movierec-batcher")
+
+    async def stop(self) -> None:
+        """Stop the loop; queued requests fail with a clear error."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        left = list(self._taken)
+        while self._queue is not None and not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        for job in left:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("server is shutting down"))
+        self._executor.shutdown(wait=False)
+
+    async def score(self, model: OnnxModel, user: int, seq: np.ndarray) -> np.ndarray:
+        """Scores ``[n_items + 1]`` for one request (batched with others when enabled)."""
+        loop = asyncio.get_running_loop()
+        if not self.running or self._queue is None:
+            return (await loop.run_in_executor(None, self._run, model, [user], [seq]))[0]
+        job = _Job(model, user, seq, loop.create_future(), loop.time())
+        await self._queue.put(job)
+        return await job.future
+
+    def _run(self, model: OnnxModel, users: list[int], seqs: list[np.ndarray]) -> np.ndarray:
+        started = time.perf_counter()
+        scores = model.run(np.asarray(users, dtype=np.int64), seqs)
+        if self.metrics is not None:
+            self.metrics.inference_latency.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(users))
+        return scores
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        held: _Job | None = None
+        while True:
+            first = held if held is not None else await queue.get()
+            held = None
+            batch = [first]
+            self._taken = batch
+            deadline = loop.time() + self.max_delay
+            while len(batch) < self.max_batch_size:
+                try:
+                    job = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                if job.model is not first.model:  # a swap happened: this job starts the next
+                    held = job
+                    self._taken = [*batch, job]
+                    break
+                batch.append(job)
+            await self._execute(batch, loop)
+            self._taken = [held] if held is not None else []
+
+    async def _execute(self, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
+        live = [job for job in batch if not job.future.done()]  # skip cancelled requests
+        if not live:
+            return
+        now = loop.time()
+        if self.metrics is not None:
+            for job in live:
+                self.metrics.queue_wait.observe(now - job.enqueued)
+        try:
+            scores = await loop.run_in_executor(
+                self._executor, self._run, live[0].model, [j.user for j in live],
+                [j.seq for j in live])
+        except Exception as exc:
+            log.exception("inference failed for a batch of %d", len(live))
+            for job in live:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        for job, row in zip(live, scores, strict=True):
+            if not job.future.done():
+                job.future.set_result(row)

@@ -1,0 +1,131 @@
+"""The feedback store: user events (impression, click, watch), durable before acknowledged.
+
+SQLite in WAL mode with ``synchronous=FULL``: :meth:`FeedbackStore.add` returns only after
+the transaction is committed and synced, so an acknowledged event survives ``kill -9``.
+PostgreSQL URLs are recognised but not implemented in this build (see :func:`open_store`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+EVENTS = ("impression", "click", "watch")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    movie_id INTEGER NOT NULL,
+    event TEXT NOT NULL CHECK (event IN ('impression', 'click', 'watch')),
+    timestamp INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    model_version TEXT
+);
+CREATE INDEX IF NOT EXISTS feedback_event_user ON feedback (event, user_id);
+"""
+
+
+class FeedbackStoreError(ValueError):
+    """The feedback store URL is invalid or its backend is unavailable."""
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """One user event as stored."""
+
+    user_id: int
+    movie_id: int
+    event: str
+    timestamp: int
+
+
+class FeedbackStore:
+    """Append-only SQLite event table; safe to call from worker threads (one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(_SCHEMA)
+
+    def add(self, events: Sequence[FeedbackEvent], model_version: str | None = None) -> int:
+        """Insert ``events`` in one transaction; return the count once committed to disk."""
+        received = time.time()
+        rows = [(e.user_id, e.movie_id, e.event, e.timestamp, received, model_version)
+                for e in events]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT INTO feedback (user_id, movie_id, event, timestamp, received_at, "
+                    "model_version) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        return len(rows)
+
+    def watches(self) -> Iterator[tuple[int, int, int]]:
+        """Every stored watch as ``(user_id, movie_id, timestamp)``, in arrival order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT user_id, movie_id, timestamp FROM feedback WHERE event = 'watch' "
+                "ORDER BY id").fetchall()
+        yield from rows
+
+    def count(self, event: str | None = None) -> int:
+        """How many events are stored (of one kind, or all)."""
+        with self._lock:
+            if event is None:
+                row = self._conn.execute("SELECT COUNT(*) FROM feedback").fetchone()
+            else:
+                row = self._conn.execute("SELECT COUNT(*) FROM feedback WHERE event = ?",
+                                         (event,)).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        """Close the connection (committed data is already on disk)."""
+        with self._lock:
+            self._conn.close()
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///path`` URL (or of a plain path)."""
+    if url.startswith("sqlite:///"):
+        # SQLAlchemy style: sqlite:////abs/path.db is absolute, sqlite:///rel.db relative.
+        return Path(url.removeprefix("sqlite:///"))
+    if "://" in url:
+        raise FeedbackStoreError(f"feedback_url {url!r}: unknown scheme (use sqlite:///PATH "
+                                 "or a file path)")
+    return Path(url)
+
+
+def open_store(url: str) -> FeedbackStore:
+    """Open the store named by ``url``.
+
+    Args:
+        url: ``sqlite:////abs/path.db``, ``sqlite:///rel.db`` or a file path.
+
+    Raises:
+        FeedbackStoreError: For ``postgresql://`` (not supported in this build) and unknown
+            schemes.
+    """
+    if url.startswith(("postgresql://", "postgres://", "postgresql+")):
+        if importlib.util.find_spec("psycopg") is None:
+            raise FeedbackStoreError(
+                "feedback_url: PostgreSQL is not supported in this build (psycopg is not "
+                "installed); use sqlite:///PATH")
+        raise FeedbackStoreError(
+            "feedback_url: PostgreSQL is not supported in this build (psycopg is installed "
+            "but no PostgreSQL store is implemented yet); use sqlite:///PATH")
+    return FeedbackStore(sqlite_path(url))

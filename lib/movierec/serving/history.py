@@ -1,0 +1,167 @@
+"""Online history lookup: a user's stored history plus the watches accepted since training.
+
+Stored histories come from the bundle (item indices); online watches come from ``/feedback``
+and are kept by MovieLens ids, so they survive a bundle swap whose item indices differ.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from movierec.serving.catalog import Catalog
+
+IGNORED_GENRES = frozenset({"unknown", "(no genres listed)", ""})
+
+
+class OnlineHistory:
+    """Watch events per user, ordered by (timestamp, arrival), newest last.
+
+    Only the event loop mutates it (after the feedback store committed), so it needs no lock.
+    """
+
+    def __init__(self, max_per_user: int) -> None:
+        self.max_per_user = max_per_user
+        self._watches: dict[int, list[tuple[int, int, int]]] = {}
+        self._arrival = itertools.count()
+
+    def add(self, user_id: int, movie_id: int, timestamp: int) -> None:
+        """Record one accepted watch; the oldest entries go beyond ``max_per_user``."""
+        events = self._watches.setdefault(user_id, [])
+        bisect.insort(events, (timestamp, next(self._arrival), movie_id))
+        if len(events) > self.max_per_user:
+            del events[: len(events) - self.max_per_user]
+
+    def extend(self, watches: Iterable[tuple[int, int, int]]) -> int:
+        """Add ``(user_id, movie_id, timestamp)`` triples; return how many were added."""
+        count = 0
+        for user_id, movie_id, timestamp in watches:
+            self.add(user_id, movie_id, timestamp)
+            count += 1
+        return count
+
+    def movies(self, user_id: int) -> list[int]:
+        """The user's online watches as MovieLens ids, oldest first."""
+        return [movie for _, _, movie in self._watches.get(user_id, ())]
+
+    def __len__(self) -> int:
+        return sum(len(events) for events in self._watches.values())
+
+
+def resolve_history(catalog: Catalog, online: OnlineHistory, user_id: int | None) -> np.ndarray:
+    """The item indices a user has watched, oldest first: stored history, then online watches.
+
+    An online watch of an item that is already in the history moves it to the end (a bundle
+    trained on the feedback already holds those watches; MovieLens has one rating per movie).
+    Online watches of movies this bundle does not know are skipped.
+
+    Args:
+        catalog: The served bundle's catalogue.
+        online: Watches accepted since the bundle was built.
+        user_id: MovieLens user id, or None for an anonymous request.
+
+    Returns:
+        int64 item indices (possibly empty).
+    """
+    if user_id is None:
+        return np.zeros(0, dtype=np.int64)
+    user_idx = catalog.user_idx_by_id.get(user_id)
+    stored = catalog.histories.get(user_idx, None) if user_idx is not None else None
+    online_idx, _ = catalog.to_indices(online.movies(user_id))
+    base = stored if stored is not None and stored.size else np.zeros(0, dtype=np.int64)
+    if online_idx.size == 0:
+        return base
+    # Keep the last occurrence of every item; drop stored copies of online items.
+    last: dict[int, int] = {}
+    for position, item in enumerate(online_idx.tolist()):
+        last[item] = position
+    recent = [item for position, item in enumerate(online_idx.tolist()) if last[item] == position]
+    if base.size:
+        base = base[~np.isin(base, np.asarray(recent, dtype=np.int64))]
+    return np.concatenate([base, np.asarray(recent, dtype=np.int64)])
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    """A real user picked to show off a taste on the demo page."""
+
+    user_id: int
+    top_genre: str
+    history_length: int
+
+
+def pick_demo_users(catalog: Catalog, count: int = 3, min_history: int = 20,
+                    pool: int = 2000) -> list[DemoUser]:
+    """Pick users with clearly different tastes, deterministically.
+
+    Each candidate (the ``pool`` users with the longest histories, at least ``min_history``
+    items when enough exist) gets a dominant genre: the one whose share of their history
+    most exceeds its share overall. Walking genres from the most watched overall, each genre
+    gives the candidate dominated by it who watched the most of it, until ``count`` users
+    are picked; users with the longest histories fill any gap.
+
+    Args:
+        catalog: The bundle's catalogue (histories and genres).
+        count: How many users to return.
+        min_history: Preferred minimum history length.
+        pool: How many of the longest histories to consider (bounds the work on big data).
+
+    Returns:
+        Up to ``count`` users, ordered by the popularity of their dominant genre.
+    """
+    by_id = {idx: uid for uid, idx in catalog.user_idx_by_id.items()}
+    users = [(uid, catalog.histories[idx]) for idx, uid in sorted(by_id.items())
+             if idx in catalog.histories and catalog.histories[idx].size]
+    if not users:
+        return []
+    users.sort(key=lambda pair: (-pair[1].size, pair[0]))
+    users = users[:pool]
+    rich = [pair for pair in users if pair[1].size >= min_history]
+    candidates = rich if len(rich) >= count else users
+    genres = sorted({g for m in catalog.movies if m for g in m.genres} - IGNORED_GENRES)
+    picked: list[DemoUser] = []
+    if genres:
+        column = {g: i for i, g in enumerate(genres)}
+        item_genre = np.zeros((catalog.n_items + 1, len(genres)), dtype=np.float64)
+        for idx, movie in enumerate(catalog.movies):
+            for genre in movie.genres if movie else ():
+                if genre in column:
+                    item_genre[idx, column[genre]] = 1.0
+        counts = np.stack([item_genre[hist].sum(axis=0) for _, hist in candidates])
+        lengths = np.array([hist.size for _, hist in candidates], dtype=np.float64)
+        overall = counts.sum(axis=0)
+        share = overall / max(overall.sum(), 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lift = np.where(share > 0, (counts / lengths[:, None]) / share, 0.0)
+        dominant = lift.argmax(axis=1)
+        for g in np.argsort(-overall, kind="stable"):
+            if len(picked) == count or overall[g] == 0:
+                break
+            members = np.flatnonzero(dominant == g)
+            if members.size:
+                best = members[np.argmax(counts[members, g])]
+                uid, hist = candidates[best]
+                picked.append(DemoUser(uid, genres[g], int(hist.size)))
+    chosen = {user.user_id for user in picked}
+    for uid, hist in users:
+        if len(picked) >= count:
+            break
+        if uid not in chosen:
+            top = _top_genre(catalog, hist)
+            picked.append(DemoUser(uid, top, int(hist.size)))
+            chosen.add(uid)
+    return picked
+
+
+def _top_genre(catalog: Catalog, history: np.ndarray) -> str:
+    """The most frequent genre in a history ("" when none)."""
+    tally: dict[str, int] = {}
+    for item in history.tolist():
+        for genre in catalog.movie(item).genres:
+            if genre not in IGNORED_GENRES:
+                tally[genre] = tally.get(genre, 0) + 1
+    return max(sorted(tally), key=lambda g: tally[g]) if tally else ""

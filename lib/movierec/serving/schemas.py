@@ -1,0 +1,170 @@
+"""Request and response bodies of the HTTP API.
+
+Requests are strict: unknown fields and wrong types are rejected with a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+INT64_MAX = 2**63 - 1
+MAX_TIMESTAMP = 10_000_000_000  # seconds; larger values are almost surely milliseconds
+
+Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Fallback = Literal["no_user_embedding", "popularity"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RecommendRequest(_Request):
+    """``POST /recommend``: who to recommend for, or what they just watched.
+
+    Attributes:
+        user_id: MovieLens user id; without ``sequence`` their stored history is used.
+        sequence: MovieLens movie ids watched, newest last (overrides the stored history).
+        top_k: How many movies to return (1-100).
+        exclude_seen: Leave out movies in the history used.
+    """
+
+    user_id: Id | None = None
+    sequence: list[Id] | None = None
+    top_k: int = Field(10, ge=1, le=100)
+    exclude_seen: bool = True
+
+
+class PredictRequest(_Request):
+    """``POST /predict``: the seed service's body (same answer as ``/recommend``)."""
+
+    user_id: Id | None = None
+    sequence: list[Id] | None = None
+    top_k: int = Field(10, ge=1, le=100)
+
+
+class MovieOut(BaseModel):
+    """A catalogue entry."""
+
+    movie_id: int
+    title: str
+    year: int | None
+    genres: list[str]
+
+
+class ScoredMovie(MovieOut):
+    """A recommended movie.
+
+    ``score`` is the model's score, or the training-set count when the popularity fallback
+    answered.
+    """
+
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    """The answer of ``/recommend`` and ``/predict``."""
+
+    items: list[ScoredMovie]
+    model_version: str
+    unknown_movie_ids: list[int]
+    fallback: Fallback | None
+    user_known: bool
+
+
+class FeedbackEventIn(_Request):
+    """One user event."""
+
+    user_id: Id
+    movie_id: Id
+    event: Literal["impression", "click", "watch"]
+    timestamp: int = Field(ge=0, le=MAX_TIMESTAMP,
+                           description="Unix time in seconds (not milliseconds).")
+
+
+class FeedbackRequest(_Request):
+    """``POST /feedback``: 1-1000 events, stored together."""
+
+    events: list[FeedbackEventIn] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackResponse(BaseModel):
+    """Sent only after the events are committed to disk."""
+
+    accepted: int
+
+
+class VersionResponse(BaseModel):
+    """``GET /version``: what is being served."""
+
+    name: str
+    version: str
+    alias: str
+    data_version: str
+    trained_at: str
+    run_id: str
+    precision: str
+    model_kind: str
+    git_commit: str
+
+
+class ReadyResponse(BaseModel):
+    """``GET /ready``."""
+
+    ready: bool
+    reason: str | None = None
+    version: str | None = None
+
+
+class HistoryResponse(BaseModel):
+    """``GET /users/{user_id}/history``: most recent first."""
+
+    user_id: int
+    user_known: bool
+    length: int
+    items: list[MovieOut]
+
+
+class DemoUserOut(BaseModel):
+    """A demo user and their recent history (most recent first)."""
+
+    user_id: int
+    top_genre: str
+    history_length: int
+    recent: list[MovieOut]
+
+
+class DemoUsersResponse(BaseModel):
+    """``GET /demo/users``."""
+
+    users: list[DemoUserOut]
+
+
+class ReloadRequest(_Request):
+    """``POST /admin/reload``: load a bundle (default: the one served now) and swap it in.
+
+    Attributes:
+        bundle: Bundle folder on the server.
+        precision: ``fp32`` or ``int8`` (default: unchanged).
+        version: Registry version to report (default: from the bundle).
+        alias: Registry alias to report (default: unchanged).
+        wait: Answer after the swap (200) or failure (422) instead of at once (202).
+    """
+
+    bundle: str | None = Field(None, min_length=1, max_length=4096)
+    precision: Literal["fp32", "int8"] | None = None
+    version: str | None = Field(None, max_length=200)
+    alias: str | None = Field(None, max_length=200)
+    wait: bool = False
+
+
+class ReloadStatus(BaseModel):
+    """The state of the latest reload."""
+
+    status: Literal["idle", "running", "ok", "failed"]
+    bundle: str | None = None
+    version: str | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None

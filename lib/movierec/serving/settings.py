@@ -1,0 +1,68 @@
+"""Serving configuration: one typed, strict object (the CLI and tests build it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from movierec.config import get_settings
+from movierec.serving.catalog import Precision
+from movierec.serving.engine import Device
+
+ENV_ADMIN_TOKEN = "MOVIEREC_ADMIN_TOKEN"
+
+
+def _admin_token_from_env() -> SecretStr | None:
+    token = os.environ.get(ENV_ADMIN_TOKEN, "").strip()
+    return SecretStr(token) if token else None
+
+
+class ServeSettings(BaseModel):
+    """How the recommendation service runs.
+
+    Attributes:
+        bundle: The bundle folder to serve.
+        precision: ``fp32`` (model.onnx) or ``int8`` (model.int8.onnx).
+        device: ``cpu``, or ``cuda`` when onnxruntime has the CUDA provider (else CPU).
+        max_batch_size: Requests per ONNX Runtime call; 1 disables micro-batching.
+        max_queue_delay_ms: How long a request may wait for others to join its batch.
+        threads: ONNX Runtime intra-op threads (None: one per physical core).
+        max_sequence_length: Longest ``sequence`` a request may send.
+        max_body_bytes: Request body limit (413 beyond it).
+        max_feedback_body_bytes: Body limit of ``/feedback`` (1000 events need ~80 KB).
+        feedback_url: ``sqlite:///PATH`` (default: ``$MOVIEREC_HOME/feedback.db``).
+            ``postgresql://`` is refused in this build.
+        admin_token: Bearer token of ``/admin/*`` (default: ``$MOVIEREC_ADMIN_TOKEN``;
+            without one the admin API answers 403). Never logged or shown.
+        cors_origins: Origins allowed by CORS; empty adds no CORS headers at all.
+        model_version: Registry version reported by ``/version`` (default: the bundle's).
+        model_alias: Registry alias reported by ``/version`` (e.g. ``production``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bundle: Path
+    precision: Precision = "fp32"
+    device: Device = "cpu"
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=1000)
+    threads: int | None = Field(None, ge=1, le=256)
+    max_sequence_length: int = Field(1000, ge=1, le=100_000)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_feedback_body_bytes: int = Field(256 * 1024, ge=1024)
+    feedback_url: str | None = None
+    admin_token: SecretStr | None = Field(default_factory=_admin_token_from_env)
+    cors_origins: list[str] = Field(default_factory=list)
+    model_version: str | None = None
+    model_alias: str | None = None
+
+    @field_validator("admin_token")
+    @classmethod
+    def _blank_token_disables(cls, token: SecretStr | None) -> SecretStr | None:
+        return token if token is not None and token.get_secret_value().strip() else None
+
+    def resolved_feedback_url(self) -> str:
+        """The feedback store URL, defaulting to SQLite under ``MOVIEREC_HOME``."""
+        return self.feedback_url or f"sqlite:///{get_settings().home / 'feedback.db'}"

@@ -1,0 +1,273 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from movierec.data.dataset import load_sequences
+from movierec.export.onnx import (
+    ExportConfig,
+    ExportError,
+    OrtScorer,
+    export_and_check,
+    export_onnx,
+    parity_report,
+    quantize_int8,
+)
+from movierec.models import ModelConfig, PopularityModel, build_model
+from movierec.registry.bundle import (
+    BundleError,
+    bundle_from_run,
+    sha256_file,
+    verify_bundle,
+    write_bundle,
+)
+from movierec.training.config import TrainConfig
+
+MAX_LEN = 12
+TINY = {"max_len": MAX_LEN, "d_item": 8, "d_user": 4, "n_blocks": 1, "dropout": 0.0}
+
+
+def _config(kind: str) -> TrainConfig:
+    if kind == "pop":
+        return TrainConfig(baseline="pop", model=ModelConfig(**TINY))
+    return TrainConfig(model=ModelConfig(kind=kind, **TINY))
+
+
+def _model(kind: str, small_prepared: Path) -> torch.nn.Module:
+    data = load_sequences(small_prepared)
+    if kind == "pop":
+        return PopularityModel(data.n_items).fit(data.train)
+    torch.manual_seed(0)
+    return build_model(_config(kind).model, data.n_users, data.n_items).eval()
+
+
+@pytest.fixture(scope="module")
+def pop_bundle(small_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One written popularity bundle, copied by tests that corrupt it."""
+    out = tmp_path_factory.mktemp("bundles") / "pop"
+    write_bundle(_model("pop", small_prepared), _config("pop"), small_prepared, out,
+                 git_commit="abc")
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("kind", ["sse-pt", "sasrec", "pop"])
+def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
+                                                tmp_path: Path) -> None:
+    data = load_sequences(small_prepared)
+    model = _model(kind, small_prepared)
+    report = export_and_check(model, MAX_LEN, tmp_path, data, ExportConfig())
+    assert set(report["batches"]) == {"1", "8", "64"}
+    for entry in report["batches"].values():
+        assert entry["fp32_max_abs_diff"] <= 1e-4
+        assert entry["fp32_top10_overlap"] == 1.0
+        assert 0.0 <= entry["int8_top10_overlap"] <= 1.0
+        assert np.isfinite(entry["int8_max_abs_diff"])
+    assert report["passed"] and report["reasons"] == []
+    assert set(report["ndcg@10"]) == {"pytorch", "fp32", "int8"}
+    assert abs(report["fp32_ndcg_diff"]) < 1e-9
+    assert "int8_ndcg_loss" in report and report["validation_users"] == 60
+    json.dumps(report)  # goes into metadata.json as is
+    # Interface of both files: dynamic batch, fixed max_len, float32 [B, n_items + 1].
+    for name in ("model.onnx", "model.int8.onnx"):
+        scorer = OrtScorer(tmp_path / name)
+        assert scorer.max_len == MAX_LEN
+        inputs = {i.name: (i.type, i.shape) for i in scorer.session.get_inputs()}
+        assert inputs["users"][0] == inputs["seqs"][0] == "tensor(int64)"
+        assert inputs["seqs"][1][1] == MAX_LEN and isinstance(inputs["seqs"][1][0], str)
+        scores = scorer(np.array([1, 2, 3]), np.zeros((3, MAX_LEN), np.int64))
+        assert scores.shape == (3, data.n_items + 1) and scores.dtype == np.float32
+        assert np.all(scores[:, 0] < -1e30)
+
+
+def test_ort_scorer_pads_and_cuts_sequences(small_prepared: Path, tmp_path: Path) -> None:
+    model = _model("sasrec", small_prepared)
+    scorer = OrtScorer(export_onnx(model, MAX_LEN, tmp_path / "m.onnx"))
+    seqs = np.zeros((2, MAX_LEN), np.int64)
+    seqs[:, -3:] = [[5, 6, 7], [8, 9, 10]]
+    users = np.array([1, 2])
+    full = scorer(users, seqs)
+    np.testing.assert_allclose(scorer(users, seqs[:, -5:]), full)
+    longer = np.concatenate([np.full((2, 4), 3), seqs], axis=1)
+    np.testing.assert_allclose(scorer(users, longer), full)
+
+
+def test_parity_failure_raises_with_numbers(small_prepared: Path, tmp_path: Path) -> None:
+    data = load_sequences(small_prepared)
+    model = _model("sse-pt", small_prepared)
+    fp32 = export_onnx(model, MAX_LEN, tmp_path / "model.onnx")
+    config = ExportConfig(max_fp32_diff=-1.0, max_int8_ndcg_loss=-1.0, quantize=False)
+    report = parity_report(model, fp32, None, data, config)
+    assert not report["passed"] and "max_fp32_diff" in report["reasons"][0]
+    assert "int8_max_abs_diff" not in report
+    with pytest.raises(ExportError, match="max_fp32_diff") as caught:
+        export_and_check(model, MAX_LEN, tmp_path / "again", data, config)
+    assert caught.value.report is not None and caught.value.report["passed"] is False
+
+
+def test_export_config_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="max_diff"):
+        ExportConfig.model_validate({"max_diff": 1e-3})
+
+
+def test_quantize_int8_keeps_the_interface(small_prepared: Path, tmp_path: Path) -> None:
+    model = _model("sse-pt", small_prepared)
+    fp32 = export_onnx(model, MAX_LEN, tmp_path / "model.onnx")
+    int8 = quantize_int8(fp32, tmp_path / "model.int8.onnx")
+    users, seqs = np.array([1, 2]), np.ones((2, MAX_LEN), np.int64)
+    a, b = OrtScorer(fp32)(users, seqs), OrtScorer(int8)(users, seqs)
+    assert a.shape == b.shape and np.abs(a[:, 1:] - b[:, 1:]).max() < 0.5
+
+
+def test_write_and_verify_round_trip(small_prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    metadata = write_bundle(_model("sse-pt", small_prepared), _config("sse-pt"),
+                            small_prepared, out, run_id=None, git_commit="abc")
+    assert verify_bundle(out) == json.loads((out / "metadata.json").read_text()) == metadata
+    assert sorted(metadata["files"]) == ["histories.parquet", "items.parquet",
+                                         "model.int8.onnx", "model.onnx", "users.parquet"]
+    assert all(sha256_file(out / n) == h for n, h in metadata["files"].items())
+    assert (metadata["format"], metadata["name"], metadata["model_kind"]) == (
+        1, "movierec", "sse-pt")
+    assert metadata["max_len"] == MAX_LEN and metadata["model_config"]["d_item"] == 8
+    data = load_sequences(small_prepared)
+    assert (metadata["n_users"], metadata["n_items"]) == (data.n_users, data.n_items)
+    assert metadata["data_version"] == data.data_version
+    assert metadata["git_commit"] == "abc" and metadata["run_id"] is None
+    assert metadata["metrics"]["valid"]["full"]["ndcg@10"] >= 0.0
+    assert metadata["parity"]["passed"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    # The histories are the whole sequences (train + valid + test) in time order.
+    histories = pl.read_parquet(out / "histories.parquet")
+    assert histories.schema["user_idx"] == pl.Int32
+    assert histories.schema["items"] == pl.List(pl.Int32)
+    row = histories.filter(pl.col("user_idx") == 1)["items"].to_list()[0]
+    assert row == [*data.train[1].tolist(), int(data.valid_item[1]), int(data.test_item[1])]
+    assert histories.height == data.n_users
+    assert pl.read_parquet(out / "items.parquet").equals(
+        pl.read_parquet(small_prepared / "items.parquet"))
+    assert pl.read_parquet(out / "users.parquet").equals(
+        pl.read_parquet(small_prepared / "users.parquet"))
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "items.parquet", "model.int8.onnx"])
+def test_a_flipped_byte_is_refused_naming_the_file(name: str, pop_bundle: Path,
+                                                   tmp_path: Path) -> None:
+    folder = _copy(pop_bundle, tmp_path / "b")
+    data = bytearray((folder / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / name).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=name.replace(".", r"\.") + ".*sha256"):
+        verify_bundle(folder)
+
+
+def test_a_truncated_model_is_refused_even_with_a_matching_checksum(pop_bundle: Path,
+                                                                    tmp_path: Path) -> None:
+    folder = _copy(pop_bundle, tmp_path / "b")
+    model = folder / "model.onnx"
+    model.write_bytes(model.read_bytes()[:200])
+    with pytest.raises(BundleError, match=r"model.onnx"):
+        verify_bundle(folder)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["files"]["model.onnx"] = sha256_file(model)
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(BundleError, match=r"model.onnx does not load"):
+        verify_bundle(folder)
+
+
+def test_missing_files_keys_and_strays_are_refused(pop_bundle: Path, tmp_path: Path) -> None:
+    folder = _copy(pop_bundle, tmp_path / "b")
+    (folder / "histories.parquet").unlink()
+    with pytest.raises(BundleError, match=r"histories\.parquet is listed but missing"):
+        verify_bundle(folder)
+    folder = _copy(pop_bundle, tmp_path / "c")
+    metadata = json.loads((folder / "metadata.json").read_text())
+    del metadata["data_version"]
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(BundleError, match="data_version"):
+        verify_bundle(folder)
+    folder = _copy(pop_bundle, tmp_path / "d")
+    (folder / "notes.txt").write_text("hi")
+    with pytest.raises(BundleError, match=r"notes.txt"):
+        verify_bundle(folder)
+    with pytest.raises(BundleError, match=r"metadata\.json missing"):
+        verify_bundle(tmp_path)
+
+
+def test_failed_parity_writes_nothing_and_keeps_the_previous_bundle(
+        small_prepared: Path, pop_bundle: Path, tmp_path: Path) -> None:
+    model, config = _model("sasrec", small_prepared), _config("sasrec")
+    failing = ExportConfig(max_fp32_diff=-1.0)
+    with pytest.raises(ExportError, match="max_fp32_diff"):
+        write_bundle(model, config, small_prepared, tmp_path / "new", export_config=failing)
+    assert list(tmp_path.iterdir()) == []
+    previous = _copy(pop_bundle, tmp_path / "current")
+    before = verify_bundle(previous)
+    with pytest.raises(ExportError):
+        write_bundle(model, config, small_prepared, previous, export_config=failing)
+    assert verify_bundle(previous) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current"]
+    # A passing export replaces it.
+    assert write_bundle(model, config, small_prepared, previous)["model_kind"] == "sasrec"
+    assert verify_bundle(previous)["model_kind"] == "sasrec"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current"]
+
+
+def test_write_bundle_refuses_mismatches(small_prepared: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="does not match the training config"):
+        write_bundle(_model("pop", small_prepared), _config("sse-pt"), small_prepared,
+                     tmp_path / "b")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("x")
+    with pytest.raises(BundleError, match="not a bundle"):
+        write_bundle(_model("pop", small_prepared), _config("pop"), small_prepared,
+                     tmp_path / "precious")
+    wrong = PopularityModel(10)
+    with pytest.raises(BundleError, match="10 items"):
+        write_bundle(wrong, _config("pop"), small_prepared, tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_bundle_from_a_tracked_run(small_prepared: Path, tmp_path: Path) -> None:
+    from movierec.training.runner import train_and_track
+
+    config = TrainConfig.model_validate({"epochs": 1, "batch_size": 32, "threads": 1,
+                                         "model": TINY})
+    summary = train_and_track(config, small_prepared, progress=False)
+    out = tmp_path / "bundle"
+    metadata = bundle_from_run(summary["run_id"], small_prepared, out, ExportConfig())
+    assert verify_bundle(out) == metadata
+    assert metadata["run_id"] == summary["run_id"] and metadata["model_kind"] == "sse-pt"
+    for split in ("valid", "test"):  # MLflow's float round trip: compare approximately
+        for protocol, values in summary[split].items():
+            assert metadata["metrics"][split][protocol] == pytest.approx(values)
+    # The rebuilt model reproduces the run's validation NDCG@10 (PyTorch and fp32 ONNX).
+    ndcg = summary["valid"]["full"]["ndcg@10"]
+    assert metadata["parity"]["ndcg@10"]["pytorch"] == pytest.approx(ndcg, abs=1e-9)
+    assert metadata["parity"]["ndcg@10"]["fp32"] == pytest.approx(ndcg, abs=1e-9)
+    assert metadata["git_commit"] and metadata["trained_at"]
+
+
+@pytest.mark.slow
+def test_bundle_from_run_refuses_other_data(small_prepared: Path, tmp_path: Path) -> None:
+    from movierec.training.runner import train_and_track
+
+    summary = train_and_track(_config("pop"), small_prepared, progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(small_prepared, other)
+    card = json.loads((other / "dataset.json").read_text())
+    card["data_version"] = "0000"
+    (other / "dataset.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="data_version"):
+        bundle_from_run(summary["run_id"], other, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    metadata = bundle_from_run(summary["run_id"], small_prepared, tmp_path / "pop")
+    assert metadata["model_kind"] == "pop" and metadata["model_config"] == {"max_len": MAX_LEN}

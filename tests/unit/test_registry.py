@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from movierec.cli.main import main
+from movierec.registry import mlflow_registry as reg
+from movierec.training.tracking import configure
+
+
+def _versions(n: int) -> list[str]:
+    """Create a registered model with ``n`` versions (sources need not be bundles here)."""
+    mlflow = configure()
+    client = mlflow.MlflowClient()
+    client.create_registered_model(reg.MODEL_NAME)
+    out = []
+    for i in range(n):
+        with mlflow.start_run() as run:
+            mlflow.log_param("i", i)
+        out.append(str(client.create_model_version(reg.MODEL_NAME, source=f"file:///tmp/v{i}",
+                                                   run_id=run.info.run_id).version))
+    return out
+
+
+def test_alias_moves_are_recorded_with_who_when_from_to_and_why() -> None:
+    v1, v2, v3 = _versions(3)
+    reg.set_alias("production", v1, "first model", who="ci")
+    reg.set_alias("production", v2, "beat v1 by 0.01 NDCG@10", who="ci")
+    assert reg.current_version("production") == v2
+    events = reg.read_history("production")
+    assert [(e["from"], e["to"], e["why"], e["who"]) for e in events] == [
+        (None, v1, "first model", "ci"), (v1, v2, "beat v1 by 0.01 NDCG@10", "ci")]
+    assert all(e["at"] for e in events)
+    tags = configure().MlflowClient().get_model_version(reg.MODEL_NAME, v2).tags
+    assert tags["production_reason"] == "beat v1 by 0.01 NDCG@10"
+    # The history file is append-only JSON Lines.
+    lines = reg.history_path().read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["to"] == v2
+    reg.set_alias("staging", v3, "candidate")
+    assert len(reg.read_history()) == 3
+
+
+def test_rollback_returns_to_the_previous_version_and_is_recorded() -> None:
+    v1, v2 = _versions(2)
+    with pytest.raises(reg.RegistryError, match="not set"):
+        reg.rollback("production")
+    reg.set_alias("production", v1, "first")
+    with pytest.raises(reg.RegistryError, match="no earlier version"):
+        reg.rollback("production")
+    reg.set_alias("production", v2, "second")
+    event = reg.rollback("production", "canary regression")
+    assert (event["from"], event["to"], event["action"]) == (v2, v1, "rollback")
+    assert reg.current_version("production") == v1
+    assert reg.read_history("production")[-1]["why"] == "canary regression"
+
+
+def test_remove_alias_and_bad_inputs() -> None:
+    (v1,) = _versions(1)
+    reg.set_alias("canary", v1, "try it")
+    reg.remove_alias("canary", "rejected: hit rate lower")
+    assert reg.current_version("canary") is None
+    assert reg.read_history("canary")[-1]["to"] is None
+    with pytest.raises(reg.RegistryError, match="unknown alias"):
+        reg.set_alias("prod", v1, "typo")
+
+
+def test_registry_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    v1, v2 = _versions(2)
+    assert main(["registry", "set-alias", "production", v1, "--reason", "first"]) == 0
+    assert main(["registry", "set-alias", "production", v2, "--reason", "second"]) == 0
+    assert main(["registry", "rollback", "production"]) == 0
+    capsys.readouterr()
+    assert main(["registry", "history"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("production") == 3 and "rollback" in out
+    assert main(["registry", "history", "--json", "--alias", "production"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3

@@ -1,0 +1,291 @@
+"""The HTTP contract of the recommendation service (in-process, TestClient)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from movierec.serving.app import ServeSettings, create_app
+from movierec.serving.feedback import FeedbackStoreError, open_store
+from movierec.serving.logs import JsonFormatter
+from movierec.serving.page import PAGE
+from tests.unit.test_serving_bundle import (
+    MARKUP_TITLE,
+    N_USERS,
+    make_bundle,
+    movie_id,
+    user_id,
+)
+
+ITEM_FIELDS = {"movie_id", "title", "year", "genres", "score"}
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "b")
+
+
+def make_client(bundle: Path, tmp_path: Path, **overrides: object) -> TestClient:
+    settings = ServeSettings(bundle=bundle, threads=1, feedback_url=str(tmp_path / "fb.db"),
+                             model_version="7", model_alias="production",
+                             **overrides)  # type: ignore[arg-type]
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client(bundle_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
+    with make_client(bundle_dir, tmp_path) as test_client:
+        yield test_client
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    """One sample's value from /metrics (0 when absent)."""
+    text = client.get("/metrics").text
+    label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(label_text) + r"\}" if labels else "")
+    match = re.search(rf"^{pattern} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_recommend_known_user_uses_stored_history(client: TestClient) -> None:
+    response = client.post("/recommend", json={"user_id": user_id(3), "top_k": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"items", "model_version", "unknown_movie_ids", "fallback", "user_known"}
+    assert body["model_version"] == "7"
+    assert body["fallback"] is None
+    assert body["user_known"] is True
+    assert body["unknown_movie_ids"] == []
+    assert len(body["items"]) == 5
+    for item in body["items"]:
+        assert set(item) == ITEM_FIELDS
+        assert isinstance(item["movie_id"], int) and isinstance(item["title"], str)
+        assert item["year"] is None or isinstance(item["year"], int)
+        assert isinstance(item["genres"], list) and isinstance(item["score"], float)
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    history = client.get(f"/users/{user_id(3)}/history", params={"limit": 1000}).json()
+    seen = {m["movie_id"] for m in history["items"]}
+    assert history["user_known"] and history["length"] == len(seen) > 0
+    assert not seen & {item["movie_id"] for item in body["items"]}  # exclude_seen
+
+
+def test_sequence_overrides_history_and_lists_unknown_ids(client: TestClient) -> None:
+    seq = [movie_id(5), 424242, movie_id(9), 7]
+    body = client.post("/recommend", json={"user_id": user_id(3), "sequence": seq,
+                                           "top_k": 100}).json()
+    assert body["unknown_movie_ids"] == [424242, 7]
+    returned = {item["movie_id"] for item in body["items"]}
+    assert not returned & {movie_id(5), movie_id(9)}
+    assert len(body["items"]) == 40 - 2  # top_k beyond the catalogue: all the rest
+    kept = client.post("/recommend", json={"sequence": seq, "exclude_seen": False,
+                                           "top_k": 100}).json()
+    assert {movie_id(5), movie_id(9)} <= {item["movie_id"] for item in kept["items"]}
+    assert metric(client, "movierec_unknown_items_total") == 4
+
+
+def test_predict_is_compatible(client: TestClient) -> None:
+    payload = {"user_id": user_id(3), "sequence": [movie_id(5)], "top_k": 4}
+    predicted = client.post("/predict", json=payload)
+    assert predicted.status_code == 200
+    assert predicted.json() == client.post("/recommend", json=payload).json()
+
+
+def test_cold_start_paths_and_counters(client: TestClient) -> None:
+    unknown = client.post("/recommend", json={"user_id": 999, "sequence": [movie_id(4)]}).json()
+    assert (unknown["fallback"], unknown["user_known"]) == ("no_user_embedding", False)
+    anonymous = client.post("/recommend", json={"sequence": [movie_id(4)]}).json()
+    assert anonymous["fallback"] == "no_user_embedding"
+    assert anonymous["items"] == unknown["items"]
+    nothing = client.post("/recommend", json={"user_id": 999}).json()
+    assert (nothing["fallback"], nothing["user_known"]) == ("popularity", False)
+    # Popularity: train_count decreases with the item index in the test bundle.
+    assert [i["movie_id"] for i in nothing["items"][:3]] == [movie_id(1), movie_id(2),
+                                                             movie_id(3)]
+    assert nothing["items"][0]["score"] == 117.0
+    empty = client.post("/recommend", json={"user_id": user_id(N_USERS)}).json()
+    assert (empty["fallback"], empty["user_known"]) == ("popularity", True)
+    all_unknown = client.post("/recommend", json={"sequence": [1, 2]}).json()
+    assert all_unknown["fallback"] == "popularity"
+    assert metric(client, "movierec_fallbacks_total", kind="no_user_embedding") == 2
+    assert metric(client, "movierec_fallbacks_total", kind="popularity") == 3
+
+
+def test_feedback_watch_joins_history_and_changes_recommendations(client: TestClient,
+                                                                  tmp_path: Path) -> None:
+    before = client.post("/recommend", json={"user_id": 999}).json()
+    assert before["fallback"] == "popularity"
+    top = before["items"][0]["movie_id"]
+    events = [{"user_id": 999, "movie_id": top, "event": "watch", "timestamp": 1_700_000_000},
+              {"user_id": 999, "movie_id": top, "event": "impression", "timestamp": 1_700_000_001}]
+    response = client.post("/feedback", json={"events": events})
+    assert response.status_code == 200
+    assert response.json() == {"accepted": 2}
+    after = client.post("/recommend", json={"user_id": 999}).json()
+    assert after["fallback"] == "no_user_embedding"  # now has a history, still no embedding
+    assert top not in {item["movie_id"] for item in after["items"]}
+    history = client.get("/users/999/history").json()
+    assert history["items"][0]["movie_id"] == top and not history["user_known"]
+    with sqlite3.connect(tmp_path / "fb.db") as db:
+        rows = db.execute("SELECT user_id, movie_id, event, timestamp, model_version "
+                          "FROM feedback ORDER BY id").fetchall()
+    assert rows == [(999, top, "watch", 1_700_000_000, "7"),
+                    (999, top, "impression", 1_700_000_001, "7")]
+    assert metric(client, "movierec_feedback_events_total", event="watch") == 1
+
+
+def test_feedback_store_failure_is_503(client: TestClient,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(client.app.state.serving.store, "add", broken)  # type: ignore[attr-defined]
+    event = {"user_id": 1, "movie_id": 2, "event": "click", "timestamp": 3}
+    response = client.post("/feedback", json={"events": [event]})
+    assert response.status_code == 503 and "retry later" in response.json()["detail"]
+
+
+def test_watches_survive_a_restart(bundle_dir: Path, tmp_path: Path) -> None:
+    event = {"user_id": user_id(2), "movie_id": movie_id(40), "event": "watch",
+             "timestamp": 1_800_000_000}
+    with make_client(bundle_dir, tmp_path) as first:
+        assert first.post("/feedback", json={"events": [event]}).status_code == 200
+    with make_client(bundle_dir, tmp_path) as second:
+        newest = second.get(f"/users/{user_id(2)}/history").json()["items"][0]
+        assert newest["movie_id"] == movie_id(40)
+
+
+def test_health_ready_version(client: TestClient, bundle_dir: Path, tmp_path: Path) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"ready": True, "reason": None, "version": "7"}
+    assert client.get("/version").json() == {
+        "name": "movierec", "version": "7", "alias": "production", "data_version": "data-1",
+        "trained_at": "2026-11-27T00:00:00Z", "run_id": "run-a", "precision": "fp32",
+        "model_kind": "tiny", "git_commit": "abc123"}
+    unstarted = make_client(bundle_dir, tmp_path / "other")  # lifespan not run yet
+    assert unstarted.get("/ready").status_code == 503
+
+
+def test_metrics_exposition(client: TestClient) -> None:
+    client.post("/recommend", json={"user_id": user_id(3)})
+    client.post("/recommend", json={"top_k": 0})
+    text = client.get("/metrics").text
+    assert 'movierec_request_duration_seconds_count{method="POST",route="/recommend",' \
+           'status="200"} 1.0' in text
+    assert 'route="/recommend",status="422"' in text
+    for name in ("movierec_batch_size_bucket", "movierec_queue_wait_seconds_bucket",
+                 "movierec_recommended_item_popularity_bucket",
+                 "movierec_sequence_length_bucket", "movierec_inference_seconds_bucket"):
+        assert name in text
+    assert 'movierec_model_info{alias="production",data_version="data-1",precision="fp32",' \
+           'run_id="run-a",version="7"} 1.0' in text
+    assert metric(client, "movierec_recommended_item_popularity_count") == 10
+    client.get("/users/5/history")
+    client.get("/no/such/page")
+    text = client.get("/metrics").text
+    assert 'route="/users/{user_id}/history"' in text  # templates, not raw paths
+    assert 'route="unmatched",status="404"' in text
+
+
+def test_demo_users_and_page(client: TestClient) -> None:
+    users = client.get("/demo/users").json()["users"]
+    assert len(users) == 3 and len({u["top_genre"] for u in users}) == 3
+    for user in users:
+        assert set(user) == {"user_id", "top_genre", "history_length", "recent"}
+        assert 0 < len(user["recent"]) <= 10
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp
+    html = PAGE.read_text()
+    assert "innerHTML" not in html and "insertAdjacentHTML" not in html
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # no CDN
+    for route in ("/demo/users", "/recommend", "/feedback", "/history"):
+        assert route in html
+
+
+def test_markup_in_titles_is_returned_as_data(client: TestClient) -> None:
+    body = client.post("/recommend", json={"user_id": 999}).json()
+    assert body["items"][0]["title"] == MARKUP_TITLE  # the page renders it with textContent
+
+
+def test_body_too_large_is_413(bundle_dir: Path, tmp_path: Path) -> None:
+    with make_client(bundle_dir, tmp_path, max_body_bytes=2048) as small:
+        big = json.dumps({"sequence": list(range(1000))})
+        response = small.post("/recommend", content=big,
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 413
+        assert "limit for this route is 2048 bytes" in response.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit still holds
+            yield big[:1500].encode()
+            yield big[1500:].encode()
+
+        streamed = small.post("/recommend", content=chunks(),
+                              headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        fine = small.post("/recommend", json={"sequence": [movie_id(2)]})
+        assert fine.status_code == 200
+
+
+def test_sequence_too_long_says_what_to_do(bundle_dir: Path, tmp_path: Path) -> None:
+    with make_client(bundle_dir, tmp_path, max_sequence_length=5) as short:
+        response = short.post("/recommend", json={"sequence": [movie_id(1)] * 6})
+        assert response.status_code == 422
+        assert "send at most 5" in response.json()["message"]
+
+
+def test_cors_only_when_configured(client: TestClient, bundle_dir: Path,
+                                   tmp_path: Path) -> None:
+    origin = {"Origin": "http://example.org"}
+    assert "access-control-allow-origin" not in client.get("/health", headers=origin).headers
+    with make_client(bundle_dir, tmp_path, cors_origins=["http://example.org"]) as cors:
+        got = cors.get("/health", headers=origin).headers
+        assert got["access-control-allow-origin"] == "http://example.org"
+
+
+def test_feedback_store_urls(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'a.db'}")
+    assert store.path == tmp_path / "a.db"
+    mode = store._conn.execute("PRAGMA journal_mode").fetchone()[0]
+    sync = store._conn.execute("PRAGMA synchronous").fetchone()[0]
+    assert (mode, sync) == ("wal", 2)  # 2 = FULL
+    store.close()
+    with pytest.raises(FeedbackStoreError, match="not supported in this build"):
+        open_store("postgresql://user:pw@db/movierec")
+    with pytest.raises(FeedbackStoreError, match="unknown scheme"):
+        open_store("mysql://x")
+
+
+def test_default_feedback_db_under_movierec_home(bundle_dir: Path,
+                                                 isolated_home: Path) -> None:
+    settings = ServeSettings(bundle=bundle_dir, threads=1)
+    assert settings.resolved_feedback_url() == f"sqlite:///{isolated_home / 'feedback.db'}"
+
+
+def test_json_log_lines_carry_extra_fields_and_no_token() -> None:
+    record = logging.LogRecord("movierec.serving", logging.INFO, __file__, 1, "request", None,
+                               None)
+    record.route, record.status = "/recommend", 200
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "request" and line["route"] == "/recommend"
+    settings = ServeSettings(bundle=Path("b"), admin_token="s3cret-token")  # type: ignore[arg-type]
+    assert "s3cret-token" not in repr(settings) and "s3cret-token" not in str(
+        settings.model_dump())
+
+
+def test_serving_does_not_import_torch_ray_or_mlflow() -> None:
+    code = ("import sys, movierec.serving.app; "
+            "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
