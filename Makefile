@@ -11,10 +11,10 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_AUTH_MODE := disabled
 DEMO_HOME ?= $(abspath .cache/demo)
 
-.PHONY: setup test demo bench lint format clean help
+.PHONY: setup browser-deps test demo bench lint format clean help
 
 help:  ## list targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install pinned requirements (only when they change)
 
@@ -27,7 +27,24 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: setup  ## run every test (unit, integration, notebooks, infra)
+# Chromium from Debian for the browser tests (never `playwright install`: it downloads a
+# browser). Best effort: without root or apt-get it says why, and the browser test skips
+# (outside CI; with CI set it fails instead).
+CHROMIUM := /usr/bin/chromium
+browser-deps:  ## install Chromium from Debian for the browser tests (root only)
+	@skip="browser tests will skip (and fail under CI)"; \
+	if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "browser-deps: $(CHROMIUM) missing and not root: $$skip"; exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "browser-deps: $(CHROMIUM) missing and no apt-get: $$skip"; exit 0; fi; \
+	echo "browser-deps: installing chromium from Debian (~1 min)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	get_chromium() { apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	get_chromium || { apt-get update -qq && get_chromium; } \
+	  || echo "browser-deps: apt-get could not install chromium: $$skip"
+
+test: setup browser-deps  ## run every test (unit, integration, notebooks, browser)
 	$(PY) -m pytest -q
 
 demo: setup  ## the main job on ml-100k, on this machine

@@ -2,24 +2,17 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from movierec.cli.main import main
+from movierec.serving.loadtest import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_cli_trains_exports_registers_and_serves(small_prepared: Path, tmp_path: Path,
@@ -35,24 +28,14 @@ def test_cli_trains_exports_registers_and_serves(small_prepared: Path, tmp_path:
     assert "verified" in out and "registered movierec version 1" in out
     assert main(["registry", "set-alias", "production", "1", "--reason", "first model"]) == 0
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "movierec.cli.main", "serve", "--model",
          "models:/movierec@production", "--port", str(port)],
         env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            time.sleep(0.3)
-        else:
-            pytest.fail("the service did not become ready within 60 s")
+        wait_ready(base, timeout=60, alive=lambda: server.poll() is None)
         version = httpx.get(f"{base}/version").json()
         assert (version["version"], version["alias"]) == ("1", "production")
         reply = httpx.post(f"{base}/recommend", json={"user_id": 1, "top_k": 5}).json()

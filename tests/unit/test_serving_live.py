@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,15 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from movierec.serving.loadtest import free_port, wait_ready
 from tests.unit.test_serving_bundle import make_bundle, movie_id
 
 TOKEN = "live-secret-token-5678"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(bundle: Path, db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -39,22 +33,15 @@ def _start(bundle: Path, db: Path, port: int, log: Path) -> subprocess.Popen[byt
 
 
 def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server not ready: {log.read_text()[-2000:]}")
+    try:
+        wait_ready(base, timeout=90, alive=lambda: proc.poll() is None)
+    except (RuntimeError, TimeoutError) as error:
+        raise AssertionError(f"{error}: {log.read_text()[-2000:]}") from error
 
 
 def test_acknowledged_feedback_survives_kill_9(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "bundle")
-    db, log, port = tmp_path / "feedback.db", tmp_path / "server.log", _free_port()
+    db, log, port = tmp_path / "feedback.db", tmp_path / "server.log", free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(bundle, db, port, log)
     acknowledged: list[int] = []  # every event's timestamp is unique: it identifies it

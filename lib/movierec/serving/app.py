@@ -181,6 +181,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return HTMLResponse(page, headers={"Content-Security-Policy": page_csp,
                                            "X-Content-Type-Options": "nosniff"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        # Browsers ask for it on every page load; "no content" keeps their consoles clean.
+        return Response(status_code=204)
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         """Liveness: the process answers."""
