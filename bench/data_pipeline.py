@@ -264,13 +264,9 @@ def work_profile(size: int, workdir: Path) -> dict[str, Any]:
     from movierec.config import Settings
     from movierec.data.columns import (
         ITEM_COL,
-        ITEM_IDX_COL,
         LINE_COL,
-        SPLIT_COL,
         TIMESTAMP_COL,
-        TRAIN,
         USER_COL,
-        USER_IDX_COL,
     )
     from movierec.data.movielens import parse_folder, unpack
     from movierec.data.prepare import (
@@ -280,6 +276,7 @@ def work_profile(size: int, workdir: Path) -> dict[str, Any]:
         content_version,
         kcore,
         sequence_and_split,
+        side_tables,
     )
     from movierec.data.sources import resolve_source
     from movierec.data.validate import interaction_rules, validate
@@ -297,30 +294,19 @@ def work_profile(size: int, workdir: Path) -> dict[str, Any]:
                       "peak_rss_mib": _proc_status_mib("VmHWM")})
         return result
 
-    def side_tables(seq: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        train_counts = (seq.filter(pl.col(SPLIT_COL) == TRAIN).group_by(ITEM_IDX_COL)
-                        .agg(pl.len().cast(pl.Int32).alias("train_count")))
-        items = (seq.select(ITEM_IDX_COL, ITEM_COL).unique().join(tables.items, on=ITEM_COL)
-                 .join(train_counts, on=ITEM_IDX_COL, how="left")
-                 .with_columns(pl.col("train_count").fill_null(0)).sort(ITEM_IDX_COL))
-        users = seq.select(USER_IDX_COL, USER_COL).unique(keep="first").sort(USER_IDX_COL)
-        if tables.users is not None:
-            users = users.join(tables.users.unique(USER_COL, keep="first"), on=USER_COL,
-                               how="left")
-        return items, users
-
     started = time.perf_counter()
     resolved = step("resolve_source (sha256 of source folder)",
                     lambda: resolve_source(config.dataset, paths["data"], settings))
     folder = unpack(resolved.path, settings.home / "extracted")
     tables = step("parse_folder (read parquet, cast, line column)",
                   lambda: parse_folder(folder, lenient=not config.strict))
-    clean, report = step("validate (7 rules, filter)",
+    clean, report = step("validate (time sort, 7 rules, filter)",
                          lambda: validate(tables, strict=config.strict))
     cored, passes = kcore(clean, config.min_user, config.min_item)
-    seq = step("sequence_and_split (sort, remap, split)", lambda: sequence_and_split(cored))
+    seq = step("sequence_and_split (remap, split; validate sorted)",
+               lambda: sequence_and_split(cored, time_sorted=True))
     items, users = step("items and users tables (train counts, joins)",
-                        lambda: side_tables(seq))
+                        lambda: side_tables(seq, tables.items, tables.users))
     params = config.model_dump(exclude={"strict"})
     card = step("build_card (counts, lengths, content hash)",
                 lambda: build_card(config, resolved, tables.layout, report, seq, items, users,

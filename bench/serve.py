@@ -18,7 +18,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without `pip instal
 
 # FastAPI resolves a route's annotations from module globals: the request and response
 # models of the two helper servers must be importable here (pydantic only, no torch).
+from movierec.serving.loadtest import free_port  # noqa: E402
 from movierec.serving.schemas import (  # noqa: E402
     RecommendRequest,
     RecommendResponse,
@@ -146,12 +146,6 @@ def _physical_cores() -> int:
         elif key.strip() == "core id":
             cores.add((package, value.strip()))
     return len(cores) or (os.cpu_count() or 1)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _http(url: str, body: dict[str, Any] | None = None, timeout: float = 10.0
@@ -540,7 +534,7 @@ def start_servers(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str,
         service += ["--threads", str(args.service_threads)]
     servers: dict[str, Server] = {}
     for name in SERVERS:
-        port = _free_port()
+        port = free_port()
         if name == "service_batched":
             cmd = [*service, "--port", str(port), "--max-batch-size", str(args.max_batch_size)]
         elif name == "service_unbatched":

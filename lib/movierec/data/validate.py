@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from movierec.data.columns import ITEM_COL, LINE_COL, RATING_COL, TIMESTAMP_COL, USER_COL
 from movierec.data.movielens import MALFORMED_COL, RawTables
+from movierec.data.ordering import has_time_ties, sort_in_time
 
 RATING_MIN, RATING_MAX = 0.5, 5.0
 MAX_EXAMPLES = 5
@@ -115,19 +116,24 @@ class DataValidationError(ValueError):
 def validate(tables: RawTables, strict: bool = True) -> tuple[pl.DataFrame, ValidationReport]:
     """Apply every rule to ``tables.interactions``.
 
+    The rows are put in time order first (user, timestamp, file line), which preparation
+    needs anyway: a duplicate (user, item, timestamp) can then only sit among rows that tie
+    on (user, timestamp), so data without such ties skips the duplicate search entirely.
+
     Args:
         tables: Parsed canonical tables (with ``line`` and ``malformed`` columns).
         strict: Raise on any violation (default); otherwise drop flagged rows and report.
 
     Returns:
-        The clean interactions (helper columns kept) and the report.
+        The clean interactions in time order (helper columns kept) and the report.
 
     Raises:
         DataValidationError: In strict mode, when any rule fires.
     """
-    inter = tables.interactions
+    inter = sort_in_time(tables.interactions)
     known = tables.items[ITEM_COL] if tables.items.height else None
-    rules = interaction_rules(known, duplicates_possible=may_have_duplicates(inter))
+    duplicates_possible = has_time_ties(inter) and may_have_duplicates(inter)
+    rules = interaction_rules(known, duplicates_possible=duplicates_possible)
     flagged = inter.with_columns([r.flags.alias(f"_bad_{r.name}") for r in rules])
     counts = flagged.select([pl.col(f"_bad_{r.name}").sum() for r in rules]).row(0)
     results: dict[str, RuleResult] = {}
@@ -135,7 +141,7 @@ def validate(tables: RawTables, strict: bool = True) -> tuple[pl.DataFrame, Vali
     for rule, count in zip(rules, counts, strict=True):
         examples: list[str] = []
         if count:
-            bad = flagged.filter(pl.col(f"_bad_{rule.name}")).head(MAX_EXAMPLES)
+            bad = flagged.filter(pl.col(f"_bad_{rule.name}")).sort(LINE_COL).head(MAX_EXAMPLES)
             examples = [f"{tables.interactions_file} line {line}: {rule.shows}={value}"
                         for line, value in zip(bad[LINE_COL], bad[rule.shows], strict=True)]
             first_error = first_error or (
