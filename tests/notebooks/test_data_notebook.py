@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nbformat
@@ -14,15 +13,7 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "01_data.ipynb"
 
 
 @pytest.mark.notebook
-def test_data_notebook_records_ml100k_figures(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    datasets = os.environ.get("MOVIEREC_DATASETS")
-    if not datasets or not (Path(datasets) / "ml-100k").is_dir():
-        pytest.fail(f"MOVIEREC_DATASETS={datasets!r} must name a folder holding ml-100k "
-                    "(e.g. /work/shared/data); `make test` sets it. Tests never download.")
-    monkeypatch.setenv("MOVIEREC_HOME", str(tmp_path / "home"))
-    # Any attempt to reach GroupLens fails at once instead of touching the network.
-    monkeypatch.setenv("MOVIEREC_GROUPLENS_URL", "http://127.0.0.1:9/no-network")
+def test_data_notebook_records_ml100k_figures(tmp_path: Path, notebook_home: Path) -> None:
     results_path = tmp_path / "results.json"
     output = tmp_path / "01_data.out.ipynb"
 

@@ -48,16 +48,8 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_optimize_and_serve_notebook(tmp_path: Path, ml100k_dir: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "home"
-    # Absolute, since the kernel runs in tmp_path.
-    monkeypatch.setenv("MOVIEREC_DATASETS", str(ml100k_dir.parent.resolve()))
-    monkeypatch.setenv("MOVIEREC_HOME", str(home))
-    # Any attempt to reach GroupLens fails at once instead of touching the network.
-    monkeypatch.setenv("MOVIEREC_GROUPLENS_URL", "http://127.0.0.1:9/no-network")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+def test_optimize_and_serve_notebook(tmp_path: Path, notebook_home: Path) -> None:
+    home = notebook_home
     output = tmp_path / "04_optimize_and_serve.out.ipynb"
 
     papermill.execute_notebook(

@@ -28,18 +28,8 @@ def _images(notebook: Path) -> int:
                for cell in executed.cells for output in cell.get("outputs", []))
 
 
-def test_train_then_evaluate_notebooks(tmp_path: Path, ml100k_dir: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "home"
-    # Absolute, since the kernels run in tmp_path.
-    monkeypatch.setenv("MOVIEREC_DATASETS", str(ml100k_dir.parent.resolve()))
-    monkeypatch.setenv("MOVIEREC_HOME", str(home))
-    # Any attempt to reach GroupLens fails at once instead of touching the network.
-    monkeypatch.setenv("MOVIEREC_GROUPLENS_URL", "http://127.0.0.1:9/no-network")
-    # Both kernels (and the Ray workers) must log to and read from the same store.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+def test_train_then_evaluate_notebooks(tmp_path: Path, notebook_home: Path) -> None:
+    home = notebook_home
 
     papermill.execute_notebook(
         str(NOTEBOOKS / "02_train.ipynb"), str(tmp_path / "02_train.out.ipynb"),
