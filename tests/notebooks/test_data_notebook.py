@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import papermill
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "01_data.ipynb"
+from tests.notebooks.executed import NOTEBOOKS, count_images
+
+NOTEBOOK = NOTEBOOKS / "01_data.ipynb"
 
 
 @pytest.mark.notebook
@@ -39,7 +40,4 @@ def test_data_notebook_records_ml100k_figures(tmp_path: Path, notebook_home: Pat
     assert summary["top_genre"] == "Drama"
     assert 0 < summary["item_gini"] < 1
 
-    executed = nbformat.read(output, as_version=4)
-    images = [o for cell in executed.cells for o in cell.get("outputs", [])
-              if "image/png" in o.get("data", {})]
-    assert len(images) == 1, "plot_overview should render exactly one figure"
+    assert count_images(output) == 1, "plot_overview should render exactly one figure"

@@ -12,23 +12,16 @@ import json
 import socket
 from pathlib import Path
 
-import nbformat
 import papermill
 import pytest
 
 from movierec.serving.loadtest import free_port
+from tests.notebooks.executed import NOTEBOOKS, count_images
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 SMALL = {"epochs": 1, "batch_size": 64, "threads": 1,
          "model": {"max_len": 50, "d_item": 16, "d_user": 16, "n_blocks": 1}}
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
-
-
-def _images(notebook: Path) -> int:
-    executed = nbformat.read(notebook, as_version=4)
-    return sum("image/png" in output.get("data", {})
-               for cell in executed.cells for output in cell.get("outputs", []))
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -80,7 +73,7 @@ def test_optimize_and_serve_notebook(tmp_path: Path, notebook_home: Path) -> Non
     assert load["requests"] > 0 and load["throughput_rps"] > 0
     assert 0 < load["p50_ms"] <= load["p99_ms"]
 
-    assert _images(output) == 2, "expected the latency bars and the load-test histogram"
+    assert count_images(output) == 2, "expected the latency bars and the load-test histogram"
     # The last cell stopped the service: no process serves this test's bundle any more.
     assert not _processes_mentioning(str(bundle)), "the service is still running"
 

@@ -9,23 +9,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import papermill
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+from tests.notebooks.executed import NOTEBOOKS, count_images
+
 # Batches of 32 give each of the 2 workers ~15 steps per epoch; with batches of 64 even 8
 # epochs left SSE-PT only ~15% above popularity on test, 6 epochs of 32 give ~55%.
 SMALL = {"epochs": 6, "batch_size": 32, "lr": 0.003, "threads": 1,
          "model": {"max_len": 50, "d_item": 32, "d_user": 16, "n_blocks": 1}}
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
-
-
-def _images(notebook: Path) -> int:
-    executed = nbformat.read(notebook, as_version=4)
-    return sum("image/png" in output.get("data", {})
-               for cell in executed.cells for output in cell.get("outputs", []))
 
 
 def test_train_then_evaluate_notebooks(tmp_path: Path, notebook_home: Path) -> None:
@@ -49,7 +43,7 @@ def test_train_then_evaluate_notebooks(tmp_path: Path, notebook_home: Path) -> N
     model_ndcg = model["test"]["full"]["ndcg@10"]
     pop_ndcg = baseline["test"]["full"]["ndcg@10"]
     assert model_ndcg > pop_ndcg, f"SSE-PT {model_ndcg:.4f} <= popularity {pop_ndcg:.4f}"
-    assert _images(tmp_path / "02_train.out.ipynb") == 1, "expected the learning curves"
+    assert count_images(tmp_path / "02_train.out.ipynb") == 1, "expected the learning curves"
 
     # 03 finds the runs through 02's results file in the same folder (its default).
     papermill.execute_notebook(
@@ -69,4 +63,4 @@ def test_train_then_evaluate_notebooks(tmp_path: Path, notebook_home: Path) -> N
         # Re-ranking the reloaded weights reproduces what training logged.
         logged = train["runs"][role]["test"]["full"]["ndcg@10"]
         assert run["full"]["ndcg@10"] == pytest.approx(logged, abs=1e-6)
-    assert _images(tmp_path / "03_evaluate.out.ipynb") == 2, "expected metric bars and slices"
+    assert count_images(tmp_path / "03_evaluate.out.ipynb") == 2, "expected metric bars and slices"

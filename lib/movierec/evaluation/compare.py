@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,8 @@ from movierec.data.columns import TEST
 from movierec.data.dataset import load_sequences
 from movierec.evaluation.protocols import rank_users
 from movierec.evaluation.report import comparison_table, detailed_report
-from movierec.models import PopularityModel, build_model
-from movierec.training.config import TrainConfig
 from movierec.training.loop import make_scorer
+from movierec.training.runner import load_run_model
 from movierec.training.tracking import load_run
 
 
@@ -49,18 +47,8 @@ def compare_runs(run_ids: list[str], split: str = TEST) -> dict[str, Any]:
 
 def evaluate_run(run_id: str, data_dir: Path, split: str = TEST, seed: int = 0) -> dict[str, Any]:
     """Reload a run's weights and compute the detailed report (CIs, slices) on ``split``."""
-    _, tags, folder = load_run(run_id)
-    config = TrainConfig.model_validate(json.loads((folder / "config.json").read_text()))
+    model, config, _, tags = load_run_model(run_id, data_dir)
     data = load_sequences(data_dir)
-    if tags.get("data_version") != data.data_version:
-        raise ValueError(f"run {run_id} was trained on data_version {tags.get('data_version')}"
-                         f" but {data_dir} is {data.data_version}; prepare the same data")
-    state = torch.load(folder / "model" / "model.pt", weights_only=True, map_location="cpu")
-    if config.baseline == "pop":
-        model: torch.nn.Module = PopularityModel(data.n_items)
-    else:
-        model = build_model(config.model, data.n_users, data.n_items)
-    model.load_state_dict(state)
     ranked = rank_users(make_scorer(model, torch.device("cpu")), data, split,
                         config.model.max_len, seed=seed)
     return {"run_id": run_id, "model": tags.get("model"), **detailed_report(ranked, data, split,

@@ -24,11 +24,10 @@ from torch import nn
 
 from movierec.data.columns import ITEM_COL, ITEM_IDX_COL, POSITION_COL, USER_COL, USER_IDX_COL
 from movierec.data.dataset import load_sequences
-from movierec.data.prepare import load_card
 from movierec.data.sources import sha256_file
 from movierec.evaluation.compare import unflatten_metrics
 from movierec.export.onnx import PADDING_CEILING, ExportConfig, OrtScorer, export_and_check
-from movierec.models import SSEPT, PopularityModel, build_model
+from movierec.models import SSEPT, PopularityModel
 from movierec.registry.layout import (
     FORMAT,
     HISTORIES_FILE,
@@ -42,7 +41,8 @@ from movierec.registry.layout import (
 )
 from movierec.training.config import TrainConfig
 from movierec.training.loop import final_metrics
-from movierec.training.tracking import configure, load_run
+from movierec.training.runner import load_run_model
+from movierec.training.tracking import configure
 from movierec.training.tracking import git_commit as current_git_commit
 
 MODEL_KINDS = ("sse-pt", "sasrec", "pop")
@@ -188,26 +188,10 @@ def bundle_from_run(run_id: str, data_dir: Path, out: Path,
             from ``data_dir``'s (a bundle must ship the tables the model was trained on).
     """
     data_dir = Path(data_dir)
-    metrics, tags, folder = load_run(run_id)
-    card = load_card(data_dir)
-    if tags.get("data_version") != card["data_version"]:
-        raise BundleError(f"run {run_id} was trained on data_version "
-                          f"{tags.get('data_version')!r} but {data_dir} holds "
-                          f"{card['data_version']!r}: pass the prepared folder of the run")
-    for name in ("config.json", "model/model.pt"):
-        if not (folder / name).exists():
-            raise BundleError(f"run {run_id} has no artifact {name}: was it logged by "
-                              "train_and_track?")
-    config = TrainConfig.model_validate_json((folder / "config.json").read_text())
-    n_users, n_items = int(card["users"]), int(card["items"])
-    model: nn.Module = (PopularityModel(n_items) if config.baseline == "pop"
-                        else build_model(config.model, n_users, n_items))
-    state = torch.load(folder / "model" / "model.pt", map_location="cpu", weights_only=True)
     try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise BundleError(f"run {run_id}: model/model.pt does not fit its config.json "
-                          f"({error})") from error
+        model, config, metrics, tags = load_run_model(run_id, data_dir)
+    except ValueError as error:
+        raise BundleError(str(error)) from error
     return write_bundle(model, config, data_dir, out, run_id=run_id,
                         run_metrics={split: unflatten_metrics(metrics, split)
                                      for split in ("valid", "test")},

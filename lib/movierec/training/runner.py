@@ -73,3 +73,40 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
             "seconds_to_best": round(result.seconds_to_best, 2),
             "seconds_per_epoch": round(result.seconds_per_epoch, 3),
             "data_version": card["data_version"]}
+
+
+def load_run_model(run_id: str, data_dir: Path) -> tuple[torch.nn.Module, TrainConfig,
+                                                          dict[str, float], dict[str, str]]:
+    """Rebuild a tracked run's model from its artifacts, in eval mode on the CPU.
+
+    Returns:
+        The model, its TrainConfig, and the run's metrics and tags.
+
+    Raises:
+        ValueError: The run's ``data_version`` differs from ``data_dir``'s (the model only
+            fits the data it was trained on), or its artifacts are missing or do not fit.
+    """
+    from movierec.models import PopularityModel, build_model  # noqa: PLC0415
+    from movierec.training.tracking import load_run  # noqa: PLC0415
+
+    metrics, tags, folder = load_run(run_id)
+    card = json.loads((Path(data_dir) / "dataset.json").read_text())
+    if tags.get("data_version") != card["data_version"]:
+        raise ValueError(f"run {run_id} was trained on data_version "
+                         f"{tags.get('data_version')!r} but {data_dir} holds "
+                         f"{card['data_version']!r}: pass the prepared folder of the run")
+    for name in ("config.json", "model/model.pt"):
+        if not (folder / name).exists():
+            raise ValueError(f"run {run_id} has no artifact {name}: was it logged by "
+                             "train_and_track?")
+    config = TrainConfig.model_validate_json((folder / "config.json").read_text())
+    n_users, n_items = int(card["users"]), int(card["items"])
+    model: torch.nn.Module = (PopularityModel(n_items) if config.baseline == "pop"
+                              else build_model(config.model, n_users, n_items))
+    state = torch.load(folder / "model" / "model.pt", map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"run {run_id}: model/model.pt does not fit its config.json "
+                         f"({error})") from error
+    return model.eval(), config, metrics, tags
