@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_AUTH_MODE := disabled
 DEMO_HOME ?= $(abspath .cache/demo)
 
-.PHONY: setup browser-deps test demo bench lint format clean help
+.PHONY: setup browser-deps infra-deps check-infra test demo bench lint format clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -44,16 +44,38 @@ browser-deps:  ## install Chromium from Debian for the browser tests (root only)
 	get_chromium || { apt-get update -qq && get_chromium; } \
 	  || echo "browser-deps: apt-get could not install chromium: $$skip"
 
-test: setup browser-deps  ## run every test (unit, integration, notebooks, browser)
+# Offline infrastructure tooling: checkov in its own venv (it downgrades packages the main
+# venv pins) and the Ansible collections our playbooks use, extracted from the pinned
+# `ansible` wheel because Galaxy is unreachable from the build machines.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+ANSIBLE_BUNDLE_VERSION := 12.3.0
+export ANSIBLE_COLLECTIONS_PATH := $(abspath .cache/ansible)
+COLLECTIONS_STAMP := .cache/ansible/.installed-$(ANSIBLE_BUNDLE_VERSION)
+infra-deps: setup $(CHECKOV_VENV)/.installed $(COLLECTIONS_STAMP)  ## checkov venv + Ansible collections (offline validation)
+
+$(CHECKOV_VENV)/.installed:
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
+
+$(COLLECTIONS_STAMP): ansible/requirements.yml
+	mkdir -p .cache/ansible/wheel
+	$(PY) -m pip download --quiet --no-deps ansible==$(ANSIBLE_BUNDLE_VERSION) -d .cache/ansible/wheel
+	$(PY) -c 'import sys, zipfile, yaml; \
+	  wanted = [c["name"].replace(".", "/") for c in yaml.safe_load(open("ansible/requirements.yml"))["collections"]]; \
+	  z = zipfile.ZipFile(next(__import__("pathlib").Path(".cache/ansible/wheel").glob("*.whl"))); \
+	  z.extractall(".cache/ansible", [n for n in z.namelist() if any(n.startswith("ansible_collections/" + w + "/") for w in wanted)])'
+	touch $@
+
+check-infra: infra-deps  ## offline validation of tf/, ansible/, k8s/, workflows/, docker/
+	$(PY) -m pytest -q tests/infra
+
+test: setup browser-deps infra-deps  ## run every test (unit, integration, notebooks, browser)
 	$(PY) -m pytest -q
 
-demo: setup  ## the main job on ml-100k, on this machine
-	export MOVIEREC_HOME=$(DEMO_HOME); set -e; \
-	$(VENV)/bin/movierec data prepare --dataset ml-100k --out $(DEMO_HOME)/data/ml-100k; \
-	$(VENV)/bin/movierec train --data $(DEMO_HOME)/data/ml-100k --model pop; \
-	$(VENV)/bin/movierec train --data $(DEMO_HOME)/data/ml-100k --model sse-pt; \
-	$(VENV)/bin/movierec evaluate --latest 2 --data $(DEMO_HOME)/data/ml-100k \
-	  --out $(DEMO_HOME)/evaluation
+demo: setup  ## the whole lifecycle loop on ml-100k here (DEMO_ARGS=--no-keep stops the platform)
+	MOVIEREC_HOME=$(DEMO_HOME) $(VENV)/bin/movierec demo --dataset ml-100k $(DEMO_ARGS)
 
 bench: setup  ## benchmarks (write JSON under bench/results/)
 	$(PY) bench/data_pipeline.py

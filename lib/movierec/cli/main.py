@@ -15,12 +15,15 @@ from pydantic import ValidationError
 from movierec import __version__
 from movierec.cli import data as data_cli
 from movierec.cli import evaluate as evaluate_cli
+from movierec.cli import infra as infra_cli
+from movierec.cli import lifecycle as lifecycle_cli
 from movierec.cli import registry as registry_cli
 from movierec.cli import serve as serve_cli
 from movierec.cli import train as train_cli
 from movierec.data.movielens import ParseError
 from movierec.data.sources import FetchError
 from movierec.data.validate import DataValidationError
+from movierec.infra.commands import ToolMissingError
 
 # Each group module exposes ``register(subparsers)``; later groups are appended here.
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register,
@@ -28,9 +31,13 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register,
                                                                 train_cli.register_tune,
                                                                 evaluate_cli.register,
                                                                 registry_cli.register,
-                                                                serve_cli.register]
+                                                                serve_cli.register,
+                                                                lifecycle_cli.register,
+                                                                lifecycle_cli.register_monitor,
+                                                                lifecycle_cli.register_demo,
+                                                                infra_cli.register]
 USER_ERRORS = (FetchError, ParseError, DataValidationError, FileNotFoundError,
-               NotADirectoryError, ValidationError, ValueError)
+               NotADirectoryError, ValidationError, ValueError, ToolMissingError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     serve.add_argument("--max-batch-size", type=int, default=32, help="1 turns batching off")
     serve.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    serve.add_argument("--model-version", help="registry version to report on /version "
+                       "(with --bundle; --model sets it)")
+    serve.add_argument("--alias", help="registry alias to report on /version (e.g. staging)")
     serve.set_defaults(run=run_serve)
 
 
@@ -49,14 +52,17 @@ def run_serve(args: argparse.Namespace) -> int:
     """Verify the bundle, warm up, and serve until stopped."""
     from movierec.serving.app import ServeSettings, run_server  # noqa: PLC0415
 
-    version, alias = "", ""
+    version, alias = args.model_version or "", args.alias or ""
     bundle = args.bundle
     if args.model:
-        bundle, version, alias = _resolve_model_uri(args.model)
+        bundle, version, resolved_alias = _resolve_model_uri(args.model)
+        alias = alias or resolved_alias
     options = {"bundle": bundle, "precision": args.precision, "device": args.device,
                "threads": args.threads, "max_batch_size": args.max_batch_size,
                "max_queue_delay_ms": args.max_queue_delay_ms}
     if version:
-        options.update(model_version=version, model_alias=alias)
+        options["model_version"] = version
+    if alias:
+        options["model_alias"] = alias
     run_server(ServeSettings(**options), host=args.host, port=args.port, log_level="info")
     return 0

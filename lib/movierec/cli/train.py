@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from movierec.training.config import TrainConfig
+if TYPE_CHECKING:  # torch is imported only when a command runs (the serving image has none)
+    from movierec.training.config import TrainConfig
 
 MODEL_CHOICES = ("sse-pt", "sasrec", "pop")
 
@@ -36,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge ``--config`` with the explicit flags (flags win)."""
+    from movierec.training.config import TrainConfig  # noqa: PLC0415
+
     raw: dict[str, Any] = json.loads(args.config.read_text()) if args.config else {}
     model = raw.setdefault("model", {})
     if args.model == "pop":
@@ -92,6 +95,7 @@ def register_tune(sub: argparse._SubParsersAction) -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Tune and write the best TrainConfig (usable as ``train --config``)."""
+    from movierec.training.config import TrainConfig  # noqa: PLC0415
     from movierec.training.tuning import METRIC, TuneConfig, tune_model  # noqa: PLC0415
 
     base = TrainConfig.from_file(args.config) if args.config else TrainConfig()

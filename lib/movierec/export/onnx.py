@@ -118,6 +118,8 @@ def export_onnx(model: nn.Module, max_len: int, path: Path, opset: int = 18) -> 
     example = _example_inputs(model, max_len)
     batch = torch.export.Dim("batch", min=1)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The exporter warns once per missing torchvision op; we export no vision ops.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (renamed axes, deprecations)
         try:

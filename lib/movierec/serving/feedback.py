@@ -75,12 +75,19 @@ class FeedbackStore:
             self._conn.execute("COMMIT")
         return len(rows)
 
-    def watches(self) -> Iterator[tuple[int, int, int]]:
-        """Every stored watch as ``(user_id, movie_id, timestamp)``, in arrival order."""
+    def watches(self, model_version: str | None = None) -> Iterator[tuple[int, int, int]]:
+        """Stored watches as ``(user_id, movie_id, timestamp)``, in arrival order.
+
+        Args:
+            model_version: Only watches acknowledged while this version was served.
+        """
+        query = "SELECT user_id, movie_id, timestamp FROM feedback WHERE event = 'watch'"
+        params: tuple[str, ...] = ()
+        if model_version is not None:
+            query += " AND model_version = ?"
+            params = (model_version,)
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT user_id, movie_id, timestamp FROM feedback WHERE event = 'watch' "
-                "ORDER BY id").fetchall()
+            rows = self._conn.execute(query + " ORDER BY id", params).fetchall()
         yield from rows
 
     def count(self, event: str | None = None) -> int:

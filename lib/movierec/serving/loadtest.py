@@ -12,12 +12,14 @@ import concurrent.futures
 import itertools
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+
+T = TypeVar("T")
 
 MAX_ERROR_SAMPLES = 5  # distinct error messages kept for the report
 
@@ -127,7 +129,16 @@ def load_test(base_url: str, user_ids: Sequence[int], seconds: float, concurrenc
     Safe to call where an event loop already runs (a Jupyter kernel): the test then gets its
     own loop in a helper thread.
     """
-    coroutine = run_load(base_url, recommend_payloads(user_ids, top_k), seconds, concurrency)
+    return run_blocking(run_load(base_url, recommend_payloads(user_ids, top_k), seconds,
+                                 concurrency))
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to completion from synchronous code.
+
+    Safe where an event loop already runs (a Jupyter kernel): the coroutine then gets its
+    own loop in a helper thread.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:

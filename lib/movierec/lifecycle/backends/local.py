@@ -1,0 +1,249 @@
+"""The ``local`` backend: MLflow server, feedback store and supervised stage services.
+
+``up`` starts (only what is not already running) an MLflow tracking server on SQLite with a
+local artifact store and the supervisor of the stage services, then reconciles the stages
+with the registry's aliases, so after a crash the running services again match
+``staging``/``canary``/``production``. ``down`` stops only what ``up`` started (pid files).
+A deploy to a running stage reloads it in place (``/admin/reload``: zero failed requests);
+otherwise the supervisor starts it; either way ``deploy`` returns once ``/ready`` answers
+and ``/version`` names the deployed version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from movierec.config import get_settings
+from movierec.lifecycle.backends.supervisor import read_json, write_json
+from movierec.lifecycle.config import STAGES, PlatformConfig, Stage
+
+MLFLOW_START_TIMEOUT_S = 60.0
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class LocalPlatform:
+    """Everything on this machine; state and logs under ``$MOVIEREC_HOME/platform``."""
+
+    name = "local"
+
+    def __init__(self, config: PlatformConfig | None = None, home: Path | None = None) -> None:
+        self.config = config or PlatformConfig()
+        self.home = home or get_settings().home
+        self.folder = self.home / "platform"
+
+    # ---- the platform -------------------------------------------------------------
+    def tracking_uri(self) -> str:
+        """The platform's MLflow server."""
+        return self.config.mlflow_url
+
+    def admin_token(self) -> str:
+        """The stage services' admin token (generated once, file mode 0600, never printed)."""
+        path = self.folder / "admin_token"
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> int:
+        with (self.folder / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True, env={**os.environ, **env})
+        (self.folder / f"{name}.pid").write_text(str(process.pid))
+        return process.pid
+
+    def _mlflow_healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.config.mlflow_url}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def up(self) -> dict[str, Any]:
+        """Start MLflow and the supervisor (if needed) and reconcile stages with aliases."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        started = []
+        if not _alive(_read_pid(self.folder / "mlflow.pid")):
+            if self._mlflow_healthy():
+                raise RuntimeError(f"port {self.config.mlflow_port} already serves an MLflow "
+                                   "this platform did not start; stop it or choose "
+                                   "another --mlflow-port")
+            db = self.home / "mlflow.db"
+            self._spawn("mlflow", [
+                str(Path(sys.executable).with_name("mlflow")), "server",
+                "--backend-store-uri", f"sqlite:///{db}",
+                "--default-artifact-root", str(self.home / "mlartifacts"),
+                "--host", self.config.host, "--port", str(self.config.mlflow_port),
+                "--workers", "1"], {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+            started.append("mlflow")
+        deadline = time.monotonic() + MLFLOW_START_TIMEOUT_S
+        while not self._mlflow_healthy():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"MLflow did not start within {MLFLOW_START_TIMEOUT_S:g} s: "
+                                   f"see {self.folder / 'mlflow.log'}")
+            time.sleep(0.5)
+        if not _alive(_read_pid(self.folder / "supervisor.pid")):
+            ports = json.dumps(dict(self.config.ports))
+            self._spawn("supervisor", [sys.executable, "-m",
+                                       "movierec.lifecycle.backends.supervisor",
+                                       str(self.folder), self.config.host, ports],
+                        {"MOVIEREC_ADMIN_TOKEN": self.admin_token(),
+                         "MOVIEREC_HOME": str(self.home),
+                         "MLFLOW_TRACKING_URI": self.config.mlflow_url})
+            started.append("supervisor")
+        reconciled = self.reconcile()
+        return {"started": started, "reconciled": reconciled, "mlflow": self.config.mlflow_url}
+
+    def reconcile(self) -> dict[str, str | None]:
+        """Make the desired stages equal the registry's aliases; return stage -> version."""
+        from movierec.registry.mlflow_registry import current_version  # noqa: PLC0415
+
+        os.environ["MLFLOW_TRACKING_URI"] = self.config.mlflow_url
+        result: dict[str, str | None] = {}
+        for stage in STAGES:
+            version = current_version(stage)
+            result[stage] = version
+            if version is None:
+                self._set_desired(stage, None)
+            elif self.serving_version(stage) != version:
+                self.deploy(stage, version)
+        return result
+
+    def down(self) -> list[str]:
+        """Stop the supervisor (it stops the stages) and MLflow; return what was stopped."""
+        stopped = []
+        for name in ("supervisor", "mlflow"):
+            pid_file = self.folder / f"{name}.pid"
+            pid = _read_pid(pid_file)
+            if _alive(pid):
+                assert pid is not None
+                os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 30
+                while _alive(pid) and time.monotonic() < deadline:
+                    _reap(pid)
+                    time.sleep(0.2)
+                if _alive(pid):
+                    os.killpg(pid, signal.SIGKILL)
+                stopped.append(name)
+            pid_file.unlink(missing_ok=True)
+        return stopped
+
+    def status(self) -> dict[str, Any]:
+        """Each service: pid, alive, port, version, uptime, restarts, last health check."""
+        now = time.time()
+        sup = read_json(self.folder / "status.json", {"services": {}})
+        rows: dict[str, Any] = {
+            "mlflow": {"pid": _read_pid(self.folder / "mlflow.pid"),
+                       "alive": self._mlflow_healthy(), "url": self.config.mlflow_url},
+            "supervisor": {"pid": _read_pid(self.folder / "supervisor.pid"),
+                           "alive": _alive(_read_pid(self.folder / "supervisor.pid"))}}
+        for stage in STAGES:
+            service = sup["services"].get(stage)
+            if service is None:
+                rows[stage] = {"alive": False, "url": self.config.url(stage)}
+                continue
+            rows[stage] = {"pid": service["pid"], "alive": _alive(service["pid"]),
+                           "url": self.config.url(stage), "version": self.serving_version(stage),
+                           "uptime_s": round(now - service["started_at"], 1),
+                           "restarts": service["restarts"], "healthy": service["healthy"],
+                           "last_health_s_ago": round(now - service["last_health"], 1)}
+        return rows
+
+    # ---- the Backend protocol --------------------------------------------------------
+    def stage_url(self, stage: Stage) -> str:
+        """Base URL of a stage."""
+        return self.config.url(stage)
+
+    def serving_version(self, stage: Stage) -> str | None:
+        """What ``/version`` of the stage says (None when it does not answer)."""
+        try:
+            reply = httpx.get(f"{self.stage_url(stage)}/version", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        return str(reply.json()["version"]) if reply.status_code == 200 else None
+
+    def _set_desired(self, stage: Stage, spec: dict[str, str] | None) -> None:
+        path = self.folder / "stages.json"
+        desired = read_json(path, {})
+        if spec is None:
+            desired.pop(stage, None)
+        else:
+            desired[stage] = spec
+        write_json(path, desired)
+
+    def deploy(self, stage: Stage, version: str) -> dict[str, Any]:
+        """Serve ``version`` at ``stage``: reload in place when running, else start it."""
+        from movierec.registry.mlflow_registry import download_bundle  # noqa: PLC0415
+
+        bundle = download_bundle(version, self.home / "bundles" / f"v{version}")
+        spec = {"version": str(version), "bundle": str(bundle)}
+        started = time.monotonic()
+        how = "started"
+        if self.serving_version(stage) is not None:
+            reply = httpx.post(f"{self.stage_url(stage)}/admin/reload", timeout=120.0,
+                               headers={"Authorization": f"Bearer {self.admin_token()}"},
+                               json={"bundle": str(bundle), "version": str(version),
+                                     "alias": stage, "wait": True})
+            if reply.status_code != 200:
+                raise RuntimeError(f"{stage}: reload to version {version} failed "
+                                   f"({reply.status_code}): {reply.text[:300]}")
+            how = "reloaded in place"
+        self._set_desired(stage, spec)
+        self.wait_serving(stage, str(version))
+        return {"stage": stage, "version": str(version), "how": how,
+                "seconds": round(time.monotonic() - started, 2)}
+
+    def wait_serving(self, stage: Stage, version: str) -> None:
+        """Block until the stage is ready and reports ``version``."""
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.serving_version(stage) == version:
+                try:
+                    if httpx.get(f"{self.stage_url(stage)}/ready", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.3)
+        raise TimeoutError(f"{stage} did not serve version {version} within "
+                           f"{self.config.ready_timeout_s:g} s: see "
+                           f"{self.folder / (stage + '.log')}")
+
+    def retire(self, stage: Stage) -> None:
+        """Stop the stage's service (the supervisor stops the process)."""
+        self._set_desired(stage, None)
+        deadline = time.monotonic() + 30
+        while self.serving_version(stage) is not None and time.monotonic() < deadline:
+            time.sleep(0.3)
+
+
+def _reap(pid: int) -> None:
+    """Collect a child we spawned in this process so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,1 @@
+"""Monitoring: compare what the service sees with what its model was trained on."""

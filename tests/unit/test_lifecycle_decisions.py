@@ -1,0 +1,116 @@
+"""Offline gate and canary statistics on crafted inputs (pure functions)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from movierec.lifecycle.canary import (
+    ArmStats,
+    analyze,
+    bucket,
+    normal_cdf,
+    two_proportion_test,
+)
+from movierec.lifecycle.config import CanaryConfig, GateConfig
+from movierec.lifecycle.gates import full_ranks, offline_gate
+
+
+def test_gate_passes_without_production_only_when_parity_passed() -> None:
+    cand = np.full(50, 0.3)
+    assert offline_gate(cand, None, GateConfig()).passed
+    failed = offline_gate(cand, None, GateConfig(), parity_passed=False)
+    assert not failed.passed and "parity" in failed.reason
+
+
+def test_gate_compares_on_the_same_users() -> None:
+    rng = np.random.default_rng(0)
+    prod = rng.uniform(0, 1, 400)
+    better = offline_gate(prod + 0.05, prod, GateConfig())
+    assert better.passed and better.gain == pytest.approx(0.05)
+    assert better.gain_ci[0] == pytest.approx(0.05) and better.gain_ci[1] == pytest.approx(0.05)
+    worse = offline_gate(prod - 0.01, prod, GateConfig())
+    assert not worse.passed and "does not beat" in worse.reason
+    equal = offline_gate(prod.copy(), prod, GateConfig())
+    assert not equal.passed  # a tie does not beat production
+    with pytest.raises(ValueError, match="same panel"):
+        offline_gate(prod[:10], prod, GateConfig())
+
+
+def test_gate_min_gain_and_significance() -> None:
+    rng = np.random.default_rng(1)
+    prod = rng.uniform(0, 1, 300)
+    noisy = prod + rng.normal(0.004, 0.2, 300)  # small mean gain, wide interval
+    assert offline_gate(noisy, prod, GateConfig(min_gain=0.0)).gain > 0
+    strict = offline_gate(noisy, prod, GateConfig(require_significant=True))
+    assert strict.gain_ci[0] < 0 and not strict.passed
+    assert not offline_gate(prod + 0.02, prod, GateConfig(min_gain=0.03)).passed
+
+
+def test_gate_fails_on_parity_even_when_better() -> None:
+    prod = np.full(20, 0.1)
+    result = offline_gate(prod + 0.5, prod, GateConfig(), parity_passed=False)
+    assert not result.passed and "parity" in result.reason
+
+
+def test_full_ranks_exclude_seen_items_and_padding() -> None:
+    scores = np.array([[9.0, 5.0, 4.0, 3.0, 2.0],
+                       [9.0, 1.0, 2.0, 3.0, 4.0]])
+    # Row 0: target 3 (score 3); item 1 (seen) and padding are not ranked -> item 2 beats it.
+    # Row 1: target 1 has the lowest score of 4 real items, nothing seen -> rank 3.
+    ranks = full_ranks(scores, [np.array([1]), np.array([], dtype=np.int64)], np.array([3, 1]))
+    assert ranks.tolist() == [1, 3]
+    tie = full_ranks(np.array([[0.0, 1.0, 1.0]]), [np.array([], dtype=np.int64)], np.array([1]))
+    assert tie.tolist() == [1]  # pessimistic: a tie counts against the target
+
+
+def test_two_proportion_test_hand_computed() -> None:
+    z, p = two_proportion_test(30, 100, 50, 100)
+    pooled = 0.4
+    expected = (0.3 - 0.5) / math.sqrt(pooled * 0.6 * (2 / 100))
+    assert z == pytest.approx(expected)
+    assert p == pytest.approx(normal_cdf(expected))
+    assert two_proportion_test(0, 0, 5, 10) == (0.0, 1.0)
+    assert two_proportion_test(0, 10, 0, 10) == (0.0, 1.0)
+
+
+def _alarm_rate(p_canary: float, p_prod: float, n: int, trials: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    config = CanaryConfig(alpha=0.05)
+    alarms = 0
+    for _ in range(trials):
+        canary = ArmStats(n, 0, int(rng.binomial(n, p_canary)), 10.0)
+        prod = ArmStats(n * 3, 0, int(rng.binomial(n * 3, p_prod)), 10.0)
+        alarms += not analyze(canary, prod, config).promote
+    return alarms / trials
+
+
+def test_canary_false_alarm_rate_is_near_alpha() -> None:
+    rate = _alarm_rate(0.2, 0.2, 400, 2000, seed=0)
+    assert 0.03 <= rate <= 0.07, rate
+
+
+def test_canary_detects_a_clearly_worse_model() -> None:
+    assert _alarm_rate(0.12, 0.2, 400, 500, seed=1) >= 0.9
+
+
+def test_canary_rolls_back_on_errors_and_latency() -> None:
+    prod = ArmStats(1000, 0, 200, 20.0)
+    errors = analyze(ArmStats(1000, 50, 200, 20.0), prod, CanaryConfig())
+    assert not errors.promote and "error rate" in errors.reasons[0]
+    slow = analyze(ArmStats(1000, 0, 200, 900.0), prod, CanaryConfig(slo_p95_ms=200))
+    assert not slow.promote and "p95" in slow.reasons[0]
+    empty = analyze(ArmStats(0, 0, 0, None), prod, CanaryConfig())
+    assert not empty.promote
+    fine = analyze(ArmStats(1000, 0, 210, 20.0), prod, CanaryConfig())
+    assert fine.promote and fine.hit_rate_diff == pytest.approx(0.01)
+
+
+def test_bucket_is_stable_and_splits_by_share() -> None:
+    users = range(20_000)
+    share = np.mean([bucket(u, 0.3) for u in users])
+    assert share == pytest.approx(0.3, abs=0.015)
+    assert [bucket(u, 0.3) for u in range(100)] == [bucket(u, 0.3) for u in range(100)]
+    assert not any(bucket(u, 0.0) for u in range(100))

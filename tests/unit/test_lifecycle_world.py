@@ -1,0 +1,64 @@
+"""The lifecycle's world: base data, future traffic, panel, and rounds with feedback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from movierec.data.dataset import load_sequences
+from movierec.lifecycle.traffic import take_events
+from movierec.lifecycle.world import build_panel, build_world, prepare_round
+from movierec.serving.feedback import FeedbackEvent, FeedbackStore
+
+
+@pytest.fixture
+def world(ml100k_dir: Path):
+    return build_world("ml-100k", 0.1, ml100k_dir)
+
+
+def test_world_holds_out_the_newest_interactions(world) -> None:
+    card = world.card
+    assert card["base_interactions"] + card["future_interactions"] == 100_000
+    assert abs(card["future_interactions"] - 10_000) < 100
+    future = world.future()
+    base = pl.read_parquet(world.base / "interactions.parquet")
+    assert future["timestamp"].min() >= card["cut_timestamp"] > base["timestamp"].max()
+    assert future["timestamp"].is_sorted()
+    # Built once: the same call reuses it; a different share is refused, not silently mixed.
+    assert build_world("ml-100k", 0.1).card == card
+    with pytest.raises(ValueError, match="future_share"):
+        build_world("ml-100k", 0.2)
+
+
+def test_take_events_moves_a_durable_cursor(world) -> None:
+    first = take_events(world, 100)
+    second = take_events(world, 100)
+    assert first.height == second.height == 100
+    assert second["timestamp"].min() >= first["timestamp"].max()
+    assert not first.equals(second)
+
+
+def test_feedback_changes_the_round_data_and_panel_stays_frozen(world, tmp_path: Path) -> None:
+    db = tmp_path / "feedback.db"
+    first = prepare_round(world, db, tmp_path / "r1")
+    events = take_events(world, 300)
+    store = FeedbackStore(db)
+    watches = [FeedbackEvent(u, m, "watch", t) for u, m, t in events.iter_rows()]
+    store.add(watches + watches[:5])  # repeated watches are used once
+    store.add([FeedbackEvent(1, 1, "impression", 0)])  # impressions are not training data
+    store.close()
+    second = prepare_round(world, db, tmp_path / "r2")
+    assert second["data_version"] != first["data_version"]
+    assert second["interactions"] == first["interactions"] + 300
+    assert second["feedback"] == {"watches": 305, "used": 300, "skipped_known": 5}
+    panel_1 = build_panel(world, tmp_path / "r1")
+    panel_2 = build_panel(world, tmp_path / "r2")
+    assert np.array_equal(panel_1.user_ids, panel_2.user_ids)
+    assert np.array_equal(panel_1.targets, panel_2.targets)
+    replaying = set(world.future()["user_id"].to_list())
+    assert not replaying & set(panel_1.user_ids.tolist())
+    data = load_sequences(tmp_path / "r1")
+    assert len(panel_1) == data.n_users - len(replaying & set(data.users["user_id"].to_list()))
