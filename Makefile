@@ -81,6 +81,9 @@ bench: setup  ## benchmarks (write JSON under bench/results/)
 	$(PY) bench/data_pipeline.py
 	$(PY) bench/quality.py
 
+reliability: setup  ## fuzz, 10-min soak, faults, bad data, security -> bench/results/reliability.json
+	$(PY) bench/reliability.py $(RELIABILITY_ARGS)
+
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check lib tests bench
 

@@ -51,7 +51,9 @@ TOP_K = 10
 BATCHES = (1, 8, 64)
 CONNECTIONS = (1, 8, 32, 64)
 QUICK_CONNECTIONS = (1, 32)
-IMPLS = ("eager", "onnx_fp32", "onnx_int8")
+# onnx_fp32_served: the service's own call (engine.OnnxModel.run on the unpadded histories:
+# each batch cut into length groups); the others all get the same max_len-padded input.
+IMPLS = ("eager", "onnx_fp32", "onnx_int8", "onnx_fp32_served")
 # Server name -> what it is; the order is the rotation start of the interleaved load points.
 SERVERS = {
     "service_batched": "movierec serve, micro-batching on (ONNX fp32)",
@@ -222,6 +224,33 @@ def work_build(workdir: Path, epochs: int) -> dict[str, Any]:
             "valid_full_ndcg_10": meta["metrics"]["valid"]["full"]["ndcg@10"]}
 
 
+def work_export(workdir: Path) -> dict[str, Any]:
+    """Re-export the bundle from the saved weights (no training) with the current exporter.
+
+    Run when the bundle predates the exporter in use (a fixed-length ``seqs`` input), so
+    the served graph is always the one this checkout produces.
+    """
+    import torch
+
+    from movierec.data.dataset import load_sequences
+    from movierec.models import build_model
+    from movierec.registry.bundle import write_bundle
+    from movierec.training.config import TrainConfig
+
+    paths = _paths(workdir)
+    built = json.loads(paths["build"].read_text())
+    config = TrainConfig.model_validate(built["train_config"])
+    data = load_sequences(paths["data"])
+    model = build_model(config.model, data.n_users, data.n_items)
+    model.load_state_dict(torch.load(paths["weights"], map_location="cpu", weights_only=True))
+    old = json.loads((paths["bundle"] / "metadata.json").read_text())
+    started = time.perf_counter()
+    write_bundle(model.eval(), config, paths["data"], paths["bundle"],
+                 run_metrics=old["metrics"], git_commit=old["git_commit"],
+                 trained_at=old["trained_at"])
+    return {"export_seconds": round(time.perf_counter() - started, 1)}
+
+
 def _eager_model(bundle: Path, weights: Path) -> tuple[Any, dict[str, Any]]:
     """The bundle's SSE-PT as a PyTorch module in eval mode, and the bundle metadata."""
     import torch
@@ -239,15 +268,17 @@ def _eager_model(bundle: Path, weights: Path) -> tuple[Any, dict[str, Any]]:
 def work_latency(workdir: Path, seconds_per_cell: float) -> dict[str, Any]:
     """Time ``score_all`` of eager PyTorch, ONNX fp32 and ONNX int8 on one thread.
 
-    Inputs are real users' histories, left padded to max_len (cost does not depend on the
-    content: attention always spans max_len positions). The three implementations take
-    turns in rounds, so a slow phase of the shared machine hits all of them.
+    Inputs are real users' histories, left padded to max_len, the same for eager, fp32 and
+    int8; ``onnx_fp32_served`` is the service's call on the same users' unpadded histories
+    (padding only to each length group's longest). The implementations take turns in
+    rounds, so a slow phase of the shared machine hits all of them.
     """
     import numpy as np
     import torch
 
     from movierec.export.onnx import ort_session
     from movierec.serving.catalog import load_catalog
+    from movierec.serving.engine import OnnxModel
 
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
@@ -257,6 +288,7 @@ def work_latency(workdir: Path, seconds_per_cell: float) -> dict[str, Any]:
     sessions = {"onnx_fp32": ort_session(paths["bundle"] / "model.onnx", threads=1),
                 "onnx_int8": ort_session(paths["bundle"] / "model.int8.onnx", threads=1)}
     max_len = int(meta["max_len"])
+    served = OnnxModel(paths["bundle"] / "model.onnx", max_len, int(meta["n_items"]), threads=1)
     users_all = np.array(sorted(catalog.histories), dtype=np.int64)
     rng = np.random.default_rng(0)
 
@@ -268,6 +300,9 @@ def work_latency(workdir: Path, seconds_per_cell: float) -> dict[str, Any]:
                 with torch.inference_mode():
                     return model.score_all(tu, ts).numpy()
             return call
+        if impl == "onnx_fp32_served":  # the service's call: unpadded histories in
+            histories = [catalog.histories[int(u)] for u in users]
+            return lambda: served.run(users, histories)
         session = sessions[impl]
         feeds = {"users": users, "seqs": seqs}
         return lambda: session.run(["scores"], feeds)[0]
@@ -316,6 +351,7 @@ def work_latency(workdir: Path, seconds_per_cell: float) -> dict[str, Any]:
 
 
 WORKERS: dict[str, Callable[..., dict[str, Any]]] = {"build": work_build,
+                                                     "export": work_export,
                                                      "latency": work_latency}
 
 
@@ -439,12 +475,25 @@ def ensure_bundle(workdir: Path, epochs: int) -> dict[str, Any]:
     if meta_file.exists() and paths["weights"].exists() and paths["build"].exists():
         meta = json.loads(meta_file.read_text())
         if int(meta["max_len"]) == MAX_LEN:
-            return {**json.loads(paths["build"].read_text()), "reused": True}
+            built = {**json.loads(paths["build"].read_text()), "reused": True}
+            if not _dynamic_export(paths["bundle"]):
+                print("re-exporting the bundle with the current exporter ...", flush=True)
+                built["reexport"] = run_worker("export", workdir)
+            return built
     print(f"building the ml-100k SSE-PT bundle (max_len {MAX_LEN}, {epochs} epochs) in "
           f"{workdir} ...", flush=True)
     built = run_worker("build", workdir, "--epochs", str(epochs))
     paths["build"].write_text(json.dumps(built, indent=2))
     return {**built, "reused": False}
+
+
+def _dynamic_export(bundle: Path) -> bool:
+    """Whether the bundle's model has a dynamic ``seqs`` length (the current exporter's)."""
+    import onnx
+
+    model = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
+    seqs = next(i for i in model.graph.input if i.name == "seqs")
+    return not seqs.type.tensor_type.shape.dim[1].HasField("dim_value")
 
 
 def bundle_summary(bundle: Path) -> dict[str, Any]:
@@ -481,6 +530,7 @@ class Server:
         self.started = time.perf_counter()
         self.ready_seconds: float | None = None
         self.peak_rss_mib: float | None = None
+        self.loaded_libs: dict[str, bool] = {}
 
     def wait_ready(self, timeout: float) -> None:
         """Poll the readiness route until it answers 200 (raises with the log's tail)."""
@@ -523,6 +573,12 @@ class Server:
         self._log.close()
 
 
+def _loaded_libs(pid: int) -> dict[str, bool]:
+    """Whether the server process has uvloop's and httptools' extensions mapped (in use)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {"uvloop": "/uvloop/loop." in maps, "httptools": "/httptools/parser/" in maps}
+
+
 def start_servers(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, Server]:
     """Start the four servers together (idle servers cost no CPU), then wait for each."""
     paths["logs"].mkdir(parents=True, exist_ok=True)
@@ -555,6 +611,7 @@ def start_servers(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str,
     try:
         for server in servers.values():
             server.wait_ready(timeout=180)
+            server.loaded_libs = _loaded_libs(server.proc.pid)
     except BaseException:
         for server in servers.values():
             server.stop()
@@ -785,16 +842,22 @@ def markdown(report: dict[str, Any]) -> str:
     lines: list[str] = []
     latency = report.get("latency")
     if latency:
-        lines += ["Model latency, `score_all`, 1 thread, median ms (speedup vs eager):", "",
-                  "| batch | eager | ONNX fp32 | ONNX int8 | fp32 per row | int8 per row |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += ["Model latency, `score_all`, 1 thread, median ms (speedup vs eager); "
+                  "fp32/int8 on the same max_len-padded input as eager, served = the "
+                  "service's call on unpadded histories:", "",
+                  "| batch | eager | ONNX fp32 | ONNX int8 | fp32 served | fp32 per row | "
+                  "served per row |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
         for batch, cell in latency["batches"].items():
             s = cell["speedup_vs_eager"]
+            served = cell.get("onnx_fp32_served")
             lines.append(f"| {batch} | {cell['eager']['median_ms']:.2f} | "
                          f"{cell['onnx_fp32']['median_ms']:.2f} ({s['onnx_fp32']:.2f}x) | "
                          f"{cell['onnx_int8']['median_ms']:.2f} ({s['onnx_int8']:.2f}x) | "
-                         f"{cell['onnx_fp32']['per_row_ms']:.3f} | "
-                         f"{cell['onnx_int8']['per_row_ms']:.3f} |")
+                         + (f"{served['median_ms']:.2f} ({s['onnx_fp32_served']:.2f}x) | "
+                            if served else "- | ")
+                         + f"{cell['onnx_fp32']['per_row_ms']:.3f} | "
+                         + (f"{served['per_row_ms']:.3f} |" if served else "- |"))
         lines.append("")
     http = report.get("http", {}).get("points", {})
     if http:
@@ -844,7 +907,8 @@ def run_http(args: argparse.Namespace, paths: dict[str, Path], report: dict[str,
         "seconds": args.seconds, "connections": list(connections), "repeats": args.repeats,
         "users_in_script": n_users, "wrk_timeout_s": args.wrk_timeout,
         "servers": {name: {"description": SERVERS[name], "command": " ".join(s.cmd),
-                           "ready_seconds": s.ready_seconds} for name, s in servers.items()},
+                           "ready_seconds": s.ready_seconds, "loaded": s.loaded_libs}
+                    for name, s in servers.items()},
         "settings": {"service_threads": args.service_threads or "service default (one per "
                                                                  "physical core)",
                      "physical_cores": _physical_cores(),
@@ -899,6 +963,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "serve", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": False, "quick": args.quick, "workdir": str(workdir),
         "machine": machine_info(), "load_before": os.getloadavg()}
+    # A shared machine: say in the results when others were using it (numbers then drift).
+    report["loaded"] = report["load_before"][0] > 0.5 * (os.cpu_count() or 1)
     report["build"] = ensure_bundle(workdir, args.epochs)
     report["bundle"] = bundle_summary(paths["bundle"])
     write_json(report, args.out)
@@ -982,6 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
     if args._worker:
         if args._worker == "build":
             result = work_build(args.workdir, args.epochs)
+        elif args._worker == "export":
+            result = work_export(args.workdir)
         else:
             result = work_latency(args.workdir, args.latency_seconds)
         args._result.write_text(json.dumps(result))

@@ -8,6 +8,7 @@ from pathlib import Path
 import papermill
 import pytest
 
+from movierec.reliability.security import scan_notebook_outputs
 from tests.notebooks.executed import NOTEBOOKS
 
 ROOT = NOTEBOOKS.parent
@@ -20,6 +21,7 @@ def _run(notebook: Path, tmp_path: Path) -> dict:
         str(notebook), str(tmp_path / f"{notebook.stem}.out.ipynb"), kernel_name="python3",
         cwd=str(tmp_path), progress_bar=False,
         parameters={"BACKEND": "local", "DRY_RUN": True, "RESULTS_PATH": str(results_path)})
+    assert not scan_notebook_outputs(tmp_path / f"{notebook.stem}.out.ipynb")
     return json.loads(results_path.read_text())
 
 

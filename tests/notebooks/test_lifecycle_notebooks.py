@@ -15,6 +15,7 @@ from pathlib import Path
 import papermill
 import pytest
 
+from movierec.reliability.security import scan_notebook_outputs
 from movierec.serving.loadtest import free_port
 from tests.notebooks.executed import NOTEBOOKS, count_images
 
@@ -46,6 +47,8 @@ def test_lifecycle_and_monitor_notebooks(tmp_path: Path, notebook_home: Path) ->
         assert results["status"]["production"] == expected  # the service agrees
         # figures: two run reports (the weak run stops at the gate: one panel) and drift
         assert count_images(tmp_path / "lifecycles.out.ipynb") >= 4
+        token = (notebook_home / "platform" / "admin_token").read_text().strip()
+        assert not scan_notebook_outputs(tmp_path / "lifecycles.out.ipynb", [token])
 
         papermill.execute_notebook(
             str(NOTEBOOKS / "05_monitor.ipynb"), str(tmp_path / "monitor.out.ipynb"),
@@ -56,6 +59,7 @@ def test_lifecycle_and_monitor_notebooks(tmp_path: Path, notebook_home: Path) ->
         assert monitor["verdict"] in ("ok", "drift") or monitor["verdict"].startswith("too")
         assert (Path(monitor["folder"]) / "drift.png").exists()
         assert count_images(tmp_path / "monitor.out.ipynb") == 1
+        assert not scan_notebook_outputs(tmp_path / "monitor.out.ipynb", [token])
     finally:
         subprocess.run([sys.executable, "-m", "movierec.cli.main", "platform", "down",
                         f"--mlflow-port={mlflow_port}"], check=False, timeout=60)

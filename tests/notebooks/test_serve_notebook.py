@@ -15,6 +15,7 @@ from pathlib import Path
 import papermill
 import pytest
 
+from movierec.reliability.security import scan_notebook_outputs
 from movierec.serving.loadtest import free_port
 from tests.notebooks.executed import NOTEBOOKS, count_images
 
@@ -51,6 +52,7 @@ def test_optimize_and_serve_notebook(tmp_path: Path, notebook_home: Path) -> Non
         parameters={"TRAIN_OVERRIDES": SMALL, "LOAD_SECONDS": 2, "LOAD_CONCURRENCY": 4,
                     "RESULTS_PATH": "04_serve_results.json"})
     results = json.loads((tmp_path / "04_serve_results.json").read_text())
+    assert not scan_notebook_outputs(output)
     bundle = home / "bundles" / "notebook"
     assert Path(results["bundle_dir"]) == bundle
     assert Path(results["data_dir"]) == home / "data" / "ml-100k"

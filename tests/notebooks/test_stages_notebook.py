@@ -14,6 +14,7 @@ from pathlib import Path
 import papermill
 import pytest
 
+from movierec.reliability.security import scan_notebook_outputs
 from movierec.serving.loadtest import free_port
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "project_stages.ipynb"
@@ -45,6 +46,8 @@ def test_stages_notebook_local(tmp_path: Path, notebook_home: Path) -> None:
     folder = notebook_home / "platform"
     assert not list(folder.glob("*.pid")), "a pid file was left behind"
     assert not _listening(mlflow_port)
+    token = (folder / "admin_token").read_text().strip()
+    assert not scan_notebook_outputs(tmp_path / "project_stages.out.ipynb", [token])
 
 
 def test_stages_notebook_chameleon_dry_run(tmp_path: Path, notebook_home: Path) -> None:

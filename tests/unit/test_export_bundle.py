@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import polars as pl
 import pytest
 import torch
@@ -69,6 +70,9 @@ def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
     for entry in report["batches"].values():
         assert entry["fp32_max_abs_diff"] <= 1e-4
         assert entry["fp32_top10_overlap"] == 1.0
+        if kind != "pop":  # what serving feeds: the batch cut to its longest sequence
+            assert entry["fp32_trimmed_max_abs_diff"] <= 1e-4
+            assert 1 <= entry["fp32_trimmed_length"] <= MAX_LEN
         assert 0.0 <= entry["int8_top10_overlap"] <= 1.0
         assert np.isfinite(entry["int8_max_abs_diff"])
     assert report["passed"] and report["reasons"] == []
@@ -76,13 +80,15 @@ def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
     assert abs(report["fp32_ndcg_diff"]) < 1e-9
     assert "int8_ndcg_loss" in report and report["validation_users"] == 60
     json.dumps(report)  # goes into metadata.json as is
-    # Interface of both files: dynamic batch, fixed max_len, float32 [B, n_items + 1].
+    # Interface of both files: dynamic batch, float32 [B, n_items + 1]; a dynamic sequence
+    # length for the transformers (max_len recorded in the ONNX metadata), fixed for pop.
     for name in ("model.onnx", "model.int8.onnx"):
         scorer = OrtScorer(tmp_path / name)
-        assert scorer.max_len == MAX_LEN
+        assert scorer.max_len == MAX_LEN and scorer.dynamic == (kind != "pop")
         inputs = {i.name: (i.type, i.shape) for i in scorer.session.get_inputs()}
         assert inputs["users"][0] == inputs["seqs"][0] == "tensor(int64)"
-        assert inputs["seqs"][1][1] == MAX_LEN and isinstance(inputs["seqs"][1][0], str)
+        assert isinstance(inputs["seqs"][1][0], str)
+        assert (inputs["seqs"][1][1] == MAX_LEN) == (kind == "pop")
         scores = scorer(np.array([1, 2, 3]), np.zeros((3, MAX_LEN), np.int64))
         assert scores.shape == (3, data.n_items + 1) and scores.dtype == np.float32
         assert np.all(scores[:, 0] < -1e30)
@@ -98,6 +104,53 @@ def test_ort_scorer_pads_and_cuts_sequences(small_prepared: Path, tmp_path: Path
     np.testing.assert_allclose(scorer(users, seqs[:, -5:]), full)
     longer = np.concatenate([np.full((2, 4), 3), seqs], axis=1)
     np.testing.assert_allclose(scorer(users, longer), full)
+
+
+@pytest.mark.parametrize(("kind", "norm_first", "n_blocks"),
+                         [("sse-pt", True, 2), ("sse-pt", False, 2), ("sasrec", True, 1),
+                          ("sasrec", False, 3)])
+def test_score_last_matches_score_all(kind: str, norm_first: bool, n_blocks: int) -> None:
+    torch.manual_seed(1)
+    config = ModelConfig(kind=kind, norm_first=norm_first, n_blocks=n_blocks, n_heads=2,
+                         max_len=MAX_LEN, d_item=8, d_user=8)
+    model = build_model(config, 5, 30).eval()
+    seqs = torch.randint(1, 31, (5, MAX_LEN))
+    seqs[0, :9], seqs[1], seqs[2, :-1] = 0, 0, 0  # short, empty and one-item histories
+    users = torch.tensor([0, 1, 2, 3, 5])
+    with torch.no_grad():
+        full, last = model.score_all(users, seqs), model.score_last(users, seqs)
+        short = model.score_last(users[:1], seqs[:1, 9:])  # trimmed to its real length
+    assert torch.equal(torch.isinf(full), torch.isinf(last)) and torch.isinf(last[:, 0]).all()
+    torch.testing.assert_close(last, full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(short, full[:1], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="max_len"):
+        model.score_last(users, torch.ones(5, MAX_LEN + 1, dtype=torch.int64))
+
+
+def test_a_trimmed_batch_scores_like_the_padded_one(small_prepared: Path,
+                                                    tmp_path: Path) -> None:
+    model = _model("sse-pt", small_prepared)
+    scorer = OrtScorer(export_onnx(model, MAX_LEN, tmp_path / "m.onnx"))
+    seqs = np.zeros((3, MAX_LEN), np.int64)
+    seqs[0, -4:], seqs[1, -1:], seqs[2, -2:] = [5, 6, 7, 8], [9], [3, 4]
+    users = np.array([1, 2, 0])
+    with torch.no_grad():
+        expected = model.score_all(torch.as_tensor(users), torch.as_tensor(seqs)).numpy()
+    for width in (MAX_LEN, 4):  # padded to max_len, or cut to the longest real sequence
+        got = scorer.session.run(["scores"], {"users": users, "seqs": seqs[:, -width:]})[0]
+        np.testing.assert_allclose(got[:, 1:], expected[:, 1:], atol=1e-5)
+    one = scorer.session.run(["scores"], {"users": users[1:2], "seqs": seqs[1:2, -1:]})[0]
+    np.testing.assert_allclose(one[:, 1:], expected[1:2, 1:], atol=1e-5)
+
+
+def test_a_dynamic_model_without_recorded_max_len_is_refused(small_prepared: Path,
+                                                             tmp_path: Path) -> None:
+    path = export_onnx(_model("sasrec", small_prepared), MAX_LEN, tmp_path / "m.onnx")
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    onnx.save(proto, path)
+    with pytest.raises(ExportError, match="re-export"):
+        OrtScorer(path)
 
 
 def test_parity_failure_raises_with_numbers(small_prepared: Path, tmp_path: Path) -> None:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
-from movierec.serving.engine import LoadedBundle, MicroBatcher, OnnxModel, load_bundle
+from movierec.export.runtime import MAX_LEN_KEY
+from movierec.serving.catalog import BundleError
+from movierec.serving.engine import LoadedBundle, MicroBatcher, OnnxModel, load_bundle, top_k
 from movierec.serving.metrics import ServingMetrics
 from tests.unit.test_serving_bundle import MAX_LEN, N_ITEMS, make_bundle
 
@@ -112,3 +119,82 @@ def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundl
     assert isinstance(outcome, RuntimeError) and "shutting down" in str(outcome)
 
 
+
+
+# --- Dynamic sequence length (current exports): trimming and length groups -----------------
+
+def _dynamic_copy(src: Path, dst: Path, max_len: str | None = str(MAX_LEN)) -> Path:
+    """``src`` with a dynamic ``seqs`` length (and, unless None, its recorded max_len)."""
+    shutil.copytree(src, dst)
+    for name in ("model.onnx", "model.int8.onnx"):
+        proto = onnx.load(dst / name)
+        seqs = next(i for i in proto.graph.input if i.name == "seqs")
+        seqs.type.tensor_type.shape.dim[1].dim_param = "seq"
+        if max_len is not None:
+            onnx.helper.set_model_props(proto, {MAX_LEN_KEY: max_len})
+        onnx.save(proto, dst / name)
+    meta = json.loads((dst / "metadata.json").read_text())
+    meta["files"] = {n: hashlib.sha256((dst / n).read_bytes()).hexdigest() for n in meta["files"]}
+    (dst / "metadata.json").write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def dynamic(tmp_path_factory: pytest.TempPathFactory) -> OnnxModel:
+    root = tmp_path_factory.mktemp("dynamic")
+    return load_bundle(_dynamic_copy(make_bundle(root / "a"), root / "dyn"), threads=1).model
+
+
+def test_a_dynamic_model_pads_a_batch_only_to_its_longest_sequence(dynamic: OnnxModel) -> None:
+    assert dynamic.dynamic and dynamic.max_len == MAX_LEN
+    assert dynamic.pad([np.array([3, 4]), np.array([5])]).tolist() == [[3, 4], [0, 5]]
+    assert dynamic.pad([np.zeros(0, np.int64)]).shape == (1, 1)  # never a zero-width input
+    assert dynamic.pad([np.arange(1, 30)]).tolist() == [list(range(30 - MAX_LEN, 30))]
+
+
+def test_length_groups_give_the_same_scores_as_one_row_at_a_time(dynamic: OnnxModel) -> None:
+    lengths = [0, 1, 2, 3, 5, 7, 8, 8, 12, 30, 4, 1]  # empty, short, max_len and longer
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(1, N_ITEMS + 1, size=n) for n in lengths]
+    users = rng.integers(0, 12, size=len(seqs))
+    batched = dynamic.run(users, seqs)
+    assert batched.shape == (len(seqs), N_ITEMS + 1)
+    for row, (user, seq) in enumerate(zip(users, seqs, strict=True)):
+        np.testing.assert_allclose(batched[row], _direct(dynamic, int(user), seq), rtol=1e-5,
+                                   atol=1e-5)
+    calls = []
+    original = dynamic.session.run
+
+    def counting(*args: object, **kwargs: object) -> list[np.ndarray]:
+        calls.append(args[1]["seqs"].shape)  # type: ignore[index]
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    dynamic.session.run = counting  # type: ignore[method-assign]
+    try:
+        dynamic.run(users, seqs)
+    finally:
+        dynamic.session.run = original  # type: ignore[method-assign]
+    assert 1 < len(calls) < len(seqs)  # a few groups, not one call per row
+    assert sum(shape[0] for shape in calls) == len(seqs)
+    assert max(width for _, width in calls) == MAX_LEN  # the longer ones cut to max_len
+    assert min(width for _, width in calls) == 1  # the shortest group is not padded up
+
+
+def test_a_dynamic_model_without_max_len_is_refused(tmp_path: Path) -> None:
+    folder = _dynamic_copy(make_bundle(tmp_path / "a"), tmp_path / "dyn", max_len=None)
+    with pytest.raises(BundleError, match="re-export"):
+        load_bundle(folder, threads=1)
+
+
+def test_a_recorded_max_len_that_disagrees_with_metadata_is_refused(tmp_path: Path) -> None:
+    folder = _dynamic_copy(make_bundle(tmp_path / "a"), tmp_path / "dyn", max_len="99")
+    with pytest.raises(BundleError, match="max_len"):
+        load_bundle(folder, threads=1)
+
+
+def test_top_k_skips_padding_seen_and_non_finite_and_breaks_ties_by_index() -> None:
+    scores = np.array([9.0, 1.0, np.nan, 3.0, 3.0, np.inf, -np.inf, 2.0], dtype=np.float32)
+    best, values = top_k(scores, 3, exclude=np.array([7]))
+    assert best.tolist() == [3, 4, 1] and values.tolist() == [3.0, 3.0, 1.0]
+    assert scores[2] != scores[2] and scores[0] == 9.0  # the caller's row is not modified
+    assert top_k(scores, 10)[0].tolist() == [3, 4, 7, 1]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
+from movierec import storage
 from movierec.data.prepare import PrepareConfig, load_card, prepare
 from movierec.data.sources import RELEASES, resolve_source
 from movierec.data.synth import SynthConfig, write_synthetic
@@ -31,9 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Validate, filter, order, remap and split a dataset "
                            "into a versioned folder with a dataset card (dataset.json).")
     prep.add_argument("--dataset", required=True, choices=DATASETS)
-    prep.add_argument("--source", type=Path,
-                      help="official zip, its folder, RecBole atomic files or canonical folder")
-    prep.add_argument("--out", type=Path, required=True, help="output folder")
+    prep.add_argument("--source",
+                      help="official zip, its folder, RecBole atomic files or canonical folder "
+                      "(a canonical folder may be s3://BUCKET/PREFIX)")
+    prep.add_argument("--out", required=True,
+                      help="output folder, or s3://BUCKET/PREFIX (prepared locally, then "
+                      "uploaded with a _COMPLETE manifest)")
     prep.add_argument("--min-rating", type=float, help="keep ratings >= X (implicit feedback)")
     prep.add_argument("--min-user", type=int, default=0, help="k-core: interactions per user")
     prep.add_argument("--min-item", type=int, default=0, help="k-core: interactions per item")
@@ -56,9 +61,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.set_defaults(run=run_synth)
 
     info = cmds.add_parser("info", help="print the dataset card of a prepared folder")
-    info.add_argument("folder", type=Path)
+    info.add_argument("folder", help="prepared folder or s3://BUCKET/PREFIX")
     info.add_argument("--json", action="store_true", help="print the whole card as JSON")
     info.set_defaults(run=run_info)
+
+    push = cmds.add_parser("push", help="upload a folder to S3-compatible object storage",
+                           description="Upload any folder (prepared data, a bundle) to "
+                           "s3://BUCKET/PREFIX: files first, then a _COMPLETE manifest with "
+                           "the sha256 of each, so readers never see a partial upload. "
+                           "Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; endpoint: "
+                           f"{storage.ENV_ENDPOINT} or AWS_ENDPOINT_URL.")
+    push.add_argument("folder", type=Path)
+    push.add_argument("uri", help="s3://BUCKET/PREFIX")
+    push.set_defaults(run=run_push)
+
+    pull = cmds.add_parser("pull", help="download a folder from object storage, verified",
+                           description="Download s3://BUCKET/PREFIX into a new local folder, "
+                           "checking every file against the _COMPLETE manifest.")
+    pull.add_argument("uri", help="s3://BUCKET/PREFIX")
+    pull.add_argument("--out", type=Path, required=True, help="new local folder")
+    pull.set_defaults(run=run_pull)
 
 
 def run_fetch(args: argparse.Namespace) -> int:
@@ -72,8 +94,17 @@ def run_prepare(args: argparse.Namespace) -> int:
     """Prepare a dataset and print its card."""
     config = PrepareConfig(dataset=args.dataset, min_rating=args.min_rating,
                            min_user=args.min_user, min_item=args.min_item, strict=args.strict)
-    card = prepare(config, args.out, source=args.source)
+    source = storage.materialize(args.source) if args.source else None
+    if not storage.is_remote(args.out):
+        card = prepare(config, Path(args.out), source=source)
+    else:
+        storage.parse_uri(args.out)  # a malformed URI fails before minutes of preparing
+        with tempfile.TemporaryDirectory(prefix="movierec-prepare-") as tmp:
+            card = prepare(config, Path(tmp) / "prepared", source=source)
+            storage.upload_folder(Path(tmp) / "prepared", args.out)
     print(json.dumps(card, indent=2) if args.json else format_card(card))
+    if storage.is_remote(args.out) and not args.json:
+        print(f"  uploaded    {args.out}")
     return 0
 
 
@@ -88,8 +119,24 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """Print a prepared folder's card."""
-    card = load_card(args.folder)
+    card = load_card(storage.materialize(args.folder))
     print(json.dumps(card, indent=2) if args.json else format_card(card))
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """Upload a folder with its manifest."""
+    manifest = storage.upload_folder(args.folder, args.uri)
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(f"uploaded {args.folder} to {args.uri}: {len(manifest['files'])} files, "
+          f"{size:,} bytes ({manifest['generation']})")
+    return 0
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    """Download and verify a remote folder."""
+    manifest = storage.download_folder(args.uri, args.out)
+    print(f"downloaded {args.uri} to {args.out}: {len(manifest['files'])} files verified")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -182,9 +183,13 @@ def run_pipeline(args: argparse.Namespace) -> int:
     if local:
         backend.up()
         os.environ["MLFLOW_TRACKING_URI"] = backend.tracking_uri()
+    pipeline = Pipeline(config, train, backend)
     try:
-        summary = Pipeline(config, train, backend).run(args.trigger, args.candidate,
-                                                       args.workers)
+        summary = pipeline.run(args.trigger, args.candidate, args.workers)
+    except Exception:  # the summary (written anyway) says why in one line; details in logs
+        print(f"movierec: pipeline failed: {pipeline.summary['reason']}\nreport: "
+              f"{get_report_dir(pipeline.summary)}", file=sys.stderr)
+        return 1
     finally:
         if local and args.no_keep:
             backend.down()

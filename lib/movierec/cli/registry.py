@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 
@@ -15,8 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "add it to the MLflow registry as a new version.")
     export.add_argument("--run", dest="run_id", required=True,
                         help="MLflow run id of a training run")
-    export.add_argument("--data", type=Path, required=True, help="the run's prepared data")
-    export.add_argument("--out", type=Path, required=True, help="bundle folder")
+    export.add_argument("--data", required=True,
+                        help="the run's prepared data (folder or s3://BUCKET/PREFIX)")
+    export.add_argument("--out", required=True,
+                        help="bundle folder, or s3://BUCKET/PREFIX (written and verified "
+                        "locally, then uploaded with a _COMPLETE manifest)")
     export.add_argument("--register", action="store_true", help="create a registry version")
     export.add_argument("--max-fp32-diff", type=float, default=1e-4)
     export.add_argument("--max-int8-ndcg-loss", type=float, default=0.005)
@@ -46,21 +50,39 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Export (and optionally register) a run's bundle."""
+    """Export (and optionally register) a run's bundle; ``--data``/``--out`` may be s3://."""
+    from movierec.storage import is_remote, materialize, parse_uri  # noqa: PLC0415
+
+    data = materialize(args.data)
+    if not is_remote(args.out):
+        _export(args, data, Path(args.out))
+        return 0
+    parse_uri(args.out)  # a malformed URI fails before the export work
+    with tempfile.TemporaryDirectory(prefix="movierec-export-") as tmp:
+        _export(args, data, Path(tmp) / "bundle", remote=args.out)
+    return 0
+
+
+def _export(args: argparse.Namespace, data: Path, out: Path, remote: str | None = None) -> None:
+    """Write and verify the bundle at ``out``, upload it to ``remote``, then register it."""
     from movierec.export.onnx import ExportConfig  # noqa: PLC0415 - torch, onnx
     from movierec.registry.bundle import bundle_from_run  # noqa: PLC0415
     from movierec.registry.mlflow_registry import register_bundle  # noqa: PLC0415
+    from movierec.storage import upload_folder  # noqa: PLC0415
 
     config = ExportConfig(max_fp32_diff=args.max_fp32_diff,
                           max_int8_ndcg_loss=args.max_int8_ndcg_loss)
-    metadata = bundle_from_run(args.run_id, args.data, args.out, config)
+    metadata = bundle_from_run(args.run_id, data, out, config)
     parity = metadata["parity"]
-    print(f"bundle {args.out} verified ({len(metadata['files'])} files); parity: "
+    print(f"bundle {remote or out} verified ({len(metadata['files'])} files); parity: "
           f"{json.dumps({k: v for k, v in parity.items() if k != 'batches'})}")
+    if remote:
+        # Upload before registering: a registry version never names a missing upload.
+        upload_folder(out, remote)
+        print(f"uploaded {remote}")
     if args.register:
-        version = register_bundle(args.out, args.run_id)
+        version = register_bundle(out, args.run_id)
         print(f"registered movierec version {version}")
-    return 0
 
 
 def run_history(args: argparse.Namespace) -> int:

@@ -13,13 +13,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "from a registry alias (models:/movierec@ALIAS). The web page is at "
                            "/, the API at /recommend, /feedback, /metrics, /version.")
     source = serve.add_mutually_exclusive_group(required=True)
-    source.add_argument("--bundle", type=Path, help="bundle folder (from movierec export)")
+    source.add_argument("--bundle", help="bundle folder (from movierec export) or "
+                        "s3://BUCKET/PREFIX (downloaded, cached and verified first)")
     source.add_argument("--model", help="models:/movierec@ALIAS or models:/movierec/VERSION")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     serve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    serve.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    serve.add_argument("--threads", type=int, default=1,
+                       help="ONNX Runtime intra-op threads (default 1: the HTTP worker needs "
+                       "a core of its own, and micro-batches are small)")
     serve.add_argument("--max-batch-size", type=int, default=32, help="1 turns batching off")
     serve.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     serve.add_argument("--model-version", help="registry version to report on /version "
@@ -51,9 +54,12 @@ def _resolve_model_uri(uri: str) -> tuple[Path, str, str]:
 def run_serve(args: argparse.Namespace) -> int:
     """Verify the bundle, warm up, and serve until stopped."""
     from movierec.serving.app import ServeSettings, run_server  # noqa: PLC0415
+    from movierec.storage import materialize  # noqa: PLC0415
 
     version, alias = args.model_version or "", args.alias or ""
-    bundle = args.bundle
+    # A remote bundle is downloaded against its manifest; ServeSettings then verifies the
+    # bundle itself (checksums, ONNX Runtime loads it) exactly as for a local folder.
+    bundle = materialize(args.bundle) if args.bundle else None
     if args.model:
         bundle, version, resolved_alias = _resolve_model_uri(args.model)
         alias = alias or resolved_alias

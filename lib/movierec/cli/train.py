@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model and track it in MLflow",
                            description="Train SSE-PT, SASRec or the popularity baseline on a "
                            "prepared folder; select on validation, test once; log to MLflow.")
-    train.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    train.add_argument("--data", required=True,
+                       help="prepared data folder or s3://BUCKET/PREFIX (cached locally)")
     train.add_argument("--model", choices=MODEL_CHOICES, default="sse-pt")
     train.add_argument("--loss", choices=("bce", "ce"), help="default: the config's")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end first)")
@@ -27,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="0 trains in-process; N >= 1 uses Ray Train with N workers")
     train.add_argument("--gpu", action="store_true", help="one GPU per Ray worker (NCCL)")
     train.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
+    train.add_argument("--storage",
+                       help="Ray Train checkpoints and results: a folder or s3://BUCKET/PREFIX "
+                       "(default: $MOVIEREC_RAY_STORAGE, else $MOVIEREC_HOME/ray_results); "
+                       "needs --workers N >= 1")
     train.add_argument("--config", type=Path, help="JSON TrainConfig for everything else")
     train.add_argument("--metrics-out", type=Path, help="write the result JSON here")
     train.add_argument("--checkpoint-dir", type=Path, help="in-process checkpoints (resumable)")
@@ -56,16 +61,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, print the run id and a summary, write ``--metrics-out``."""
+    from movierec.storage import materialize  # noqa: PLC0415
     from movierec.training.runner import train_and_track  # noqa: PLC0415 - torch is heavy
 
     config = config_from_args(args)
     options: dict[str, Any] = {}
     if args.workers:
-        options = {"use_gpu": args.gpu, "address": args.ray_address}
+        options = {"use_gpu": args.gpu, "address": args.ray_address, "storage": args.storage}
+    elif args.storage:
+        raise ValueError("--storage holds Ray Train checkpoints: use it with --workers N >= 1 "
+                         "(in-process training checkpoints to --checkpoint-dir)")
     else:
         options = {"checkpoint_dir": args.checkpoint_dir, "resume": args.resume,
                    "progress": not args.quiet}
-    summary = train_and_track(config, args.data, workers=args.workers, **options)
+    summary = train_and_track(config, materialize(args.data), workers=args.workers, **options)
     print(f"run_id {summary['run_id']}")
     test = summary["test"]
     print(f"{summary['model']}: best epoch {summary['best_epoch']}, "
@@ -82,7 +91,7 @@ def register_tune(sub: argparse._SubParsersAction) -> None:
     tune = sub.add_parser("tune", help="Ray Tune search with ASHA; trials are MLflow runs",
                           description="Search width, depth, dropout, lr, SSE probabilities and "
                           "loss with Ray Tune and ASHA; print and save the best config.")
-    tune.add_argument("--data", type=Path, required=True)
+    tune.add_argument("--data", required=True, help="prepared folder or s3://BUCKET/PREFIX")
     tune.add_argument("--samples", type=int, default=8)
     tune.add_argument("--max-epochs", type=int, default=30)
     tune.add_argument("--grace-epochs", type=int, default=5)
@@ -95,11 +104,12 @@ def register_tune(sub: argparse._SubParsersAction) -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Tune and write the best TrainConfig (usable as ``train --config``)."""
+    from movierec.storage import materialize  # noqa: PLC0415
     from movierec.training.config import TrainConfig  # noqa: PLC0415
     from movierec.training.tuning import METRIC, TuneConfig, tune_model  # noqa: PLC0415
 
     base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
-    summary = tune_model(base, args.data, TuneConfig(
+    summary = tune_model(base, materialize(args.data), TuneConfig(
         samples=args.samples, max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
         concurrent=args.concurrent, seed=args.seed), out=None)
     args.out.parent.mkdir(parents=True, exist_ok=True)

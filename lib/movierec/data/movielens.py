@@ -199,21 +199,43 @@ def _items_frame(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _read_text_table(path: Path, separator: str, encoding: str, n_fields: int) -> pl.DataFrame:
-    """Small metadata files: split in Python-free columnar code after decoding."""
+    """Small metadata files: split in Python-free columnar code after decoding.
+
+    Columns ``c0..c{n-1}`` plus ``_line`` (1-based line in the file, for error messages).
+    """
     text = path.read_bytes().decode(encoding)
-    lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if ln.strip()]
-    raw = pl.DataFrame({"raw": lines}, schema={"raw": pl.String})
+    numbered = [(n, ln) for n, ln in enumerate(text.replace("\r\n", "\n").split("\n"), 1)
+                if ln.strip()]
+    if not numbered:  # found by fuzzing: an empty u.item gave a dataset without titles
+        raise ParseError(f"{path.name}: file is empty; it is required (restore it from the "
+                         "release)")
+    raw = pl.DataFrame({"_line": [n for n, _ in numbered], "raw": [ln for _, ln in numbered]},
+                       schema={"_line": pl.Int64, "raw": pl.String})
     parts = pl.col("raw").str.split(separator)
     # A title may contain the separator only in the last-but-n position; ml files do not.
     return raw.select([parts.list.get(i, null_on_oob=True).alias(f"c{i}")
-                       for i in range(n_fields)])
+                       for i in range(n_fields)] + [pl.col("_line")])
+
+
+def _checked_ids(frame: pl.DataFrame, column: str, file: str, what: str) -> pl.DataFrame:
+    """Cast an id column of a metadata table to Int64, naming the first line that is not one.
+
+    Found by fuzzing: a strict polars cast stopped ``prepare`` with a traceback instead.
+    """
+    ids = frame[column].str.strip_chars().cast(pl.Int64, strict=False)
+    if ids.null_count():
+        line, value = frame.filter(ids.is_null()).select("_line", column).row(0)
+        raise ParseError(f"{file} line {line}: {what} {value!r} is not an integer; fix the "
+                         "line (or remove it)")
+    return frame.with_columns(ids.alias(column))
 
 
 def _read_users(path: Path, separator: str, fields: tuple[str, ...]) -> pl.DataFrame:
     """Demographics in the canonical column order; ``fields`` names the file's columns."""
     raw = _read_text_table(path, separator, "latin-1", len(fields))
     raw = raw.rename({f"c{i}": name for i, name in enumerate(fields)})
-    return raw.select(pl.col("user_id").cast(pl.Int64).alias(USER_COL),
+    raw = _checked_ids(raw, "user_id", path.name, "user id")
+    return raw.select(pl.col("user_id").alias(USER_COL),
                       pl.col("age").cast(pl.Int32, strict=False), "gender", "occupation",
                       "zip_code")
 
@@ -221,7 +243,8 @@ def _read_users(path: Path, separator: str, fields: tuple[str, ...]) -> pl.DataF
 def parse_ml100k(folder: Path, lenient: bool) -> RawTables:
     """MovieLens 100K: ``u.data`` (tab), ``u.item`` and ``u.user`` (pipe, latin-1)."""
     inter = read_delimited_interactions(folder / "u.data", "\t", False, [0, 1, 2, 3], 4, lenient)
-    raw = _read_text_table(folder / "u.item", "|", "latin-1", 24)
+    raw = _checked_ids(_read_text_table(folder / "u.item", "|", "latin-1", 24), "c0", "u.item",
+                       "movie id")
     flags = [pl.when(pl.col(f"c{5 + i}") == "1").then(pl.lit(g)) for i, g in
              enumerate(ML100K_GENRES)]
     items = _split_title_year(raw.with_columns(pl.col("c0").cast(pl.Int64).alias(ITEM_COL)), "c1")
@@ -238,7 +261,8 @@ def parse_dat(folder: Path, lenient: bool) -> RawTables:
     # '::' is two single-character ':' separators around an empty field: fields 0, 2, 4, 6.
     inter = read_delimited_interactions(folder / "ratings.dat", ":", False, [0, 2, 4, 6], 7,
                                         lenient)
-    raw = _read_text_table(folder / "movies.dat", "::", "latin-1", 3)
+    raw = _checked_ids(_read_text_table(folder / "movies.dat", "::", "latin-1", 3), "c0",
+                       "movies.dat", "movie id")
     items = _split_title_year(raw.with_columns(pl.col("c0").cast(pl.Int64).alias(ITEM_COL)), "c1")
     items = items.with_columns(pl.col("c2").str.split("|").alias(GENRES_COL))
     users = None

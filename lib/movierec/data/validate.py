@@ -157,4 +157,11 @@ def validate(tables: RawTables, strict: bool = True) -> tuple[pl.DataFrame, Vali
                               rows_dropped=inter.height - clean.height, rules=results)
     if strict and first_error:
         raise DataValidationError(first_error, report)
+    if inter.height and not clean.height:
+        # Found by fuzzing: --lenient on a file with no good row (wrong separator or
+        # encoding throughout) went on and crashed while summarising an empty dataset.
+        raise DataValidationError(
+            f"{first_error.split('. Fix the file')[0]}: no valid row is left in "
+            f"{tables.interactions_file} after dropping all {inter.height:,}; check its "
+            "separator and encoding", report)
     return clean, report

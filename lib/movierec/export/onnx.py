@@ -1,7 +1,12 @@
 """ONNX export of a scorer (``score_all``), int8 quantisation, and parity with PyTorch.
 
-The exported graph maps ``users`` int64 [B] and left-padded ``seqs`` int64 [B, max_len] to
-``scores`` float32 [B, n_items + 1] with a dynamic batch axis. Column 0 (padding) stays
+The exported graph maps ``users`` int64 [B] and left-padded ``seqs`` int64 [B, L] to
+``scores`` float32 [B, n_items + 1] with a dynamic batch axis. For SSE-PT/SASRec the sequence
+axis is dynamic too (1 <= L <= max_len; positions are aligned to the right end, so a batch
+trimmed to its longest real sequence scores exactly like the same batch padded to max_len)
+and the graph is ``score_last`` (the last block for the last position only). The model's
+``max_len`` is stored in the ONNX metadata (``MAX_LEN_KEY``); bundles exported before this
+have a fixed ``seqs`` width and are padded to it, as before. Column 0 (padding) stays
 ``-inf``: ONNX Runtime and ``quantize_dynamic`` both handle it (the constant is not a
 weight that gets quantised), so no finite stand-in is needed; parity checks accept any
 value below ``PADDING_CEILING`` there.
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -29,7 +35,7 @@ from movierec.data.columns import VALID
 from movierec.data.dataset import SequenceData, left_pad
 from movierec.evaluation.metrics import ndcg_at_k
 from movierec.evaluation.protocols import Scorer, rank_users
-from movierec.export.runtime import session_options
+from movierec.export.runtime import MAX_LEN_KEY, SeqsAxisError, onnx_max_len, session_options
 from movierec.training.loop import make_scorer
 
 INPUT_NAMES = ("users", "seqs")
@@ -69,14 +75,21 @@ class ExportConfig(BaseModel):
 
 
 class _ScoreAll(nn.Module):
-    """Exposes ``score_all`` as ``forward``, the one entry point the exporter traces."""
+    """Exposes the model's serving scorer as ``forward``, the one entry point traced.
+
+    ``score_last`` (SSE-PT/SASRec: the last block for the last position only) when the
+    model has it, else ``score_all``; both give the same scores.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.fast = hasattr(model, "score_last")
 
     def forward(self, users: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
         """Scores [B, n_items + 1] of the whole catalogue."""
+        if self.fast:
+            return self.model.score_last(users, seqs)
         return self.model.score_all(users, seqs)
 
 
@@ -117,6 +130,9 @@ def export_onnx(model: nn.Module, max_len: int, path: Path, opset: int = 18) -> 
     wrapper = _ScoreAll(copy.deepcopy(model).cpu()).eval()
     example = _example_inputs(model, max_len)
     batch = torch.export.Dim("batch", min=1)
+    seqs_axes: dict[int, Any] = {0: batch}
+    if model_max_len is not None:  # SSE-PT/SASRec: any length up to max_len
+        seqs_axes[1] = torch.export.Dim("seq", min=1, max=max_len)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The exporter warns once per missing torchvision op; we export no vision ops.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -127,13 +143,22 @@ def export_onnx(model: nn.Module, max_len: int, path: Path, opset: int = 18) -> 
                 wrapper, example, str(path), input_names=list(INPUT_NAMES),
                 output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True,
                 external_data=False, verbose=False,
-                dynamic_shapes={"users": {0: batch}, "seqs": {0: batch}},
+                dynamic_shapes={"users": {0: batch}, "seqs": seqs_axes},
             )
         except Exception as error:  # the exporter raises many types; keep the cause
             raise ExportError(f"torch.onnx.export of {type(model).__name__} failed: "
                               f"{error}") from error
+    _set_max_len(path, max_len)
     _check_runs(path, max_len, int(model.n_items))
     return path
+
+
+def _set_max_len(path: Path, max_len: int) -> None:
+    """Record ``max_len`` in the model's metadata (a dynamic ``seqs`` axis does not say it)."""
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        MAX_LEN_KEY: str(max_len)})
+    onnx.save(proto, str(path))
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
@@ -169,7 +194,8 @@ class OrtScorer:
     """An evaluation ``Scorer`` over an ONNX model: (users, seqs) numpy in, scores out.
 
     Sequences longer than the model's ``max_len`` keep their last items; shorter ones are
-    left padded, so it accepts whatever ``rank_users`` passes.
+    left padded when the graph has a fixed length, so it accepts whatever ``rank_users``
+    passes.
     """
 
     def __init__(self, model: Path | ort.InferenceSession, threads: int = 1) -> None:
@@ -178,14 +204,17 @@ class OrtScorer:
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
         if set(shapes) != set(INPUT_NAMES):
             raise ExportError(f"ONNX inputs {sorted(shapes)} are not {list(INPUT_NAMES)}")
-        self.max_len = int(shapes["seqs"][1])
+        try:
+            self.max_len, self.dynamic = onnx_max_len(self.session)
+        except SeqsAxisError as error:
+            raise ExportError(str(error)) from error
 
     def __call__(self, users: np.ndarray, seqs: np.ndarray) -> np.ndarray:
         """Scores [B, n_items + 1] (float32)."""
         seqs = np.asarray(seqs, dtype=np.int64)
         if seqs.shape[1] > self.max_len:
             seqs = seqs[:, -self.max_len:]
-        elif seqs.shape[1] < self.max_len:
+        elif seqs.shape[1] < self.max_len and not (self.dynamic and seqs.shape[1]):
             seqs = np.pad(seqs, ((0, 0), (self.max_len - seqs.shape[1], 0)))
         feeds = {"users": np.asarray(users, dtype=np.int64), "seqs": np.ascontiguousarray(seqs)}
         return self.session.run([OUTPUT_NAME], feeds)[0]
@@ -266,6 +295,12 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
             entry[f"{name}_max_abs_diff"] = _max_abs_diff(expected, got)
             entry[f"{name}_top{TOP_K}_overlap"] = _top_k_overlap(expected, got, k)
             padding_ok &= bool(np.all(got[:, 0] <= PADDING_CEILING))
+            if scorer.dynamic and name == "fp32":
+                # What serving feeds: the batch cut to its longest real sequence.
+                longest = max(1, int((seqs != 0).sum(axis=1).max()))
+                trimmed = scorer(users, seqs[:, seqs.shape[1] - longest:])
+                entry["fp32_trimmed_length"] = longest
+                entry["fp32_trimmed_max_abs_diff"] = _max_abs_diff(expected, trimmed)
         batches[str(size)] = entry
     ndcg = {"pytorch": _full_ndcg(make_scorer(reference, torch.device("cpu")), data, max_len)}
     for name, scorer in variants.items():
@@ -279,7 +314,9 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
                        "max_int8_ndcg_loss": config.max_int8_ndcg_loss},
     }
     for name in variants:
-        report[f"{name}_max_abs_diff"] = max(b[f"{name}_max_abs_diff"] for b in batches.values())
+        report[f"{name}_max_abs_diff"] = max(
+            max(b[f"{name}_max_abs_diff"], b.get(f"{name}_trimmed_max_abs_diff", 0.0))
+            for b in batches.values())
         report[f"{name}_min_top{TOP_K}_overlap"] = min(
             b[f"{name}_top{TOP_K}_overlap"] for b in batches.values())
     reasons = []

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import httpx
 import numpy as np
@@ -101,7 +102,7 @@ class Pipeline:
         try:
             self._run(candidate, workers)
         except Exception as error:
-            self.summary.update(decision="failed", reason=f"{type(error).__name__}: {error}")
+            self.summary.update(decision="failed", reason=_failure_reason(error))
             raise
         finally:
             self.summary["seconds"] = round(time.monotonic() - started, 1)
@@ -142,8 +143,10 @@ class Pipeline:
         version = registry.register_bundle(bundle, result["run_id"],
                                            f"{candidate} candidate ({self.summary['trigger']})")
         self.summary["candidate_version"] = version
-        registry.set_alias("staging", version, f"passed the offline gate: {gate.reason}")
+        # Deploy first, then move the alias: the aliases are what `platform up` restores, so
+        # a deploy that fails must leave them pointing at what is really served.
         deployed = self.backend.deploy("staging", version)
+        registry.set_alias("staging", version, f"passed the offline gate: {gate.reason}")
         self._step("staging", deploy=deployed)
         if not self._staging(version, data_dir):
             return
@@ -207,8 +210,8 @@ class Pipeline:
         from movierec.registry.mlflow_registry import remove_alias, set_alias  # noqa: PLC0415
 
         cfg = self.config.canary
-        set_alias("canary", version, "passed staging tests")
         self._step("canary", deploy=self.backend.deploy("canary", version))
+        set_alias("canary", version, "passed staging tests")
         events = take_events(world, cfg.events)
         urls = {"production": self.backend.stage_url("production"),
                 "canary": self.backend.stage_url("canary")}
@@ -237,9 +240,9 @@ class Pipeline:
 
         url = self.backend.stage_url("production")
         serving = self.backend.serving_version("production") is not None
-        set_alias("production", version, reason)
         with FailureProbe(url, self.probe_payload) if serving else _NoProbe() as probe:
             deployed = self.backend.deploy("production", version)
+        set_alias("production", version, reason)
         self._step("promotion", deploy=deployed, probe_requests=probe.sent,
                    failed_requests=probe.failed)
         if current_version("canary") is not None:
@@ -278,3 +281,15 @@ def rollback_production(backend: Backend, reason: str) -> dict[str, Any]:
         deployed = backend.deploy("production", event["to"])
     return {"from": event["from"], "to": event["to"], "how": deployed["how"],
             "probe_requests": probe.sent, "failed_requests": probe.failed}
+
+
+def _failure_reason(error: Exception) -> str:
+    """One readable line for the summary; an unreachable MLflow is named as such."""
+    text = str(error)
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    host = urlparse(uri).netloc
+    if host and host in text and ("Connection refused" in text or "Max retries" in text):
+        return (f"MLflow at {uri} is unreachable: nothing was registered and no alias moved "
+                "(`movierec platform up` restarts it)")
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first[:300]}"

@@ -18,6 +18,9 @@ from movierec.models.config import ModelConfig
 # The reference implementation normalises with this epsilon; PyTorch's 1e-5 would change
 # nothing measurable but keeping it makes side-by-side comparisons exact.
 LAYER_NORM_EPS = 1e-8
+# Additive attention bias of a masked key in ``score_last``: exp(MASKED - max) is exactly 0
+# in float32 for any realistic score, and twice it is still finite.
+MASKED = -1e9
 
 
 class CausalSelfAttention(nn.Module):
@@ -213,6 +216,59 @@ class SSEPT(nn.Module):
         """Scores [B, n_items + 1] of the whole catalogue; column 0 (padding) is -inf."""
         last = self(users, seqs)[:, -1]
         return self.catalogue_scores(last, self.user_vectors(users))
+
+    def score_last(self, users: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """``score_all`` computed only where it is read: the serving (export) path.
+
+        Same scores as :meth:`score_all` (up to float rounding) at a fraction of the cost:
+        the last block runs its attention for the last query only (keys and values still
+        span every position) and its feed-forward, final norm and catalogue product for the
+        last position only. The mask is an additive bias built once for all blocks (the
+        exported graph then needs no per-block NaN guard). Inference only (no dropout).
+        """
+        length = seqs.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}; "
+                             "keep only the last max_len items")
+        key_valid = seqs != 0
+        valid = key_valid.unsqueeze(-1).to(self.position_embedding.weight.dtype)
+        x = self.item_embedding(seqs) * self.item_scale
+        user = self.user_vectors(users)
+        if user is not None:
+            x = torch.cat([x, user.unsqueeze(1).expand(-1, length, -1)], dim=-1)
+        x = (x + self.position_embedding.weight[self.max_len - length:]) * valid
+        *first, last_block = self.blocks
+        # The mask as an additive bias, built once: causal, and real keys only. A finite
+        # "minus infinity" keeps a padded query's all-masked row finite (forward lets it see
+        # itself instead); its output is zeroed by ``valid`` either way, and a real query's
+        # masked keys still get exactly zero weight.
+        causal = torch.full((length, length), MASKED, dtype=x.dtype, device=x.device).triu(1)
+        keys = (~key_valid).to(x.dtype) * MASKED
+        bias = keys[:, None, None, :] + causal
+        for block in first:
+            x = self._block(block, x, x, bias) * valid
+        last = self._block(last_block, x, x[:, -1:], bias[:, :, -1:]) * valid[:, -1:]
+        hidden = (self.final_norm(last) * valid[:, -1:])[:, 0]
+        return self.catalogue_scores(hidden, user)
+
+    @staticmethod
+    def _block(block: Block, x: torch.Tensor, queries: torch.Tensor,
+               bias: torch.Tensor) -> torch.Tensor:
+        """``block(x)`` at the positions of ``queries`` (all of ``x`` or its last position)."""
+        attention = block.attention
+
+        def attend(keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+            q = attention._heads(attention.query(query))
+            k, v = attention._heads(attention.key(keys)), attention._heads(attention.value(keys))
+            weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias, -1)
+            return (weights @ v).transpose(1, 2).flatten(-2)
+
+        if block.norm_first:
+            normed = block.attention_norm(x)
+            out = queries + attend(normed, normed[:, -queries.shape[1]:])
+            return out + block.feed_forward(block.feed_forward_norm(out))
+        out = block.attention_norm(queries + attend(x, queries))
+        return block.feed_forward_norm(out + block.feed_forward(out))
 
     def training_logits(self, users: torch.Tensor, seqs: torch.Tensor, pos: torch.Tensor,
                         neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,15 +27,24 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from movierec import __version__
 from movierec.serving.admin import ReloadManager, admin_router
 from movierec.serving.catalog import BundleError
+from movierec.serving.drift import DriftGauges
 from movierec.serving.engine import LoadedBundle, MicroBatcher, load_bundle, top_k
 from movierec.serving.errors import validation_error_handler
-from movierec.serving.feedback import FeedbackEvent, FeedbackStore, open_store
+from movierec.serving.feedback import (
+    FeedbackEvent,
+    FeedbackStore,
+    FeedbackStoreFullError,
+    FeedbackWriteError,
+    open_store,
+)
 from movierec.serving.history import OnlineHistory, resolve_history
 from movierec.serving.logs import configure_logging
 from movierec.serving.metrics import ServingMetrics
 from movierec.serving.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from movierec.serving.page import load_page
 from movierec.serving.schemas import (
+    ADMIN_ERROR_RESPONSES,
+    ERROR_RESPONSES,
     INT64_MAX,
     DemoUserOut,
     DemoUsersResponse,
@@ -54,6 +63,7 @@ from movierec.serving.settings import ENV_ADMIN_TOKEN, ServeSettings
 
 __all__ = ["BundleError", "ServeSettings", "ServingState", "create_app", "run_server"]
 log = logging.getLogger("movierec.serving")
+FEEDBACK_RETRY_AFTER_S = "5"  # seconds a client should wait after a 503 from /feedback
 
 
 class ServingState:
@@ -67,11 +77,13 @@ class ServingState:
         self.online = online
         self.metrics = metrics
         self.batcher = batcher
+        self.drift = DriftGauges(metrics)
         self.started = False
 
     def publish(self, bundle: LoadedBundle) -> None:
         """Swap in a loaded bundle (requests already running keep the one they took)."""
         self.bundle = bundle
+        self.drift.reset(bundle.catalog)
         meta = bundle.meta
         self.metrics.set_model(bundle.version, bundle.alias, bundle.precision,
                                str(meta.get("run_id", "")), str(meta.get("data_version", "")))
@@ -164,7 +176,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             store.close()
 
     app = FastAPI(title="movierec", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # the docs UIs load from a CDN
+                  docs_url=None, redoc_url=None,  # the docs UIs load from a CDN
+                  responses=ERROR_RESPONSES)
     app.state.serving = state
     app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[arg-type]
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_body_bytes,
@@ -174,7 +187,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                            allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization"])
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees 413s
-    app.include_router(admin_router(reloads))
+    app.include_router(admin_router(reloads), responses=ADMIN_ERROR_RESPONSES)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -213,6 +226,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_text() -> Response:
+        state.drift.refresh()
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
@@ -234,13 +248,27 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   for e in body.events]
         try:
             count = await asyncio.to_thread(state.store.add, events, state.bundle.version)
-        except sqlite3.Error as exc:
+        except FeedbackStoreFullError as exc:
+            # Expected under a full disk: one line, no traceback, and no server path in the
+            # answer. Nothing of the request was stored, so the client may resend it all.
+            log.error("feedback store full", extra={"error": str(exc)})
+            raise HTTPException(503, "feedback store is full (no disk space left): none of "
+                                "these events were stored; retry later",
+                                headers={"Retry-After": FEEDBACK_RETRY_AFTER_S}) from exc
+        except (FeedbackWriteError, sqlite3.Error) as exc:
             log.exception("feedback store failed")
-            raise HTTPException(503, f"feedback store unavailable ({exc}); retry later") from exc
+            raise HTTPException(503, "feedback store unavailable: none of these events were "
+                                "stored; retry later",
+                                headers={"Retry-After": FEEDBACK_RETRY_AFTER_S}) from exc
+        watched = []
         for event in events:
             metrics.feedback_events.labels(event=event.event).inc()
             if event.event == "watch":
                 state.online.add(event.user_id, event.movie_id, event.timestamp)
+                watched.append(event.movie_id)
+        if watched:
+            known, unknown = state.bundle.catalog.to_indices(watched)
+            state.drift.observe(known, len(unknown))
         return FeedbackResponse(accepted=count)
 
     @app.get("/users/{user_id}/history", response_model=HistoryResponse)

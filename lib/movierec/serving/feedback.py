@@ -2,11 +2,14 @@
 
 SQLite in WAL mode with ``synchronous=FULL``: :meth:`FeedbackStore.add` returns only after
 the transaction is committed and synced, so an acknowledged event survives ``kill -9``.
+A write that fails (a full disk raises :class:`FeedbackStoreFullError`) is rolled back
+whole, and the store accepts writes again as soon as the cause is gone.
 PostgreSQL URLs are recognised but not implemented in this build (see :func:`open_store`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sqlite3
 import threading
@@ -33,6 +36,22 @@ CREATE INDEX IF NOT EXISTS feedback_event_user ON feedback (event, user_id);
 
 class FeedbackStoreError(ValueError):
     """The feedback store URL is invalid or its backend is unavailable."""
+
+
+class FeedbackWriteError(RuntimeError):
+    """Events could not be stored (none of them was: the transaction was rolled back)."""
+
+
+class FeedbackStoreFullError(FeedbackWriteError):
+    """The disk holding the feedback store is full; writes work again once space returns."""
+
+
+def _write_error(exc: sqlite3.Error, path: Path) -> FeedbackWriteError:
+    """Classify a failed write: a full disk is its own, retryable, error."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return FeedbackStoreFullError(f"{path}: the disk is full ({exc}); free space and "
+                                      "retry")
+    return FeedbackWriteError(f"{path}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -64,16 +83,27 @@ class FeedbackStore:
         rows = [(e.user_id, e.movie_id, e.event, e.timestamp, received, model_version)
                 for e in events]
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
+                self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany(
                     "INSERT INTO feedback (user_id, movie_id, event, timestamp, received_at, "
                     "model_version) VALUES (?, ?, ?, ?, ?, ?)", rows)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                # COMMIT is inside the try: on a full disk it is COMMIT that fails, and a
+                # transaction left open would make every later BEGIN fail too (the store
+                # would never recover when space returns).
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise _write_error(exc, self.path) from exc
                 raise
-            self._conn.execute("COMMIT")
         return len(rows)
+
+    def _rollback(self) -> None:
+        """End a failed transaction; nothing of it was acknowledged."""
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
 
     def watches(self, model_version: str | None = None) -> Iterator[tuple[int, int, int]]:
         """Stored watches as ``(user_id, movie_id, timestamp)``, in arrival order.

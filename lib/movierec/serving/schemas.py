@@ -1,18 +1,41 @@
 """Request and response bodies of the HTTP API.
 
 Requests are strict: unknown fields and wrong types are rejected with a 422 naming the field.
+The error answers every route may give are declared in ``ERROR_RESPONSES`` and
+``ADMIN_ERROR_RESPONSES``, so the OpenAPI schema lists every status a client can see.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from annotated_types import Ge, Le
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 INT64_MAX = 2**63 - 1
+# Largest id a body may carry: every JSON parser (JavaScript's included) holds it exactly.
+# At 2**63 - 1 a client sending doubles rounds the bound itself up to 2**63 and is refused
+# (found by fuzzing).
+MAX_ID = 2**53 - 1
 MAX_TIMESTAMP = 10_000_000_000  # seconds; larger values are almost surely milliseconds
 
-Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
+
+def _integral_float_to_int(value: object) -> object:
+    """``3.0`` -> ``3``: JSON Schema's "integer" includes integral floats.
+
+    Found by fuzzing: clients that serialise numbers as doubles sent schema-valid bodies and
+    got a 422. Strings, booleans and fractional floats stay as they are, so strict mode still
+    refuses them.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral_float_to_int)]
+# Bounds before the validator: placed after it, pydantic writes them as non-standard
+# "ge"/"le" keys and the OpenAPI schema would allow negative ids.
+Id = Annotated[int, Ge(0), Le(MAX_ID), BeforeValidator(_integral_float_to_int)]
 Fallback = Literal["no_user_embedding", "popularity"]
 
 
@@ -32,7 +55,7 @@ class RecommendRequest(_Request):
 
     user_id: Id | None = None
     sequence: list[Id] | None = None
-    top_k: int = Field(10, ge=1, le=100)
+    top_k: Int = Field(10, ge=1, le=100)
     exclude_seen: bool = True
 
 
@@ -41,7 +64,7 @@ class PredictRequest(_Request):
 
     user_id: Id | None = None
     sequence: list[Id] | None = None
-    top_k: int = Field(10, ge=1, le=100)
+    top_k: Int = Field(10, ge=1, le=100)
 
 
 class MovieOut(BaseModel):
@@ -79,7 +102,7 @@ class FeedbackEventIn(_Request):
     user_id: Id
     movie_id: Id
     event: Literal["impression", "click", "watch"]
-    timestamp: int = Field(ge=0, le=MAX_TIMESTAMP,
+    timestamp: Int = Field(ge=0, le=MAX_TIMESTAMP,
                            description="Unix time in seconds (not milliseconds).")
 
 
@@ -87,6 +110,28 @@ class FeedbackRequest(_Request):
     """``POST /feedback``: 1-1000 events, stored together."""
 
     events: list[FeedbackEventIn] = Field(min_length=1, max_length=1000)
+
+
+class ErrorResponse(BaseModel):
+    """A refusal that is not a validation error (400, 401, 403, 409, 413, 503)."""
+
+    detail: str
+
+
+def _error(description: str) -> dict[str, object]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Statuses the middleware and the framework may answer on any route (OpenAPI ``responses``).
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: _error("The body cannot be decoded, or Content-Length is not a byte count"),
+    413: _error("The body is over the route's size limit"),
+    503: _error("Not ready yet, or the feedback store is unavailable: retry later"),
+}
+ADMIN_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: _error("No 'Authorization: Bearer <admin token>' header"),
+    403: _error("The admin token is wrong, or the admin API is disabled"),
+}
 
 
 class FeedbackResponse(BaseModel):

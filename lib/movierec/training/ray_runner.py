@@ -23,6 +23,9 @@ from movierec.training.config import TrainConfig
 from movierec.training.loop import FitResult, fit
 
 STATE_FILE = "state.pt"
+# Default for ``fit_on_ray(storage=...)``: lets a deployment (the lifecycle workflow) send Ray
+# checkpoints to object storage without a flag on every command that trains.
+ENV_RAY_STORAGE = "MOVIEREC_RAY_STORAGE"
 
 
 class RayHooks:
@@ -105,9 +108,22 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(final)
 
 
+def run_storage(storage: str | Path | None) -> tuple[str, Any]:
+    """Ray Train's ``(storage_path, storage_filesystem)`` for a folder or ``s3://`` URI.
+
+    ``None`` falls back to ``$MOVIEREC_RAY_STORAGE``, then ``$MOVIEREC_HOME/ray_results``. On a
+    multi-node cluster the workers' checkpoints must reach shared storage: s3:// does that.
+    """
+    from movierec.storage import pyarrow_location  # noqa: PLC0415
+
+    chosen = storage or os.environ.get(ENV_RAY_STORAGE) or get_settings().home / "ray_results"
+    return pyarrow_location(str(chosen))
+
+
 def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bool = False,
                address: str | None = None, max_failures: int = 2,
-               crash_once_at_epoch: int | None = None) -> FitResult:
+               crash_once_at_epoch: int | None = None,
+               storage: str | Path | None = None) -> FitResult:
     """Train with ``workers`` Ray Train workers and return the rank-0 result.
 
     Args:
@@ -118,28 +134,34 @@ def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bo
         address: Ray cluster address; ``None`` starts a local Ray.
         max_failures: Restarts from the latest checkpoint before giving up.
         crash_once_at_epoch: Test hook; a worker fails once after this epoch.
+        storage: Checkpoints and results: a folder or ``s3://BUCKET/PREFIX`` (see
+            :func:`run_storage`).
     """
     import ray  # noqa: PLC0415
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Resolved first: missing object-store credentials fail before Ray starts.
+    storage_path, storage_filesystem = run_storage(storage)
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False)
-    storage = get_settings().home / "ray_results"
+    local_root = get_settings().home / "ray_results"
     name = f"train-{config.model.kind}-{int(time.time() * 1000)}"
     loop_config: dict[str, Any] = {"config": config.model_dump(),
                                    "data_dir": str(Path(data_dir).resolve())}
     if crash_once_at_epoch is not None:
+        local_root.mkdir(parents=True, exist_ok=True)
         loop_config.update(crash_once_at_epoch=crash_once_at_epoch,
-                           crash_marker=str(storage / f"{name}.crashed"))
+                           crash_marker=str(local_root / f"{name}.crashed"))
     trainer = TorchTrainer(
         _train_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=RunConfig(storage_path=str(storage), name=name,
+        run_config=RunConfig(storage_path=storage_path, storage_filesystem=storage_filesystem,
+                             name=name,
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
     started = time.perf_counter()

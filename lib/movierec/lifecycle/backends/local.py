@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from movierec.lifecycle.backends.supervisor import read_json, write_json
 from movierec.lifecycle.config import STAGES, PlatformConfig, Stage
 
 MLFLOW_START_TIMEOUT_S = 60.0
+RECONCILE_LOG = "reconcile.jsonl"
 
 
 def _alive(pid: int | None) -> bool:
@@ -122,7 +124,13 @@ class LocalPlatform:
         return {"started": started, "reconciled": reconciled, "mlflow": self.config.mlflow_url}
 
     def reconcile(self) -> dict[str, str | None]:
-        """Make the desired stages equal the registry's aliases; return stage -> version."""
+        """Make the running stages equal the registry's aliases; return stage -> version.
+
+        After a crash (e.g. mid-promotion: the alias moved, the deploy never ran) the
+        aliases are the truth: a stage serving another version is redeployed, a stage
+        serving without an alias is retired. Each such action is appended to
+        ``platform/reconcile.jsonl`` (see :meth:`reconcile_log`).
+        """
         from movierec.registry.mlflow_registry import current_version  # noqa: PLC0415
 
         os.environ["MLFLOW_TRACKING_URI"] = self.config.mlflow_url
@@ -130,11 +138,36 @@ class LocalPlatform:
         for stage in STAGES:
             version = current_version(stage)
             result[stage] = version
+            serving = self.serving_version(stage)
             if version is None:
-                self._set_desired(stage, None)
-            elif self.serving_version(stage) != version:
-                self.deploy(stage, version)
+                if serving is not None:
+                    self.retire(stage)
+                    self._record_reconcile(stage, "retired", serving, None)
+                else:
+                    self._set_desired(stage, None)
+            elif serving != version:
+                deployed = self.deploy(stage, version)
+                self._record_reconcile(stage, f"deployed ({deployed['how']})", serving, version)
         return result
+
+    def _record_reconcile(self, stage: Stage, action: str, before: str | None,
+                          after: str | None) -> None:
+        """Append one reconcile action, fsynced: the audit trail of what ``up`` repaired."""
+        event = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "unix": time.time(),
+                 "stage": stage, "action": action, "serving_before": before,
+                 "alias_version": after, "why": "stage did not match its registry alias"}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / RECONCILE_LOG).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(event, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def reconcile_log(self) -> list[dict[str, Any]]:
+        """Every action reconcile took, oldest first."""
+        path = self.folder / RECONCILE_LOG
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def down(self) -> list[str]:
         """Stop the supervisor (it stops the stages) and MLflow; return what was stopped."""

@@ -1,0 +1,1 @@
+"""Reliability: fault scenarios measured against the real platform (see ``faults``)."""

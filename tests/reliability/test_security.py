@@ -1,0 +1,74 @@
+"""Security: constant-time token check, the token never logged, input limits, notebook
+outputs free of secrets, and the dependency audit (reported, never failing offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from movierec.reliability import security
+from tests.unit.test_serving_bundle import make_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("sec") / "bundle")
+
+
+def test_admin_token_is_compared_in_constant_time(tmp_path: Path) -> None:
+    report = security.token_compare_is_constant_time()
+    assert report["ok"] and report["compare_digest_lines"]
+    leaky = tmp_path / "admin.py"
+    leaky.write_text("def check(given, token):\n    return given == token.get_secret_value()\n")
+    bad = security.token_compare_is_constant_time(leaky)
+    assert not bad["ok"] and bad["plain_comparisons"]
+
+
+def test_admin_token_never_appears_in_logs_or_responses(bundle: Path, tmp_path: Path) -> None:
+    report = security.token_never_logged(bundle, tmp_path / "home")
+    assert report["token_seen_in"] == []
+    assert report["log_lines"] > 0
+    assert [e["status"] for e in report["exchanges"]] == [e["expected"]
+                                                          for e in report["exchanges"]]
+    assert report["ok"]
+
+
+def test_oversized_inputs_get_4xx_with_a_message(bundle: Path, tmp_path: Path) -> None:
+    report = security.input_limits(bundle, tmp_path / "home")
+    cases = report["cases"]
+    assert cases["body_over_64KiB"]["status"] == 413
+    assert cases["feedback_body_over_256KiB"]["status"] == 413
+    assert cases["sequence_too_long"]["status"] == 422
+    assert "at most 1000" in cases["sequence_too_long"]["message"]
+    assert {cases[k]["status"] for k in ("top_k_zero", "top_k_over_100")} == {422}
+    assert report["alive_after"] and report["ok"], cases
+
+
+def test_notebook_outputs_are_scanned(tmp_path: Path) -> None:
+    committed = security.scan_committed_notebooks()
+    assert committed["notebooks"] and committed["ok"], committed["problems"]
+    key = "AKIA" + "ABCDEFGHIJKLMNOP"
+    known = "tk-" + "Zq8vR2mK9pLxQ7"
+    notebook = {"cells": [
+        {"cell_type": "code", "source": "", "outputs": [
+            {"output_type": "stream", "name": "stdout", "text": ["ok\n", f"key {key}\n"]}]},
+        {"cell_type": "code", "source": "", "outputs": [
+            {"output_type": "execute_result", "data": {"text/plain": [f"'{known}'"]}}]}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "leaky.ipynb"
+    path.write_text(json.dumps(notebook))
+    problems = security.scan_notebook_outputs(path, [known])
+    assert any("AWS access key" in p for p in problems), problems
+    assert any("known secret" in p for p in problems), problems
+
+
+def test_dependency_audit_reports_clearly() -> None:
+    report = security.audit_dependencies(timeout=120)
+    assert report["status"] in {"clean", "vulnerable", "unavailable"}
+    if report["status"] == "unavailable":  # no advisory database offline: say why, pass
+        assert report["ok"] is None and report["reason"]
+    else:
+        assert report["ok"] == (report["status"] == "clean")
+        assert report["audited"] > 0
