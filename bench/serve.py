@@ -1006,8 +1006,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds before wrk counts a request as a timeout error")
     parser.add_argument("--service-threads", type=int,
                         help="movierec serve --threads (ONNX Runtime intra-op threads; "
-                             "default: the service's own, one per physical core)")
-    parser.add_argument("--max-batch-size", type=int, default=32,
+                             "default: the service's own, 1)")
+    parser.add_argument("--max-batch-size", type=int, default=16,
                         help="movierec serve --max-batch-size when batching is on")
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0,
                         help="movierec serve --max-queue-delay-ms")

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,21 +105,45 @@ def test_disabled_batching_runs_alone(two: tuple[LoadedBundle, LoadedBundle]) ->
 
 
 def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundle]) -> None:
-    model = two[0].model
+    real = two[0].model
+
+    class SlowModel:
+        """The real model, slowed down so the model thread stays busy."""
+
+        def run(self, users: np.ndarray, seqs: list[np.ndarray]) -> np.ndarray:
+            time.sleep(0.3)
+            return real.run(users, seqs)
+
+    model = SlowModel()
 
     async def main() -> BaseException | np.ndarray:
         batcher = MicroBatcher(max_batch_size=8, max_queue_delay_ms=500)
         await batcher.start()
-        pending = asyncio.create_task(batcher.score(model, 1, np.array([1])))
-        await asyncio.sleep(0.05)  # in the batch, waiting for company
+        running = asyncio.create_task(batcher.score(model, 1, np.array([1])))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)  # the model is busy with the first request
+        pending = asyncio.create_task(batcher.score(model, 1, np.array([2])))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)  # queued, waiting for company while the model is busy
         await batcher.stop()
-        results = await asyncio.gather(pending, return_exceptions=True)
+        results = await asyncio.gather(pending, running, return_exceptions=True)
         return results[0]
 
     outcome = asyncio.run(main())
     assert isinstance(outcome, RuntimeError) and "shutting down" in str(outcome)
 
 
+def test_a_lone_request_does_not_wait_for_company(two: tuple[LoadedBundle, LoadedBundle]) -> None:
+    model = two[0].model
+
+    async def main() -> float:
+        batcher = MicroBatcher(max_batch_size=8, max_queue_delay_ms=500)
+        await batcher.start()
+        started = time.perf_counter()
+        await batcher.score(model, 1, np.array([1]))
+        elapsed = time.perf_counter() - started
+        await batcher.stop()
+        return elapsed
+
+    assert asyncio.run(main()) < 0.25  # the model was idle: no 500 ms wait
 
 
 # --- Dynamic sequence length (current exports): trimming and length groups -----------------

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--threads", type=int, default=1,
                        help="ONNX Runtime intra-op threads (default 1: the HTTP worker needs "
                        "a core of its own, and micro-batches are small)")
-    serve.add_argument("--max-batch-size", type=int, default=32, help="1 turns batching off")
+    serve.add_argument("--max-batch-size", type=int, default=16,
+                       help="requests per model call; 1 turns batching off")
     serve.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     serve.add_argument("--model-version", help="registry version to report on /version "
                        "(with --bundle; --model sets it)")

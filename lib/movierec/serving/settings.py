@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from movierec.config import get_settings
 from movierec.serving.catalog import Precision
 from movierec.serving.engine import Device
+from movierec.serving.feedback import ENV_FEEDBACK_URL
 
 ENV_ADMIN_TOKEN = "MOVIEREC_ADMIN_TOKEN"
 
@@ -17,6 +18,12 @@ ENV_ADMIN_TOKEN = "MOVIEREC_ADMIN_TOKEN"
 def _admin_token_from_env() -> SecretStr | None:
     token = os.environ.get(ENV_ADMIN_TOKEN, "").strip()
     return SecretStr(token) if token else None
+
+
+def _feedback_url_from_env() -> str | None:
+    # Stage services (`movierec serve`, spawned by `platform up` or a k8s pod) get the store
+    # from the environment; a blank value means the SQLite default.
+    return os.environ.get(ENV_FEEDBACK_URL, "").strip() or None
 
 
 class ServeSettings(BaseModel):
@@ -32,8 +39,9 @@ class ServeSettings(BaseModel):
         max_sequence_length: Longest ``sequence`` a request may send.
         max_body_bytes: Request body limit (413 beyond it).
         max_feedback_body_bytes: Body limit of ``/feedback`` (1000 events need ~80 KB).
-        feedback_url: ``sqlite:///PATH`` (default: ``$MOVIEREC_HOME/feedback.db``).
-            ``postgresql://`` is refused in this build.
+        feedback_url: ``sqlite:///PATH``, a file path, or
+            ``postgresql://USER:PASSWORD@HOST:PORT/DB`` (default: ``$MOVIEREC_FEEDBACK_URL``,
+            else ``$MOVIEREC_HOME/feedback.db``). Logs show it with the password masked.
         admin_token: Bearer token of ``/admin/*`` (default: ``$MOVIEREC_ADMIN_TOKEN``;
             without one the admin API answers 403). Never logged or shown.
         cors_origins: Origins allowed by CORS; empty adds no CORS headers at all.
@@ -46,13 +54,15 @@ class ServeSettings(BaseModel):
     bundle: Path
     precision: Precision = "fp32"
     device: Device = "cpu"
-    max_batch_size: int = Field(32, ge=1, le=1024)
+    # 16, not more: two batches in flight overlap (one forming while one runs); at 32
+    # connections a limit of 32 leaves one batch and nothing to overlap (bench/serve.py).
+    max_batch_size: int = Field(16, ge=1, le=1024)
     max_queue_delay_ms: float = Field(2.0, ge=0, le=1000)
     threads: int | None = Field(None, ge=1, le=256)
     max_sequence_length: int = Field(1000, ge=1, le=100_000)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_feedback_body_bytes: int = Field(256 * 1024, ge=1024)
-    feedback_url: str | None = None
+    feedback_url: str | None = Field(default_factory=_feedback_url_from_env)
     admin_token: SecretStr | None = Field(default_factory=_admin_token_from_env)
     cors_origins: list[str] = Field(default_factory=list)
     model_version: str | None = None
