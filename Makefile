@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_AUTH_MODE := disabled
 DEMO_HOME ?= $(abspath .cache/demo)
 
-.PHONY: setup browser-deps infra-deps check-infra test demo bench lint format clean help
+.PHONY: setup browser-deps pg-deps infra-deps check-infra test demo bench lint format clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,22 @@ browser-deps:  ## install Chromium from Debian for the browser tests (root only)
 	get_chromium || { apt-get update -qq && get_chromium; } \
 	  || echo "browser-deps: apt-get could not install chromium: $$skip"
 
+# PostgreSQL from Debian for the PostgreSQL feedback-store tests (they start a throwaway
+# cluster with initdb/pg_ctl). Best effort, like browser-deps: without root or apt-get it says
+# why, and those tests skip (outside CI; with CI set they fail instead).
+pg-deps:  ## install PostgreSQL from Debian for the feedback-store tests (root only)
+	@skip="PostgreSQL tests will skip (and fail under CI)"; \
+	if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "pg-deps: /usr/lib/postgresql/*/bin/initdb missing and not root: $$skip"; exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "pg-deps: initdb missing and no apt-get: $$skip"; exit 0; fi; \
+	echo "pg-deps: installing postgresql from Debian (~1 min)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	get_pg() { apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }; \
+	get_pg || { apt-get update -qq && get_pg; } \
+	  || echo "pg-deps: apt-get could not install postgresql: $$skip"
+
 # Offline infrastructure tooling: checkov in its own venv (it downgrades packages the main
 # venv pins) and the Ansible collections our playbooks use, extracted from the pinned
 # `ansible` wheel because Galaxy is unreachable from the build machines.
@@ -71,7 +87,7 @@ $(COLLECTIONS_STAMP): ansible/requirements.yml
 check-infra: infra-deps  ## offline validation of tf/, ansible/, k8s/, workflows/, docker/
 	$(PY) -m pytest -q tests/infra
 
-test: setup browser-deps infra-deps  ## run every test (unit, integration, notebooks, browser)
+test: setup browser-deps pg-deps infra-deps  ## run every test (unit, integration, notebooks, browser)
 	$(PY) -m pytest -q
 
 demo: setup  ## the whole lifecycle loop on ml-100k here (DEMO_ARGS=--no-keep stops the platform)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from movierec.config import get_settings
+from movierec.data.sources import sha256_file
 from movierec.infra.commands import ToolMissingError
 
 SCHEME = "s3://"
@@ -153,15 +154,6 @@ def _storage_error(uri: str, action: str, error: Exception) -> StorageError:
     else:
         hint = text.splitlines()[0] if text else type(error).__name__
     return StorageError(f"{uri}: {action} failed: {hint}")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_manifest(local: Path, generation: str) -> dict[str, Any]:

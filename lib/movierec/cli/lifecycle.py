@@ -270,6 +270,7 @@ def run_drift(args: argparse.Namespace) -> int:
     from movierec.monitoring.collect import collect_and_assess, write_drift_report  # noqa: PLC0415
     from movierec.monitoring.drift import DriftConfig  # noqa: PLC0415
     from movierec.registry.mlflow_registry import download_bundle  # noqa: PLC0415
+    from movierec.serving.feedback import feedback_location  # noqa: PLC0415
 
     platform = _platform(args)
     os.environ.setdefault("MLFLOW_TRACKING_URI", platform.tracking_uri())
@@ -281,7 +282,8 @@ def run_drift(args: argparse.Namespace) -> int:
     config = DriftConfig(max_psi=args.max_psi, max_ks=args.max_ks,
                          max_unknown_rate=args.max_unknown_rate, min_events=args.min_events)
     report = collect_and_assess(platform.stage_url(args.stage), download_bundle(version),
-                                home / "feedback.db", home / "lifecycle" / TRAFFIC_LOG, config)
+                                feedback_location(home), home / "lifecycle" / TRAFFIC_LOG,
+                                config)
     folder = write_drift_report(report, home / "reports")
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

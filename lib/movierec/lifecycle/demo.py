@@ -24,6 +24,7 @@ from movierec.lifecycle.config import LifecycleConfig
 from movierec.lifecycle.pipeline import TRAFFIC_LOG, Pipeline, Trigger
 from movierec.lifecycle.traffic import arm_stats, replay, save_records, take_events
 from movierec.lifecycle.world import build_world
+from movierec.serving.feedback import feedback_location
 from movierec.training.config import TrainConfig
 
 
@@ -62,7 +63,7 @@ def check_drift(platform: LocalPlatform) -> dict[str, Any]:
     if version is None:
         raise RuntimeError("production is not serving: the drift monitor needs it")
     report = collect_and_assess(platform.stage_url("production"), download_bundle(version),
-                                platform.home / "feedback.db",
+                                feedback_location(platform.home),
                                 platform.home / "lifecycle" / TRAFFIC_LOG, DriftConfig())
     folder = write_drift_report(report, platform.home / "reports")
     return {**report.to_dict(), "folder": str(folder)}

@@ -29,6 +29,7 @@ from movierec.lifecycle.gates import bundle_panel_ndcg, offline_gate
 from movierec.lifecycle.staging import staging_tests
 from movierec.lifecycle.traffic import arm_stats, replay, save_records, take_events
 from movierec.lifecycle.world import World, build_panel, build_world, prepare_round
+from movierec.serving.feedback import feedback_location
 from movierec.training.config import TrainConfig
 
 Trigger = Literal["manual", "initial", "drift", "feedback", "schedule"]
@@ -117,7 +118,7 @@ class Pipeline:
         cfg = self.config
         world = build_world(cfg.dataset, cfg.future_share, cfg.source)
         data_dir = self.folder / "data"
-        card = prepare_round(world, self.home / "feedback.db", data_dir)
+        card = prepare_round(world, feedback_location(self.home), data_dir)
         self._step("data", data_version=card["data_version"], users=card["users"],
                    items=card["items"], interactions=card["interactions"], **card["feedback"])
         self.say(f"data: {card['interactions']:,} interactions, data_version "

@@ -98,14 +98,19 @@ def build_world(dataset: str, future_share: float, source: Path | None = None,
     return World(folder, card)
 
 
-def feedback_watches(feedback_db: Path) -> pl.DataFrame:
-    """Every accepted watch in the feedback store (empty when there is no store yet)."""
-    schema = {USER_COL: pl.Int64, ITEM_COL: pl.Int64, TIMESTAMP_COL: pl.Int64}
-    if not feedback_db.exists():
-        return pl.DataFrame(schema=schema)
-    from movierec.serving.feedback import FeedbackStore  # noqa: PLC0415 - keep imports light
+def feedback_watches(feedback_db: Path | str) -> pl.DataFrame:
+    """Every accepted watch in the feedback store (empty when there is no store yet).
 
-    store = FeedbackStore(feedback_db)
+    Args:
+        feedback_db: The SQLite file, or a store URL (``postgresql://...``, ``sqlite:///...``).
+    """
+    # keep imports light: the serving package is not needed until a store is read
+    from movierec.serving.feedback import open_store, store_exists  # noqa: PLC0415
+
+    schema = {USER_COL: pl.Int64, ITEM_COL: pl.Int64, TIMESTAMP_COL: pl.Int64}
+    if not store_exists(feedback_db):
+        return pl.DataFrame(schema=schema)
+    store = open_store(feedback_db)
     try:
         rows = list(store.watches())
     finally:
@@ -113,7 +118,7 @@ def feedback_watches(feedback_db: Path) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def prepare_round(world: World, feedback_db: Path, out: Path) -> dict[str, Any]:
+def prepare_round(world: World, feedback_db: Path | str, out: Path) -> dict[str, Any]:
     """Prepare the base data plus the accepted watches; return the dataset card.
 
     Watches of a movie the user already has (in the base data or an earlier watch) are

@@ -160,11 +160,14 @@ class SSEPT(nn.Module):
             return None
         return self.user_embedding(users) * self.user_scale
 
-    def forward(self, users: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, L, H] of left-padded item sequences [B, L] (L <= max_len).
+    def _embed(self, users: torch.Tensor,
+               seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                            torch.Tensor | None]:
+        """Item (and user) embeddings plus positions, not yet masked; key and row masks.
 
-        Position embeddings are aligned to the right, so a shorter input is equivalent to
-        the same input left padded to ``max_len``.
+        Returns:
+            ``x`` [B, L, H], ``key_valid`` [B, L] (real items), ``valid`` [B, L, 1] (the
+            same as a float multiplier) and the user vectors (None without users).
         """
         length = seqs.shape[1]
         if length > self.max_len:
@@ -177,6 +180,16 @@ class SSEPT(nn.Module):
         if user is not None:
             x = torch.cat([x, user.unsqueeze(1).expand(-1, length, -1)], dim=-1)
         x = x + self.position_embedding.weight[self.max_len - length:]
+        return x, key_valid, valid, user
+
+    def forward(self, users: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, H] of left-padded item sequences [B, L] (L <= max_len).
+
+        Position embeddings are aligned to the right, so a shorter input is equivalent to
+        the same input left padded to ``max_len``.
+        """
+        x, key_valid, valid, _ = self._embed(users, seqs)
+        length = seqs.shape[1]
         x = self.embedding_dropout(x) * valid
         # Causal mask; a padded query may see itself only, so no softmax row is all -inf,
         # and no real position ever sees a padded key.
@@ -226,17 +239,9 @@ class SSEPT(nn.Module):
         last position only. The mask is an additive bias built once for all blocks (the
         exported graph then needs no per-block NaN guard). Inference only (no dropout).
         """
+        x, key_valid, valid, user = self._embed(users, seqs)
         length = seqs.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}; "
-                             "keep only the last max_len items")
-        key_valid = seqs != 0
-        valid = key_valid.unsqueeze(-1).to(self.position_embedding.weight.dtype)
-        x = self.item_embedding(seqs) * self.item_scale
-        user = self.user_vectors(users)
-        if user is not None:
-            x = torch.cat([x, user.unsqueeze(1).expand(-1, length, -1)], dim=-1)
-        x = (x + self.position_embedding.weight[self.max_len - length:]) * valid
+        x = x * valid
         *first, last_block = self.blocks
         # The mask as an additive bias, built once: causal, and real keys only. A finite
         # "minus infinity" keeps a padded query's all-masked row finite (forward lets it see

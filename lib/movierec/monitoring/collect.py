@@ -35,16 +35,19 @@ def served_hits(traffic_log: Path, arm: str = "production") -> list[bool]:
     return [bool(r["hit"]) for r in rows if r["arm"] == arm and r["ok"]]
 
 
-def collect_and_assess(url: str, bundle_dir: Path, feedback_db: Path, traffic_log: Path,
+def collect_and_assess(url: str, bundle_dir: Path, feedback_db: Path | str, traffic_log: Path,
                        config: DriftConfig) -> DriftReport:
-    """Compare the stage at ``url`` (serving ``bundle_dir``) with its training data."""
+    """Compare the stage at ``url`` (serving ``bundle_dir``) with its training data.
+
+    ``feedback_db`` is the SQLite file or a store URL (``postgresql://...``).
+    """
     from movierec.serving.engine import load_bundle  # noqa: PLC0415 - onnxruntime
-    from movierec.serving.feedback import FeedbackStore  # noqa: PLC0415
+    from movierec.serving.feedback import open_store  # noqa: PLC0415
 
     bundle = load_bundle(bundle_dir, "fp32", threads=1)
     version = httpx.get(f"{url}/version", timeout=5.0).json()["version"]
     metrics_text = httpx.get(f"{url}/metrics", timeout=5.0).text
-    store = FeedbackStore(feedback_db)
+    store = open_store(feedback_db)
     try:
         movies = [m for _, m, _ in store.watches(model_version=str(version))]
     finally:

@@ -4,21 +4,28 @@ SQLite in WAL mode with ``synchronous=FULL``: :meth:`FeedbackStore.add` returns 
 the transaction is committed and synced, so an acknowledged event survives ``kill -9``.
 A write that fails (a full disk raises :class:`FeedbackStoreFullError`) is rolled back
 whole, and the store accepts writes again as soon as the cause is gone.
-PostgreSQL URLs are recognised but not implemented in this build (see :func:`open_store`).
+``postgresql://`` URLs open :class:`~movierec.serving.feedback_pg.PostgresFeedbackStore`,
+which keeps the same contract (see :func:`open_store`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from movierec.serving.feedback_pg import PostgresFeedbackStore
 
 EVENTS = ("impression", "click", "watch")
+# Where every reader and writer of the store looks first (services, pipeline, drift).
+ENV_FEEDBACK_URL = "MOVIEREC_FEEDBACK_URL"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -147,22 +154,43 @@ def sqlite_path(url: str) -> Path:
     return Path(url)
 
 
-def open_store(url: str) -> FeedbackStore:
+def is_url(location: str | Path) -> bool:
+    """Whether ``location`` is a URL (``scheme://``) rather than a file path."""
+    return "://" in str(location)
+
+
+def feedback_location(home: Path) -> str | Path:
+    """``$MOVIEREC_FEEDBACK_URL`` when set, else the SQLite file ``home/feedback.db``."""
+    url = os.environ.get(ENV_FEEDBACK_URL, "").strip()
+    return url or home / "feedback.db"
+
+
+def store_exists(location: str | Path) -> bool:
+    """Whether a store is there to read: a server URL always is, a SQLite file may not be."""
+    if isinstance(location, Path) or not is_url(location) or location.startswith("sqlite:"):
+        return sqlite_path(str(location)).exists()
+    return True
+
+
+def open_store(url: str | Path) -> FeedbackStore | PostgresFeedbackStore:
     """Open the store named by ``url``.
 
     Args:
-        url: ``sqlite:////abs/path.db``, ``sqlite:///rel.db`` or a file path.
+        url: ``sqlite:////abs/path.db``, ``sqlite:///rel.db``, a file path, or
+            ``postgresql://USER:PASSWORD@HOST:PORT/DB`` (also ``postgres://`` and
+            ``postgresql+psycopg://``).
 
     Raises:
-        FeedbackStoreError: For ``postgresql://`` (not supported in this build) and unknown
-            schemes.
+        FeedbackStoreError: An unknown scheme, or a PostgreSQL server that is unreachable
+            or refuses the login (the message masks the password).
     """
-    if url.startswith(("postgresql://", "postgres://", "postgresql+")):
-        if importlib.util.find_spec("psycopg") is None:
-            raise FeedbackStoreError(
-                "feedback_url: PostgreSQL is not supported in this build (psycopg is not "
-                "installed); use sqlite:///PATH")
-        raise FeedbackStoreError(
-            "feedback_url: PostgreSQL is not supported in this build (psycopg is installed "
-            "but no PostgreSQL store is implemented yet); use sqlite:///PATH")
+    from movierec.serving.feedback_pg import (  # noqa: PLC0415 - avoids an import cycle
+        PostgresFeedbackStore,
+        is_postgres_url,
+    )
+
+    if isinstance(url, Path):
+        return FeedbackStore(url)
+    if is_postgres_url(url):
+        return PostgresFeedbackStore(url)
     return FeedbackStore(sqlite_path(url))
