@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from movierec.serving.feedback import (
 )
 from movierec.serving.feedback_pg import ENV_PASSWORD_FILE, PostgresFeedbackStore
 from movierec.serving.loadtest import free_port, wait_ready
+from tests.unit.feedback_burst import acknowledged_until_killed
 from tests.unit.test_serving_bundle import make_bundle, movie_id
 
 USER = "movierec"
@@ -316,33 +316,8 @@ def test_stopped_server_gives_503_and_the_service_recovers(service: Service,
 
 
 def test_acknowledged_events_survive_kill_9_of_the_service(service: Service) -> None:
-    acknowledged: list[int] = []  # every event's timestamp is unique: it identifies it
-    stop = threading.Event()
-
-    def send() -> None:
-        stamp = 1_000
-        with httpx.Client(base_url=service.base, timeout=5) as client:
-            while not stop.is_set():
-                stamps = list(range(stamp, stamp + 20))
-                stamp += 20
-                events = [{"user_id": 5, "movie_id": movie_id(1 + s % 40), "event": "watch",
-                           "timestamp": s} for s in stamps]
-                try:
-                    response = client.post("/feedback", json={"events": events})
-                except httpx.TransportError:
-                    return  # the service died mid-request: not acknowledged
-                if response.status_code == 200:
-                    acknowledged.extend(stamps)
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    deadline = time.monotonic() + 20
-    while len(acknowledged) < 300 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(service.proc.pid, signal.SIGKILL)  # while the sender is still sending
-    service.proc.wait(10)
-    stop.set()
-    sender.join(10)
+    acknowledged = acknowledged_until_killed(service.base, service.proc, user_id=5,
+                                             at_least=300, batch=20)
     assert len(acknowledged) >= 300
     store = open_store(service.url)
     try:

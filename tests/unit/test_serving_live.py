@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 
 from movierec.serving.loadtest import free_port, wait_ready
-from tests.unit.test_serving_bundle import make_bundle, movie_id
+from tests.unit.feedback_burst import acknowledged_until_killed
+from tests.unit.test_serving_bundle import make_bundle
 
 TOKEN = "live-secret-token-5678"
 
@@ -44,38 +42,11 @@ def test_acknowledged_feedback_survives_kill_9(tmp_path: Path) -> None:
     db, log, port = tmp_path / "feedback.db", tmp_path / "server.log", free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(bundle, db, port, log)
-    acknowledged: list[int] = []  # every event's timestamp is unique: it identifies it
-    stop = threading.Event()
     try:
         _wait_ready(base, proc, log)
         assert httpx.post(f"{base}/recommend", json={"user_id": 101}).status_code == 200
-
-        def send() -> None:
-            stamp = 1_000_000
-            with httpx.Client(base_url=base, timeout=5) as client:
-                while not stop.is_set():
-                    stamps = list(range(stamp, stamp + 25))
-                    stamp += 25
-                    events = [{"user_id": 7, "movie_id": movie_id(1 + s % 40),
-                               "event": "watch", "timestamp": s} for s in stamps]
-                    try:
-                        response = client.post("/feedback", json={"events": events})
-                    except httpx.TransportError:
-                        return  # the server died mid-request: not acknowledged
-                    if response.status_code == 200:
-                        acknowledged.extend(stamps)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        deadline = time.monotonic() + 20
-        while len(acknowledged) < 500 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)  # while the sender is still sending
-        proc.wait(10)
-        stop.set()
-        sender.join(10)
+        acknowledged = acknowledged_until_killed(base, proc, user_id=7, at_least=500)
     finally:
-        stop.set()
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
