@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -24,6 +23,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
+
+from _common import machine_info as _machine_info  # noqa: E402
+from _common import write_json  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "data_pipeline.json"
 DEFAULT_SIZES = "1000000,10000000,25000000"
@@ -432,27 +435,8 @@ def summarise(runs: list[dict[str, Any]], size: int) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, memory, load and library versions, so that numbers can be compared later."""
-    from importlib.metadata import version
-
-    model = next((ln.split(":", 1)[1].strip() for ln in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    mem_kib = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                   if ln.startswith("MemTotal:"))
-    versions = {}
-    for pkg in ("polars", "pandas", "pyarrow", "numpy"):
-        versions[pkg] = version(pkg)
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True, check=False).stdout.strip()
-    lib = ROOT / "lib" / "movierec"
-    return {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "cpu_model": model, "memory_gib": round(mem_kib / 2**20, 1),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "versions": versions, "git_head": git or None,
-            # Others edit the library while benchmarks run: pin the code that was measured.
-            "lib_sha256": {f: hashlib.sha256((lib / f).read_bytes()).hexdigest()[:12]
-                           for f in LIB_FILES}}
+    """The machine and the versions of the data libraries compared here."""
+    return _machine_info(("polars", "pandas", "pyarrow", "numpy"), LIB_FILES)
 
 
 def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -519,14 +503,6 @@ def markdown(report: dict[str, Any]) -> str:
                   for s in prof["steps"]]
         lines += [f"| &nbsp;&nbsp;{name} | {sec:.2f} | |" for name, sec in prof["pieces"].items()]
     return "\n".join(lines)
-
-
-def write_json(report: dict[str, Any], out: Path) -> None:
-    """Write atomically (``*.tmp`` then rename) so a killed run leaves the last good file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:

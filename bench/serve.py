@@ -11,10 +11,8 @@ summary with the targets. README.md beside this file says what is measured.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -27,15 +25,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
 
 # FastAPI resolves a route's annotations from module globals: the request and response
 # models of the two helper servers must be importable here (pydantic only, no torch).
+from _common import machine_info as _machine_info  # noqa: E402
+from _common import write_json  # noqa: E402
+
 from movierec.serving.loadtest import free_port  # noqa: E402
 from movierec.serving.schemas import (  # noqa: E402
     RecommendRequest,
@@ -763,35 +765,16 @@ def run_wrk(server: Server, connections: int, seconds: float, args: argparse.Nam
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, memory, load, library and tool versions, so that numbers can be compared later."""
-    model = next((ln.split(":", 1)[1].strip() for ln in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    mem_kib = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                   if ln.startswith("MemTotal:"))
-    versions: dict[str, str | None] = {}
-    for pkg in ("torch", "onnxruntime", "fastapi", "uvicorn", "starlette", "pydantic", "numpy",
-                "uvloop", "httptools"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = None
+    """The machine, library and tool versions, and the event loop uvicorn will use."""
+    info = _machine_info(("torch", "onnxruntime", "fastapi", "uvicorn", "starlette", "pydantic",
+                          "numpy", "uvloop", "httptools"), LIB_FILES)
+    versions = info["versions"]
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True, check=False).stdout.strip()
-    lib = ROOT / "lib" / "movierec"
-    return {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "cpu_model": model, "memory_gib": round(mem_kib / 2**20, 1),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "versions": versions,
-            "wrk": (wrk.stdout + wrk.stderr).splitlines()[0] if wrk.stdout + wrk.stderr else None,
+    text = wrk.stdout + wrk.stderr
+    return {**info, "wrk": text.splitlines()[0] if text else None,
             # uvicorn picks uvloop/httptools when installed, else asyncio + h11.
             "uvicorn_loop_http": ("uvloop" if versions["uvloop"] else "asyncio") + " + "
-                                 + ("httptools" if versions["httptools"] else "h11"),
-            "git_head": git or None,
-            # Others edit the library while benchmarks run: pin the code that was measured.
-            "lib_sha256": {f: hashlib.sha256((lib / f).read_bytes()).hexdigest()[:12]
-                           for f in LIB_FILES}}
+                                 + ("httptools" if versions["httptools"] else "h11")}
 
 
 def _point(report: dict[str, Any], server: str, connections: int) -> dict[str, Any] | None:
@@ -883,14 +866,6 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {name}: {t['target']}: {t['value']} -> "
                          f"{'PASS' if t['pass'] else 'FAIL'}")
     return "\n".join(lines)
-
-
-def write_json(report: dict[str, Any], out: Path) -> None:
-    """Write atomically (``*.tmp`` then rename) so a killed run leaves the last good file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
 
 
 def run_http(args: argparse.Namespace, paths: dict[str, Path], report: dict[str, Any],

@@ -1,0 +1,53 @@
+"""What every benchmark writes alike: the machine it ran on, and its JSON report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str, Any]:
+    """CPU, memory, platform, package versions, git head and the measured library files.
+
+    Args:
+        packages: Distributions whose versions to record (None when not installed).
+        lib_files: Files under ``lib/movierec`` whose sha256 pins the code that was measured
+            (others may edit the library while a benchmark runs).
+    """
+    model = next((ln.split(":", 1)[1].strip() for ln in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    mem_kib = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                   if ln.startswith("MemTotal:"))
+    versions: dict[str, str | None] = {}
+    for pkg in packages:
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    lib = ROOT / "lib" / "movierec"
+    return {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "cpu_model": model, "memory_gib": round(mem_kib / 2**20, 1),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "versions": versions, "git_head": git or None,
+            "lib_sha256": {f: hashlib.sha256((lib / f).read_bytes()).hexdigest()[:12]
+                           for f in lib_files}}
+
+
+def write_json(report: dict[str, Any], out: Path) -> None:
+    """Write atomically (``*.tmp`` then rename) so a killed run leaves the last good file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out)
