@@ -27,38 +27,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-# Chromium from Debian for the browser tests (never `playwright install`: it downloads a
-# browser). Best effort: without root or apt-get it says why, and the browser test skips
-# (outside CI; with CI set it fails instead).
+# Debian packages some tests need, best effort (.ci/debian-deps): without root or apt-get it
+# says why, and those tests skip (outside CI; with CI set they fail instead).
+# Chromium for the browser tests (never `playwright install`: it downloads a browser).
 CHROMIUM := /usr/bin/chromium
 browser-deps:  ## install Chromium from Debian for the browser tests (root only)
-	@skip="browser tests will skip (and fail under CI)"; \
-	if [ -x $(CHROMIUM) ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then \
-	  echo "browser-deps: $(CHROMIUM) missing and not root: $$skip"; exit 0; fi; \
-	if ! command -v apt-get >/dev/null; then \
-	  echo "browser-deps: $(CHROMIUM) missing and no apt-get: $$skip"; exit 0; fi; \
-	echo "browser-deps: installing chromium from Debian (~1 min)"; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	get_chromium() { apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
-	get_chromium || { apt-get update -qq && get_chromium; } \
-	  || echo "browser-deps: apt-get could not install chromium: $$skip"
+	@.ci/debian-deps browser-deps chromium '$(CHROMIUM)' "browser tests"
 
-# PostgreSQL from Debian for the PostgreSQL feedback-store tests (they start a throwaway
-# cluster with initdb/pg_ctl). Best effort, like browser-deps: without root or apt-get it says
-# why, and those tests skip (outside CI; with CI set they fail instead).
+# PostgreSQL for the feedback-store tests (they start a throwaway cluster with initdb/pg_ctl).
 pg-deps:  ## install PostgreSQL from Debian for the feedback-store tests (root only)
-	@skip="PostgreSQL tests will skip (and fail under CI)"; \
-	if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then \
-	  echo "pg-deps: /usr/lib/postgresql/*/bin/initdb missing and not root: $$skip"; exit 0; fi; \
-	if ! command -v apt-get >/dev/null; then \
-	  echo "pg-deps: initdb missing and no apt-get: $$skip"; exit 0; fi; \
-	echo "pg-deps: installing postgresql from Debian (~1 min)"; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	get_pg() { apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }; \
-	get_pg || { apt-get update -qq && get_pg; } \
-	  || echo "pg-deps: apt-get could not install postgresql: $$skip"
+	@.ci/debian-deps pg-deps postgresql '/usr/lib/postgresql/*/bin/initdb' "PostgreSQL tests"
 
 # Offline infrastructure tooling: checkov in its own venv (it downgrades packages the main
 # venv pins) and the Ansible collections our playbooks use, extracted from the pinned
