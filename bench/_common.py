@@ -7,6 +7,8 @@ import json
 import os
 import platform
 import subprocess
+import sys
+import time
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,3 +53,32 @@ def write_json(report: dict[str, Any], out: Path) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp, out)
+
+
+def run_worker(script: Path, args: list[str], result: Path) -> dict[str, Any]:
+    """Run ``script --_worker ARGS --_result RESULT`` in a fresh interpreter.
+
+    Returns:
+        The JSON the worker wrote to ``result``, plus its wall time (``subprocess_seconds``),
+        its own peak RSS (``peak_rss_mib``: wait4 gives this child's rusage, where
+        RUSAGE_CHILDREN would be the maximum over all children) and the load average before.
+
+    Raises:
+        RuntimeError: The worker failed (the message has the command to rerun).
+    """
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, str(script), "--_worker", *args, "--_result", str(result)]
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"worker {' '.join(args)} failed with exit code {code}: rerun "
+                           f"`{' '.join(cmd)}` to see why")
+    data: dict[str, Any] = json.loads(result.read_text())
+    result.unlink()
+    data.update(subprocess_seconds=round(elapsed, 3),
+                peak_rss_mib=round(usage.ru_maxrss / 1024, 1), load_before=round(load_before, 2))
+    return data

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without `pip instal
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
 
 from _common import machine_info as _machine_info  # noqa: E402
+from _common import run_worker as _run_worker  # noqa: E402
 from _common import write_json  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "data_pipeline.json"
@@ -382,26 +382,9 @@ WORKERS: dict[str, Callable[[int, Path], dict[str, Any]]] = {
 
 def run_worker(impl: str, size: int, workdir: Path) -> dict[str, Any]:
     """Run one worker in a fresh interpreter; add its wall time and its own peak RSS."""
-    result = workdir / f".result-{impl}-{size}.json"
-    result.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", impl, str(size),
-           "--workdir", str(workdir), "--_result", str(result)]
     os.sync()  # the previous run's output must not be written back during this one
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    # wait4 gives this child's own rusage; RUSAGE_CHILDREN would be the max over all.
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"worker {impl} {size:,} failed with exit code {code}: "
-                           f"rerun `{' '.join(cmd)}` to see why")
-    data = json.loads(result.read_text())
-    result.unlink()
-    data.update(subprocess_seconds=round(elapsed, 3), peak_rss_mib=round(usage.ru_maxrss / 1024, 1),
-                load_before=round(load_before, 2))
-    return data
+    return _run_worker(Path(__file__).resolve(), [impl, str(size), "--workdir", str(workdir)],
+                       workdir / f".result-{impl}-{size}.json")
 
 
 def ensure_data(size: int, workdir: Path) -> dict[str, Any]:

@@ -22,6 +22,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/serve.py, bench/_common.py
+
+import serve as serve_bench  # noqa: E402  (its bundle, machine info and JSON writer)
 
 from movierec.reliability import fuzz, security, soak  # noqa: E402
 
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     soak_seconds = args.soak_seconds or (20.0 if args.quick else 600.0)
     # x2 modes x the 6 operations with inputs (4 have none): ~200 / >= 2,000 requests
     examples = 16 if args.quick else 200
-    bench = soak.bench_serve()
+    bench = serve_bench
     report: dict[str, Any] = {"benchmark": "reliability", "quick": args.quick,
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               "machine": bench.machine_info(), "load_before": os.getloadavg()}

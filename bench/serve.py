@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_common.py
 # FastAPI resolves a route's annotations from module globals: the request and response
 # models of the two helper servers must be importable here (pydantic only, no torch).
 from _common import machine_info as _machine_info  # noqa: E402
+from _common import run_worker as _run_worker  # noqa: E402
 from _common import write_json  # noqa: E402
 
+from movierec.serving import wrk  # noqa: E402
 from movierec.serving.loadtest import free_port  # noqa: E402
 from movierec.serving.schemas import (  # noqa: E402
     RecommendRequest,
@@ -60,6 +60,7 @@ IMPLS = ("eager", "onnx_fp32", "onnx_int8", "onnx_fp32_served")
 SERVERS = {
     "service_batched": "movierec serve, micro-batching on (ONNX fp32)",
     "service_unbatched": "movierec serve --max-batch-size 1 (ONNX fp32)",
+    "service_int8": "movierec serve --precision int8, micro-batching on (the int8 option)",
     "eager": "plain FastAPI + PyTorch eager, one model call per request (seed design)",
     "constant": "service HTTP stack answering a constant list, no model (ceiling)",
 }
@@ -75,44 +76,6 @@ TARGET_SERVER = "service_batched"  # the default configuration is the one judged
 LIB_FILES = ("serving/app.py", "serving/engine.py", "serving/middleware.py",
              "serving/catalog.py", "export/runtime.py", "models/sse_pt.py")
 
-# Percentiles written by wrk's done() hook (the text output stops at p99).
-LUA_TEMPLATE = """-- POST /recommend for known users, round robin from a per-thread offset.
-local ids = {%(ids)s}
-local requests = {}
-local counter = 0
-local headers = {["Content-Type"] = "application/json"}
-
-function setup(thread)
-  counter = counter + 1
-  thread:set("offset", counter * 97)
-end
-
-function init(args)
-  for i, id in ipairs(ids) do
-    requests[i] = wrk.format("POST", "/recommend", headers,
-                             '{"user_id": ' .. id .. ', "top_k": %(top_k)d}')
-  end
-  index = offset or 0
-end
-
-function request()
-  index = index + 1
-  return requests[(index %% #requests) + 1]
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests": %%d, "duration_us": %%d, "bytes": %%d, "connect": %%d, ' ..
-    '"read": %%d, "write": %%d, "status": %%d, "timeout": %%d, "mean_us": %%.1f, ' ..
-    '"stdev_us": %%.1f, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "p999_us": %%d, ' ..
-    '"max_us": %%d}\\n',
-    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
-    e.status, e.timeout, latency.mean, latency.stdev, latency:percentile(50),
-    latency:percentile(90), latency:percentile(99), latency:percentile(99.9), latency.max))
-end
-"""
-
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -124,20 +87,6 @@ def _paths(workdir: Path) -> dict[str, Path]:
             "weights": workdir / "model.pt", "build": workdir / "build.json",
             "home": workdir / "home", "logs": workdir / "logs",
             "lua": workdir / "recommend.lua"}
-
-
-def _proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) from ``/proc/PID/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs from ``/proc/stat``."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])       # guest time is already inside user
-    return total - idle, total
 
 
 def _physical_cores() -> int:
@@ -454,20 +403,9 @@ def constant_server(port: int, bundle: Path | None) -> None:
 # ---------------------------------------------------------------------------------------
 
 def run_worker(name: str, workdir: Path, *extra: str) -> dict[str, Any]:
-    """Run one worker in a fresh interpreter and return its JSON result."""
-    result = workdir / f".result-{name}.json"
-    result.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", name, *extra,
-           "--workdir", str(workdir), "--_result", str(result)]
-    started = time.perf_counter()
-    code = subprocess.run(cmd, check=False).returncode
-    if code != 0:
-        raise RuntimeError(f"worker {name} failed with exit code {code}: rerun "
-                           f"`{' '.join(cmd)}` to see why")
-    data = json.loads(result.read_text())
-    result.unlink()
-    data["subprocess_seconds"] = round(time.perf_counter() - started, 1)
-    return data
+    """Run one worker (``WORKERS``) in a fresh interpreter and return its JSON result."""
+    return _run_worker(Path(__file__).resolve(), [name, *extra, "--workdir", str(workdir)],
+                       workdir / f".result-{name}.json")
 
 
 def ensure_bundle(workdir: Path, epochs: int) -> dict[str, Any]:
@@ -506,16 +444,6 @@ def bundle_summary(bundle: Path) -> dict[str, Any]:
             "data_version": meta["data_version"], "parity": meta.get("parity"),
             "file_mib": {name: round((bundle / name).stat().st_size / 2**20, 2)
                          for name in meta["files"]}}
-
-
-def write_lua(bundle: Path, path: Path) -> int:
-    """The wrk script posting ``{"user_id": U, "top_k": 10}`` for every known user."""
-    import pyarrow.parquet as pq
-
-    ids = sorted(int(u) for u in pq.read_table(bundle / "users.parquet",
-                                              columns=["user_id"]).column(0).to_pylist())
-    path.write_text(LUA_TEMPLATE % {"ids": ", ".join(map(str, ids)), "top_k": TOP_K})
-    return len(ids)
 
 
 class Server:
@@ -582,7 +510,7 @@ def _loaded_libs(pid: int) -> dict[str, bool]:
 
 
 def start_servers(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, Server]:
-    """Start the four servers together (idle servers cost no CPU), then wait for each."""
+    """Start the servers together (idle servers cost no CPU), then wait for each."""
     paths["logs"].mkdir(parents=True, exist_ok=True)
     movierec = str(Path(sys.executable).with_name("movierec"))
     me = [sys.executable, str(Path(__file__).resolve())]
@@ -597,6 +525,9 @@ def start_servers(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str,
             cmd = [*service, "--port", str(port), "--max-batch-size", str(args.max_batch_size)]
         elif name == "service_unbatched":
             cmd = [*service, "--port", str(port), "--max-batch-size", "1"]
+        elif name == "service_int8":
+            cmd = [*service, "--port", str(port), "--max-batch-size", str(args.max_batch_size),
+                   "--precision", "int8"]
         elif name == "eager":
             cmd = [*me, "--_eager-server", str(port), str(paths["bundle"]),
                    str(paths["weights"]), "--eager-threads", str(args.eager_threads)]
@@ -639,7 +570,7 @@ def preflight(servers: dict[str, Server], user_ids: list[int]) -> dict[str, Any]
             sizes.append(len(body))
             tops[name].append([item["movie_id"] for item in items])
         report[name] = {"response_bytes_median": int(statistics.median(sizes))}
-    for name in ("service_unbatched", "eager"):
+    for name in ("service_unbatched", "service_int8", "eager"):
         same = [len(set(a) & set(b)) / TOP_K
                 for a, b in zip(tops["service_batched"], tops[name], strict=True)]
         report[name]["top10_overlap_with_service_batched"] = round(statistics.mean(same), 3)
@@ -647,121 +578,12 @@ def preflight(servers: dict[str, Server], user_ids: list[int]) -> dict[str, Any]
     return report
 
 
-_WRK_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
-
-
-def _to_ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
-    if not match:
-        raise ValueError(f"wrk latency {text!r} has an unknown unit")
-    return float(match.group(1)) * _WRK_UNITS_MS[match.group(2)]
-
-
-def parse_wrk(output: str) -> dict[str, Any]:
-    """The fields of wrk's text output, plus the JSON line the Lua ``done`` hook wrote."""
-    parsed: dict[str, Any] = {}
-    if m := re.search(r"Requests/sec:\s+([\d.]+)", output):
-        parsed["requests_per_sec"] = float(m.group(1))
-    if m := re.search(r"(\d+) requests in ([\d.]+\w+), ([\d.]+\w+) read", output):
-        parsed["requests"] = int(m.group(1))
-        parsed["duration_ms"] = _to_ms(m.group(2))
-        parsed["read"] = m.group(3)
-    if m := re.search(r"Latency\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)", output):
-        parsed["latency_avg_ms"], parsed["latency_stdev_ms"], parsed["latency_max_ms"] = (
-            round(_to_ms(m.group(i)), 3) for i in (1, 2, 3))
-    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)\s*$", output, re.M):
-        parsed[f"p{pct}_ms"] = round(_to_ms(value), 3)
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                  output)
-    parsed["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"),
-                                       map(int, m.groups()), strict=True)) if m else \
-        {"connect": 0, "read": 0, "write": 0, "timeout": 0}
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    parsed["non_2xx"] = int(m.group(1)) if m else 0
-    if m := re.search(r"^WRK_JSON (\{.*\})$", output, re.M):
-        parsed["lua"] = json.loads(m.group(1))
-    return parsed
-
-
-def scrape_service(url: str) -> dict[str, float]:
-    """Sums and counts of the service's batch, queue-wait and inference histograms."""
-    status, body = _http(url + "/metrics")
-    if status != 200:
-        return {}
-    wanted = ("movierec_batch_size", "movierec_queue_wait_seconds", "movierec_inference_seconds")
-    values: dict[str, float] = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.partition(" ")
-        if name in {f"{w}_{s}" for w in wanted for s in ("sum", "count")}:
-            values[name] = float(value)
-    return values
-
-
 def run_wrk(server: Server, connections: int, seconds: float, args: argparse.Namespace,
             lua: Path) -> dict[str, Any]:
-    """One load point: wrk against ``/recommend``, plus CPU used by server, wrk and machine."""
-    threads = min(args.wrk_threads, connections)
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency",
-           "--timeout", f"{args.wrk_timeout:g}s", "-s", str(lua), server.url + "/recommend"]
-    service = server.name.startswith("service")
-    before_metrics = scrape_service(server.url) if service else {}
-    load_before = os.getloadavg()[0]
-    busy0, total0 = _machine_cpu()
-    server_cpu0 = _proc_cpu_seconds(server.proc.pid)
-    with tempfile.TemporaryFile() as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        server_cpu = _proc_cpu_seconds(server.proc.pid) - server_cpu0
-        busy1, total1 = _machine_cpu()
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {' '.join(cmd)}\n{text}")
-    parsed = parse_wrk(text)
-    lua_stats = parsed.get("lua", {})
-    requests = parsed.get("requests", lua_stats.get("requests", 0))
-    server_cores = server_cpu / wall
-    wrk_cores = (usage.ru_utime + usage.ru_stime) / wall
-    busy_cores = (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
-    # "other": everything else on the machine (other tenants' work; this script is idle).
-    cpu = {"server_cores": round(server_cores, 2), "wrk_cores": round(wrk_cores, 2),
-           "machine_busy_cores": round(busy_cores, 2),
-           "other_cores": round(max(0.0, busy_cores - server_cores - wrk_cores), 2)}
-    socket_errors = sum(parsed["socket_errors"].values())
-    errors = parsed["non_2xx"] + socket_errors
-    point: dict[str, Any] = {
-        "server": server.name, "connections": connections, "wrk_threads": threads,
-        "seconds": seconds, "requests": requests,
-        "requests_per_sec": parsed.get("requests_per_sec"),
-        "p50_ms": parsed.get("p50_ms"), "p90_ms": parsed.get("p90_ms"),
-        "p99_ms": parsed.get("p99_ms"),
-        "p999_ms": round(lua_stats["p999_us"] / 1000, 3) if lua_stats else None,
-        "max_ms": parsed.get("latency_max_ms"), "mean_ms": parsed.get("latency_avg_ms"),
-        "non_2xx": parsed["non_2xx"], "socket_errors": parsed["socket_errors"],
-        "errors": errors, "error_rate": round(errors / requests, 6) if requests else 1.0,
-        "cpu": cpu,
-        "load_before": round(load_before, 2), "wrk_command": " ".join(cmd),
-        "wrk_output": text,
-    }
-    if service:
-        after = scrape_service(server.url)
-        delta = {k: after.get(k, 0.0) - before_metrics.get(k, 0.0) for k in after}
-        calls = delta.get("movierec_inference_seconds_count", 0.0)
-        if calls:
-            point["engine"] = {
-                "ort_calls": int(calls),
-                "mean_batch_size": round(delta["movierec_batch_size_sum"] / calls, 2),
-                "mean_ort_call_ms": round(delta["movierec_inference_seconds_sum"] / calls
-                                          * 1000, 3),
-                "ort_seconds_per_second": round(delta["movierec_inference_seconds_sum"] / wall, 3)}
-            waits = delta.get("movierec_queue_wait_seconds_count", 0.0)
-            if waits:
-                point["engine"]["mean_queue_wait_ms"] = round(
-                    delta["movierec_queue_wait_seconds_sum"] / waits * 1000, 3)
-    return point
+    """One load point against ``server`` (:func:`movierec.serving.wrk.run_wrk`)."""
+    return wrk.run_wrk(server.url, server.proc.pid, connections, seconds, lua,
+                       threads=args.wrk_threads, timeout_s=args.wrk_timeout,
+                       engine_metrics=server.name.startswith("service"), name=server.name)
 
 
 def machine_info() -> dict[str, Any]:
@@ -873,7 +695,7 @@ def run_http(args: argparse.Namespace, paths: dict[str, Path], report: dict[str,
     """Start the servers, check them, warm them up, then the load points, interleaved."""
     import pyarrow.parquet as pq
 
-    n_users = write_lua(paths["bundle"], paths["lua"])
+    n_users = wrk.write_recommend_script(paths["bundle"], paths["lua"], TOP_K)
     user_ids = sorted(pq.read_table(paths["bundle"] / "users.parquet",
                                     columns=["user_id"]).column(0).to_pylist())
     print("starting the four servers ...", flush=True)

@@ -11,12 +11,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from movierec.serving.app import ServeSettings, create_app
 from movierec.serving.feedback import FeedbackStoreError, open_store
 from movierec.serving.logs import JsonFormatter
+from movierec.serving.metrics import PERCENTILE_BUCKETS, BatchHistogram
 from movierec.serving.page import PAGE
 from tests.unit.test_serving_bundle import (
     MARKUP_TITLE,
@@ -290,3 +293,18 @@ def test_serving_does_not_import_torch_ray_or_mlflow() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_batch_histogram_renders_like_a_prometheus_histogram() -> None:
+    values = np.array([0.0, 0.01, 0.02, 0.05, 0.3, 0.75, 0.9999, 1.0, 0.5, 0.1])
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    histogram = BatchHistogram("popularity", "p.", PERCENTILE_BUCKETS, ours)
+    histogram.observe_many(values[:4])
+    histogram.observe_many(values[4:])  # a second batch adds up
+    histogram.observe_many(values[:0])  # an empty one changes nothing
+    reference = Histogram("popularity", "p.", buckets=PERCENTILE_BUCKETS, registry=theirs)
+    for value in values:
+        reference.observe(float(value))
+    lines = [line for line in generate_latest(theirs).decode().splitlines()
+             if not line.startswith(("popularity_created", "# "))]
+    assert generate_latest(ours).decode().splitlines()[2:] == lines

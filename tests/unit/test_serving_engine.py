@@ -15,7 +15,14 @@ import pytest
 
 from movierec.export.runtime import MAX_LEN_KEY
 from movierec.serving.catalog import BundleError
-from movierec.serving.engine import LoadedBundle, MicroBatcher, OnnxModel, load_bundle, top_k
+from movierec.serving.engine import (
+    LoadedBundle,
+    MicroBatcher,
+    OnnxModel,
+    load_bundle,
+    top_k,
+    top_k_rows,
+)
 from movierec.serving.metrics import ServingMetrics
 from tests.unit.test_serving_bundle import MAX_LEN, N_ITEMS, make_bundle
 
@@ -65,6 +72,32 @@ def test_batched_results_match_single_runs(two: tuple[LoadedBundle, LoadedBundle
     total = metrics.registry.get_sample_value("movierec_batch_size_sum")
     assert total == 40 and count is not None and count <= 5  # 40 requests, batches of <=16
     assert metrics.registry.get_sample_value("movierec_queue_wait_seconds_count") == 40
+
+
+def test_batched_top_k_matches_ranking_each_request_alone(
+        two: tuple[LoadedBundle, LoadedBundle]) -> None:
+    model = two[0].model
+    requests = _requests(30)
+    ks = [1 + i % 12 for i in range(30)]
+
+    async def main() -> list[tuple[np.ndarray, np.ndarray]]:
+        batcher = MicroBatcher(max_batch_size=8, max_queue_delay_ms=20)
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(
+                batcher.top_k(model, u, s, k, s if i % 2 else None)
+                for i, ((u, s), k) in enumerate(zip(requests, ks, strict=True))))
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    for i, ((user, seq), k, (best, values)) in enumerate(zip(requests, ks, results, strict=True)):
+        expected_best, expected_values = top_k(_direct(model, user, seq), k,
+                                               seq if i % 2 else None)
+        assert best.tolist() == expected_best.tolist()
+        np.testing.assert_allclose(values, expected_values, rtol=1e-5)
+        if i % 2:
+            assert not set(best.tolist()) & set(seq.tolist())  # seen movies excluded
 
 
 def test_a_swap_inside_the_queue_never_mixes_models(
@@ -215,6 +248,34 @@ def test_a_recorded_max_len_that_disagrees_with_metadata_is_refused(tmp_path: Pa
     folder = _dynamic_copy(make_bundle(tmp_path / "a"), tmp_path / "dyn", max_len="99")
     with pytest.raises(BundleError, match="max_len"):
         load_bundle(folder, threads=1)
+
+
+def _reference_top_k(row: np.ndarray, k: int, exclude: np.ndarray | None) -> list[int]:
+    """Sort every eligible index by (score descending, index ascending): slow and obvious."""
+    banned = set() if exclude is None else set(exclude.tolist())
+    eligible = [i for i in range(1, row.size) if np.isfinite(row[i]) and i not in banned]
+    return sorted(eligible, key=lambda i: (-float(row[i]), i))[:k]
+
+
+def test_top_k_rows_matches_a_full_sort_with_ties_nan_and_exclusions() -> None:
+    rng = np.random.default_rng(7)
+    for trial in range(400):
+        rows, columns = int(rng.integers(1, 6)), int(rng.integers(2, 40))
+        # Small integers make ties common, also across the k-th position.
+        scores = rng.integers(-3, 4, (rows, columns)).astype(
+            np.float32 if trial % 2 else np.float64)
+        scores[rng.random(scores.shape) < 0.1] = np.nan
+        scores[rng.random(scores.shape) < 0.05] = np.inf
+        scores[rng.random(scores.shape) < 0.05] = -np.inf
+        ks = rng.integers(0, columns + 3, rows).tolist()
+        excludes = [rng.integers(0, columns, int(rng.integers(0, 4))) if rng.random() < 0.7
+                    else None for _ in range(rows)]
+        before = scores.copy()
+        for row, (best, values) in enumerate(top_k_rows(scores, ks, excludes)):
+            expected = _reference_top_k(scores[row], ks[row], excludes[row])
+            assert best.tolist() == expected
+            assert values.tolist() == [float(scores[row, i]) for i in expected]
+        np.testing.assert_array_equal(scores, before)  # the caller's rows are untouched
 
 
 def test_top_k_skips_padding_seen_and_non_finite_and_breaks_ties_by_index() -> None:

@@ -1,54 +1,27 @@
 """Soak: hold the service at 70% of its measured maximum throughput for a long time.
 
-The load comes from ``wrk`` with the POST script of ``bench/serve.py`` (its helpers are
-imported, not copied), plus a ``delay()`` hook that paces each connection. Debian's wrk has
-no fixed-rate mode, so the soak runs in segments and retunes the per-request delay after
-each one to stay on the target rate. Between segments the server's resident memory is read
-from ``/proc``. Passing means: zero errors, p99 of every segment within the SLO, and RSS
+The load comes from ``wrk`` with the serving benchmark's POST script
+(:mod:`movierec.serving.wrk`), plus a ``delay()`` hook that paces each connection. Debian's
+wrk has no fixed-rate mode, so the soak runs in segments and retunes the per-request delay
+after each one to stay on the target rate. Between segments the server's resident memory is
+read from ``/proc``. Passing means: zero errors, p99 of every segment within the SLO, and RSS
 growth under 10% from the first minute (or the first quarter of a shorter run) to the end.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from movierec.infra.commands import repo_root
 from movierec.reliability.fuzz import LiveService
+from movierec.serving import wrk
 
 LOAD_FRACTION = 0.7
 CONNECTIONS = 32
 SLO_P99_MS = 50.0  # the service's target at 32 connections (issue 4, bench/serve.py)
 MAX_RSS_GROWTH = 0.10
-# Appended to bench/serve.py's script: each connection waits PACE_MS before its next request.
-PACING_HOOK = """
--- Pacing (movierec.reliability.soak): wrk calls delay() before each request.
-local pace_ms = %(pace_ms)d
-function delay()
-  return pace_ms
-end
-"""
-
-
-def bench_serve() -> ModuleType:
-    """``bench/serve.py`` as a module (its wrk script, wrk runner and output parser)."""
-    name = "movierec_bench_serve"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = repo_root() / "bench" / "serve.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"{path}: cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def rss_mib(pid: int) -> float:
@@ -59,15 +32,9 @@ def rss_mib(pid: int) -> float:
     raise ProcessLookupError(f"process {pid} has no VmRSS (exited?)")
 
 
-def _wrk_args() -> argparse.Namespace:
-    return argparse.Namespace(wrk_threads=1, wrk_timeout=5.0)
-
-
-def _write_script(bundle: Path, lua: Path, pace_ms: int) -> None:
-    bench = bench_serve()
-    bench.write_lua(bundle, lua)
-    with lua.open("a") as handle:
-        handle.write(PACING_HOOK % {"pace_ms": pace_ms})
+def _run(service: LiveService, connections: int, seconds: float, lua: Path
+         ) -> dict[str, Any]:
+    return wrk.run_wrk(service.url, service.proc.pid, connections, seconds, lua)
 
 
 def _summary(point: dict[str, Any]) -> dict[str, Any]:
@@ -79,12 +46,10 @@ def _summary(point: dict[str, Any]) -> dict[str, Any]:
 def max_throughput(service: LiveService, bundle: Path, workdir: Path, seconds: float,
                    connections: int = CONNECTIONS) -> dict[str, Any]:
     """Closed-loop wrk (no pacing) against ``/recommend``: the most the service answers."""
-    bench = bench_serve()
     lua = workdir / "max.lua"
-    _write_script(bundle, lua, 0)
-    bench.run_wrk(service, 8, 2, _wrk_args(), lua)  # warm-up
-    return _summary(bench.run_wrk(service, connections, max(1, round(seconds)), _wrk_args(),
-                                  lua))
+    wrk.write_recommend_script(bundle, lua)
+    _run(service, 8, 2, lua)  # warm-up
+    return _summary(_run(service, connections, max(1, round(seconds)), lua))
 
 
 def soak(service: LiveService, bundle: Path, workdir: Path, *, seconds: float,
@@ -104,7 +69,6 @@ def soak(service: LiveService, bundle: Path, workdir: Path, *, seconds: float,
         slo_p99_ms: p99 latency every segment must stay under.
         max_rss_growth: Allowed RSS growth (fraction) from the baseline sample to the end.
     """
-    bench = bench_serve()
     lua = workdir / "soak.lua"
     pid = service.proc.pid
     cycle_ms = 1000.0 * connections / target_rps  # per-connection time between requests
@@ -115,8 +79,8 @@ def soak(service: LiveService, bundle: Path, workdir: Path, *, seconds: float,
     started = time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds - 0.5:
         length = max(1, round(min(segment_seconds, seconds - elapsed)))  # wrk: whole seconds
-        _write_script(bundle, lua, round(pace))
-        point = bench.run_wrk(service, connections, length, _wrk_args(), lua)
+        wrk.write_recommend_script(bundle, lua, pace_ms=round(pace))
+        point = _run(service, connections, length, lua)
         segment = {"t_end": round(time.perf_counter() - started, 1), "pace_ms": round(pace),
                    **_summary(point)}
         segments.append(segment)
@@ -171,5 +135,5 @@ def run_soak(service: LiveService, bundle: Path, workdir: Path, *, seconds: floa
     return {"max": peak, "load_fraction": LOAD_FRACTION, **result}
 
 
-__all__ = ["LOAD_FRACTION", "SLO_P99_MS", "bench_serve", "max_throughput", "rss_mib",
+__all__ = ["LOAD_FRACTION", "SLO_P99_MS", "max_throughput", "rss_mib",
            "run_soak", "soak"]
