@@ -178,8 +178,8 @@ def work_build(workdir: Path, epochs: int) -> dict[str, Any]:
 def work_export(workdir: Path) -> dict[str, Any]:
     """Re-export the bundle from the saved weights (no training) with the current exporter.
 
-    Run when the bundle predates the exporter in use (a fixed-length ``seqs`` input), so
-    the served graph is always the one this checkout produces.
+    Run whenever the weights are reused, so the served graph is always the one this
+    checkout produces.
     """
     import torch
 
@@ -409,31 +409,23 @@ def run_worker(name: str, workdir: Path, *extra: str) -> dict[str, Any]:
 
 
 def ensure_bundle(workdir: Path, epochs: int) -> dict[str, Any]:
-    """Build the bundle and eager weights unless a complete max_len-200 pair is there."""
+    """Build the bundle and eager weights unless a complete max_len-200 pair is there
+    (then only re-export the bundle from the weights)."""
     paths = _paths(workdir)
     meta_file = paths["bundle"] / "metadata.json"
     if meta_file.exists() and paths["weights"].exists() and paths["build"].exists():
         meta = json.loads(meta_file.read_text())
         if int(meta["max_len"]) == MAX_LEN:
             built = {**json.loads(paths["build"].read_text()), "reused": True}
-            if not _dynamic_export(paths["bundle"]):
-                print("re-exporting the bundle with the current exporter ...", flush=True)
-                built["reexport"] = run_worker("export", workdir)
+            # The weights are reused; the graph is always this checkout's exporter's.
+            print("re-exporting the bundle with the current exporter ...", flush=True)
+            built["reexport"] = run_worker("export", workdir)
             return built
     print(f"building the ml-100k SSE-PT bundle (max_len {MAX_LEN}, {epochs} epochs) in "
           f"{workdir} ...", flush=True)
     built = run_worker("build", workdir, "--epochs", str(epochs))
     paths["build"].write_text(json.dumps(built, indent=2))
     return {**built, "reused": False}
-
-
-def _dynamic_export(bundle: Path) -> bool:
-    """Whether the bundle's model has a dynamic ``seqs`` length (the current exporter's)."""
-    import onnx
-
-    model = onnx.load(str(bundle / "model.onnx"), load_external_data=False)
-    seqs = next(i for i in model.graph.input if i.name == "seqs")
-    return not seqs.type.tensor_type.shape.dim[1].HasField("dim_value")
 
 
 def bundle_summary(bundle: Path) -> dict[str, Any]:

@@ -106,12 +106,13 @@ def test_ort_scorer_pads_and_cuts_sequences(small_prepared: Path, tmp_path: Path
     np.testing.assert_allclose(scorer(users, longer), full)
 
 
-@pytest.mark.parametrize(("kind", "norm_first", "n_blocks"),
-                         [("sse-pt", True, 2), ("sse-pt", False, 2), ("sasrec", True, 1),
-                          ("sasrec", False, 3)])
-def test_score_last_matches_score_all(kind: str, norm_first: bool, n_blocks: int) -> None:
+@pytest.mark.parametrize(("kind", "norm_first", "n_blocks", "n_heads"),
+                         [("sse-pt", True, 2, 2), ("sse-pt", False, 2, 1), ("sasrec", True, 1, 1),
+                          ("sasrec", False, 3, 2), ("sse-pt", True, 3, 1)])
+def test_score_last_matches_score_all(kind: str, norm_first: bool, n_blocks: int,
+                                      n_heads: int) -> None:
     torch.manual_seed(1)
-    config = ModelConfig(kind=kind, norm_first=norm_first, n_blocks=n_blocks, n_heads=2,
+    config = ModelConfig(kind=kind, norm_first=norm_first, n_blocks=n_blocks, n_heads=n_heads,
                          max_len=MAX_LEN, d_item=8, d_user=8)
     model = build_model(config, 5, 30).eval()
     seqs = torch.randint(1, 31, (5, MAX_LEN))

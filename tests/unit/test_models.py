@@ -17,6 +17,7 @@ from movierec.models import (
     bce_loss,
     build_model,
     ce_loss,
+    seen_items_mask,
 )
 
 N_USERS, N_ITEMS, MAX_LEN = 6, 25, 8
@@ -67,6 +68,7 @@ def test_config_defaults_and_hidden() -> None:
     config = ModelConfig()
     assert (config.kind, config.max_len, config.hidden, config.loss) == ("sse-pt", 100, 100, "ce")
     assert (config.sse_prob_user, config.sse_prob_item) == (0.92, 0.1)
+    assert config.ce_mask_seen == "window"
     sasrec = ModelConfig(kind="sasrec")
     assert sasrec.hidden == 50 and sasrec.user_width == 0
 
@@ -256,6 +258,25 @@ def test_ce_loss_hand_computed() -> None:
                                torch.tensor((math.log(3) + second) / 2))
     empty = ce_loss(logits, targets, torch.zeros_like(mask))
     assert empty.item() == 0.0
+
+
+def test_seen_items_mask_hand_computed() -> None:
+    seqs = torch.tensor([[0, 2, 3, 2], [1, 4, 4, 5]])
+    targets = torch.tensor([[0, 3, 2, 5], [4, 4, 5, 3]])
+    rows = torch.tensor([1, 2, 3, 4, 7])  # (0,1) (0,2) (0,3) (1,0) (1,3)
+
+    def items(mask: torch.Tensor) -> list[set[int]]:
+        return [{int(i) + 1 for i in row.nonzero()} for row in mask]
+
+    # Window: every item of the window, inputs and targets, except the row's own target.
+    assert items(seen_items_mask(seqs, targets, rows, 6, "window")) == [
+        {2, 5}, {3, 5}, {2, 3}, {1, 3, 5}, {1, 4, 5}]
+    # Prefix: only inputs up to the position (a repeat of the target stays unmasked).
+    assert items(seen_items_mask(seqs, targets, rows, 6, "prefix")) == [
+        {2}, {3}, {2, 3}, {1}, {1, 4, 5}]
+    assert not seen_items_mask(seqs, targets, rows, 6, "none").any()
+    with pytest.raises(ValueError, match="mode"):
+        seen_items_mask(seqs, targets, rows, 6, "all")
 
 
 # --- popularity ---------------------------------------------------------------------------

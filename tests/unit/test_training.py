@@ -111,8 +111,8 @@ def test_fast_ce_objective_equals_the_full_catalogue_reference() -> None:
     from movierec.training.loop import TrainingObjective
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(max_len=6, d_item=8, d_user=4, loss="ce", dropout=0.0),
-                        n_users=5, n_items=20).eval()
+    model = build_model(ModelConfig(max_len=6, d_item=8, d_user=4, loss="ce", dropout=0.0,
+                                    ce_mask_seen="none"), n_users=5, n_items=20).eval()
     users = torch.tensor([1, 2, 3])
     seqs = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 7, 8]])
     pos = torch.tensor([[0, 0, 4, 5, 6, 9], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 8, 10]])
@@ -121,3 +121,36 @@ def test_fast_ce_objective_equals_the_full_catalogue_reference() -> None:
     # same for every candidate of a row, so it must cancel in the softmax.
     reference = ce_loss(model.training_logits_all(users, seqs), pos, pos != 0)
     torch.testing.assert_close(fast, reference)
+
+
+@pytest.mark.parametrize("mode", ["window", "prefix"])
+def test_ce_objective_leaves_seen_items_out_of_the_softmax(mode: str) -> None:
+    import torch
+
+    from movierec.models import ModelConfig, build_model, ce_loss
+    from movierec.training.loop import TrainingObjective
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(max_len=4, d_item=8, d_user=4, loss="ce", dropout=0.0,
+                                    ce_mask_seen=mode), n_users=3, n_items=10).eval()
+    users = torch.tensor([1, 2])
+    seqs = torch.tensor([[0, 3, 4, 5], [1, 2, 3, 4]])
+    pos = torch.tensor([[0, 4, 5, 6], [2, 3, 4, 9]])
+    # The reference: the full catalogue with the seen items set to -inf by hand.
+    logits = model.training_logits_all(users, seqs).clone()
+    window = {0: {3, 4, 5, 6}, 1: {1, 2, 3, 4, 9}}
+    for b in range(2):
+        for t in range(4):
+            if pos[b, t] == 0:
+                continue
+            seen = (window[b] if mode == "window"
+                    else {int(i) for i in seqs[b, : t + 1] if i != 0})
+            for item in seen - {int(pos[b, t])}:
+                logits[b, t, item] = float("-inf")
+    expected = ce_loss(logits, pos, pos != 0)
+    got = TrainingObjective(model, "ce")({"users": users, "seqs": seqs, "pos": pos})
+    torch.testing.assert_close(got, expected)
+    unmasked = ce_loss(model.training_logits_all(users, seqs), pos, pos != 0)
+    assert got < unmasked  # masking removes competitors, so the loss must drop
+    got.backward()  # the in-place mask must leave a valid graph
+    assert model.item_embedding.weight.grad is not None

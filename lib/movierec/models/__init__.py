@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from movierec.models.config import ModelConfig
-from movierec.models.losses import bce_loss, ce_loss
+from movierec.models.losses import bce_loss, ce_loss, seen_items_mask
 from movierec.models.popularity import PopularityModel
 from movierec.models.sampling import (
     TrainingBatches,
@@ -22,6 +22,7 @@ __all__ = [
     "build_model",
     "ce_loss",
     "sample_negatives",
+    "seen_items_mask",
     "sse_corrupt",
     "training_window",
 ]

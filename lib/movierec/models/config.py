@@ -32,6 +32,8 @@ class ModelConfig(BaseModel):
         sse_prob_item: Probability of replacing an input item and its target by random items.
         sse_pt_plus_plus: Sample the training window of long histories (SSE-PT++).
         loss: ``"bce"`` (one sampled negative per position) or ``"ce"`` (full softmax).
+        ce_mask_seen: With ``ce``, items of the training window left out of each softmax
+            (``"window"``, ``"prefix"`` or ``"none"``; see ``losses.seen_items_mask``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -52,6 +54,13 @@ class ModelConfig(BaseModel):
     sse_prob_item: float = Field(default=0.1, ge=0.0, le=1.0)
     sse_pt_plus_plus: bool = False
     loss: Literal["bce", "ce"] = "ce"
+    ce_mask_seen: Literal["none", "prefix", "window"] = Field(
+        default="window",
+        description="ce loss only: leave the items of the user's training window (other than "
+        "the target) out of the softmax, as full-ranking evaluation leaves the history out; "
+        "'prefix' masks only the inputs seen so far. Chosen on validation: on ml-100k (7 "
+        "seeds) 'window' gives valid/test full-ranking NDCG@10 0.135/0.112 vs 0.122/0.106 "
+        "for 'none', and sampled test NDCG@10 0.463 vs 0.454")
 
     @model_validator(mode="after")
     def _check_widths(self) -> ModelConfig:

@@ -32,3 +32,47 @@ def ce_loss(logits_all: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
         # Keeps the result attached to the graph; column 0 may be -inf, so leave it out.
         return logits_all[..., 1:].sum() * 0.0
     return F.cross_entropy(logits, targets[keep] - 1)
+
+
+def seen_items_mask(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
+                    n_items: int, mode: str) -> torch.Tensor:
+    """Items to leave out of the softmax of each selected position (``ce`` loss only).
+
+    Evaluation ranks only the items outside a user's history, and MovieLens has no repeat
+    interactions, so a softmax that also pushes down items the user has already seen spends
+    capacity on candidates that are never ranked and fights the item-item similarity that
+    predicts the next one. Leaving them out aligns training with evaluation.
+
+    Args:
+        seqs: Input windows [B, L] (0 is padding).
+        targets: Target windows [B, L] (0 is padding).
+        rows: Flat indices (``b * L + t``) of the positions the loss uses, [N].
+        n_items: Catalogue size; items are 1..n_items.
+        mode: ``"window"``: every item of the row's window (inputs and targets);
+            ``"prefix"``: the inputs up to and including position ``t``; ``"none"``: nothing.
+
+    Returns:
+        Boolean mask [N, n_items] over items 1..n_items; a position's own target is never
+        masked (SSE may have drawn a target that also appears in the window).
+    """
+    batch, length = seqs.shape
+    mask = torch.zeros(rows.shape[0], n_items, dtype=torch.bool, device=seqs.device)
+    if mode == "none":
+        return mask
+    owner = rows // length
+    if mode == "window":
+        seen = torch.zeros(batch, n_items + 1, dtype=torch.bool, device=seqs.device)
+        seen.scatter_(1, seqs, True)
+        seen.scatter_(1, targets, True)
+        mask = seen[owner, 1:]
+    elif mode == "prefix":
+        # First position of every item in each window (``length`` where absent).
+        first = torch.full((batch, n_items + 1), length, dtype=torch.long, device=seqs.device)
+        first.scatter_reduce_(1, seqs, torch.arange(length, device=seqs.device).expand(batch, -1),
+                              reduce="amin")
+        mask = first[owner, 1:] <= (rows % length)[:, None]
+    else:
+        raise ValueError(f"mode must be 'none', 'prefix' or 'window', not {mode!r}")
+    own = targets.reshape(-1)[rows] - 1
+    mask[torch.arange(rows.shape[0], device=seqs.device), own] = False
+    return mask

@@ -25,7 +25,14 @@ from movierec.data.columns import TEST, VALID
 from movierec.data.dataset import SequenceData
 from movierec.evaluation.protocols import rank_users
 from movierec.evaluation.report import Metrics, summarize
-from movierec.models import SSEPT, PopularityModel, TrainingBatches, bce_loss, build_model
+from movierec.models import (
+    SSEPT,
+    PopularityModel,
+    TrainingBatches,
+    bce_loss,
+    build_model,
+    seen_items_mask,
+)
 from movierec.training.config import TrainConfig
 
 SELECTION_METRIC = "ndcg@10"
@@ -57,7 +64,13 @@ class TrainingObjective(nn.Module):
         real = mask.reshape(-1).nonzero().squeeze(1)
         hidden = self.model(users, seqs)
         rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, real)
-        return F.cross_entropy(self.model.next_item_logits(rows), pos.reshape(-1)[real] - 1)
+        logits = self.model.next_item_logits(rows)
+        mode = self.model.config.ce_mask_seen
+        if mode != "none":
+            seen = seen_items_mask(seqs, pos, real, self.model.n_items, mode)
+            # In place: the product's backward needs its inputs, not this output.
+            logits = logits.masked_fill_(seen, float("-inf"))
+        return F.cross_entropy(logits, pos.reshape(-1)[real] - 1)
 
 
 class Hooks(Protocol):
