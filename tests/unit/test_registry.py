@@ -1,4 +1,5 @@
 import json
+import socket
 
 import pytest
 
@@ -74,3 +75,25 @@ def test_registry_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.count("production") == 3 and "rollback" in out
     assert main(["registry", "history", "--json", "--alias", "production"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
+
+
+def test_an_unreachable_tracking_server_is_named_in_the_failure_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from movierec.lifecycle.pipeline import _failure_reason
+    from movierec.training.tracking import tracking_unreachable
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    with pytest.raises(MlflowException) as refused:
+        MlflowClient(url).search_registered_models()
+    assert tracking_unreachable(refused.value)
+    assert _failure_reason(refused.value).startswith(f"MLflow at {url} is unreachable")
+    other = MlflowException("RESOURCE_DOES_NOT_EXIST: no such model")
+    assert not tracking_unreachable(other)
+    assert _failure_reason(other) == "MlflowException: RESOURCE_DOES_NOT_EXIST: no such model"

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import httpx
 import numpy as np
@@ -31,6 +30,7 @@ from movierec.lifecycle.traffic import arm_stats, replay, save_records, take_eve
 from movierec.lifecycle.world import World, build_panel, build_world, prepare_round
 from movierec.serving.feedback import feedback_location
 from movierec.training.config import TrainConfig
+from movierec.training.tracking import tracking_unreachable
 
 Trigger = Literal["manual", "initial", "drift", "feedback", "schedule"]
 Candidate = Literal["sse-pt", "weak"]
@@ -286,11 +286,10 @@ def rollback_production(backend: Backend, reason: str) -> dict[str, Any]:
 
 def _failure_reason(error: Exception) -> str:
     """One readable line for the summary; an unreachable MLflow is named as such."""
-    text = str(error)
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    host = urlparse(uri).netloc
-    if host and host in text and ("Connection refused" in text or "Max retries" in text):
+    if tracking_unreachable(error):
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or "the tracking server"
         return (f"MLflow at {uri} is unreachable: nothing was registered and no alias moved "
                 "(`movierec platform up` restarts it)")
+    text = str(error)
     first = text.splitlines()[0] if text else ""
     return f"{type(error).__name__}: {first[:300]}"

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from movierec.config import get_settings
 
 EXPERIMENT = "movierec"
@@ -27,6 +29,23 @@ def git_commit() -> str:
                               check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def tracking_unreachable(error: BaseException) -> bool:
+    """Whether ``error`` comes from a tracking server that cannot be reached.
+
+    MLflow's REST client turns a refused or failed connection into a plain
+    ``MlflowException`` raised while handling the ``requests`` error, so the connection
+    error is found in the exception's chain (its cause or context), not in its type.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionError | requests.exceptions.ConnectionError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
