@@ -48,6 +48,15 @@ def test_pad_left_pads_and_keeps_the_newest(two: tuple[LoadedBundle, LoadedBundl
     assert seqs[1].tolist() == list(range(20 - MAX_LEN, 20))
 
 
+async def _scores(batcher: MicroBatcher, model: OnnxModel, user: int,
+                  seq: np.ndarray) -> np.ndarray:
+    """The request's scores of items 1..N_ITEMS, rebuilt from a top-k of every item."""
+    best, values = await batcher.top_k(model, user, seq, N_ITEMS, None)
+    row = np.full(N_ITEMS + 1, np.nan)
+    row[best] = values
+    return row[1:]
+
+
 def _direct(model: OnnxModel, user: int, seq: np.ndarray) -> np.ndarray:
     return model.run(np.array([user]), [seq])[0]
 
@@ -61,13 +70,13 @@ def test_batched_results_match_single_runs(two: tuple[LoadedBundle, LoadedBundle
         batcher = MicroBatcher(max_batch_size=16, max_queue_delay_ms=20, metrics=metrics)
         await batcher.start()
         try:
-            return await asyncio.gather(*(batcher.score(model, u, s) for u, s in requests))
+            return await asyncio.gather(*(_scores(batcher, model, u, s) for u, s in requests))
         finally:
             await batcher.stop()
 
     results = asyncio.run(main())
     for (user, seq), got in zip(requests, results, strict=True):
-        np.testing.assert_allclose(got, _direct(model, user, seq), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, _direct(model, user, seq)[1:], rtol=1e-5, atol=1e-5)
     count = metrics.registry.get_sample_value("movierec_batch_size_count")
     total = metrics.registry.get_sample_value("movierec_batch_size_sum")
     assert total == 40 and count is not None and count <= 5  # 40 requests, batches of <=16
@@ -110,13 +119,13 @@ def test_a_swap_inside_the_queue_never_mixes_models(
         batcher = MicroBatcher(max_batch_size=32, max_queue_delay_ms=20)
         await batcher.start()
         try:
-            return await asyncio.gather(*(batcher.score(m, u, s) for m, (u, s) in
+            return await asyncio.gather(*(_scores(batcher, m, u, s) for m, (u, s) in
                                           zip(models, requests, strict=True)))
         finally:
             await batcher.stop()
 
     for model, (user, seq), got in zip(models, requests, asyncio.run(main()), strict=True):
-        np.testing.assert_allclose(got, _direct(model, user, seq), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, _direct(model, user, seq)[1:], rtol=1e-5, atol=1e-5)
 
 
 def test_disabled_batching_runs_alone(two: tuple[LoadedBundle, LoadedBundle]) -> None:
@@ -127,7 +136,7 @@ def test_disabled_batching_runs_alone(two: tuple[LoadedBundle, LoadedBundle]) ->
         batcher = MicroBatcher(max_batch_size=1, metrics=metrics)
         await batcher.start()
         assert not batcher.running
-        out = await asyncio.gather(*(batcher.score(model, 1, np.array([i + 1]))
+        out = await asyncio.gather(*(_scores(batcher, model, 1, np.array([i + 1]))
                                      for i in range(5)))
         await batcher.stop()
         return out
@@ -152,9 +161,9 @@ def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundl
     async def main() -> BaseException | np.ndarray:
         batcher = MicroBatcher(max_batch_size=8, max_queue_delay_ms=500)
         await batcher.start()
-        running = asyncio.create_task(batcher.score(model, 1, np.array([1])))  # type: ignore[arg-type]
+        running = asyncio.create_task(_scores(batcher, model, 1, np.array([1])))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)  # the model is busy with the first request
-        pending = asyncio.create_task(batcher.score(model, 1, np.array([2])))  # type: ignore[arg-type]
+        pending = asyncio.create_task(_scores(batcher, model, 1, np.array([2])))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)  # queued, waiting for company while the model is busy
         await batcher.stop()
         results = await asyncio.gather(pending, running, return_exceptions=True)
@@ -171,7 +180,7 @@ def test_a_lone_request_does_not_wait_for_company(two: tuple[LoadedBundle, Loade
         batcher = MicroBatcher(max_batch_size=8, max_queue_delay_ms=500)
         await batcher.start()
         started = time.perf_counter()
-        await batcher.score(model, 1, np.array([1]))
+        await _scores(batcher, model, 1, np.array([1]))
         elapsed = time.perf_counter() - started
         await batcher.stop()
         return elapsed

@@ -1,9 +1,10 @@
 """ONNX Runtime inference: bundle loading with warm-up, and an asyncio micro-batcher.
 
 Requests wait at most ``max_queue_delay_ms`` for company, up to ``max_batch_size`` of them
-are padded into one ONNX Runtime call that runs in a worker thread, and each request gets
-its own row back. Each queued request carries the model it was admitted with, so a bundle
-swap never mixes models inside one batch and never fails a request in flight.
+are padded into one ONNX Runtime call that runs in a worker thread, which also ranks every
+row, and each request gets its own top k back. Each queued request carries the model it
+was admitted with, so a bundle swap never mixes models inside one batch and never fails a
+request in flight.
 """
 
 from __future__ import annotations
@@ -243,10 +244,10 @@ class _Job:
     model: OnnxModel
     user: int
     seq: np.ndarray
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Ranked]
     enqueued: float
-    k: int | None = None  # None: the whole score row; else the top k, ranked in the model thread
-    exclude: np.ndarray | None = None
+    k: int  # ranked in the model thread, with the rest of the batch
+    exclude: np.ndarray | None
 
 
 class MicroBatcher:
@@ -299,10 +300,6 @@ class MicroBatcher:
                 job.future.set_exception(RuntimeError("server is shutting down"))
         self._executor.shutdown(wait=False)
 
-    async def score(self, model: OnnxModel, user: int, seq: np.ndarray) -> np.ndarray:
-        """Scores ``[n_items + 1]`` for one request (batched with others when enabled)."""
-        return await self._submit(model, user, seq, None, None)  # type: ignore[no-any-return]
-
     async def top_k(self, model: OnnxModel, user: int, seq: np.ndarray, k: int,
                     exclude: np.ndarray | None) -> Ranked:
         """:func:`top_k` of one request's scores, ranked with its batch.
@@ -310,10 +307,10 @@ class MicroBatcher:
         The ranking runs in the model thread, vectorised over the batch, which spares the
         event loop (which every request needs) one ranking per request.
         """
-        return await self._submit(model, user, seq, k, exclude)  # type: ignore[no-any-return]
+        return await self._submit(model, user, seq, k, exclude)
 
-    async def _submit(self, model: OnnxModel, user: int, seq: np.ndarray, k: int | None,
-                      exclude: np.ndarray | None) -> Any:
+    async def _submit(self, model: OnnxModel, user: int, seq: np.ndarray, k: int,
+                      exclude: np.ndarray | None) -> Ranked:
         loop = asyncio.get_running_loop()
         job = _Job(model, user, seq, loop.create_future(), loop.time(), k, exclude)
         if not self.running or self._queue is None:
@@ -321,22 +318,15 @@ class MicroBatcher:
         await self._queue.put(job)
         return await job.future
 
-    def _run(self, model: OnnxModel, jobs: list[_Job]) -> list[Any]:
-        """Score a batch, then rank the rows whose requests asked for a top k."""
+    def _run(self, model: OnnxModel, jobs: list[_Job]) -> list[Ranked]:
+        """Score a batch, then rank every row (one vectorised pass)."""
         started = time.perf_counter()
         scores = model.run(np.asarray([j.user for j in jobs], dtype=np.int64),
                            [j.seq for j in jobs])
         if self.metrics is not None:
             self.metrics.inference_latency.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(jobs))
-        results: list[Any] = list(scores)
-        ranked = [row for row, job in enumerate(jobs) if job.k is not None]
-        if ranked:
-            tops = top_k_rows(scores[ranked], [jobs[r].k or 0 for r in ranked],
-                              [jobs[r].exclude for r in ranked])
-            for row, top in zip(ranked, tops, strict=True):
-                results[row] = top
-        return results
+        return top_k_rows(scores, [j.k for j in jobs], [j.exclude for j in jobs])
 
     async def _loop(self) -> None:
         assert self._queue is not None and self._slots is not None
