@@ -156,21 +156,30 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="extra seeds in stage 2")
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--space-seed", type=int, default=0)
+    parser.add_argument("--configs", type=Path,
+                        help="JSON list of configurations to train with seeds 0..--seeds "
+                             "instead of a random search (one stage, both budgets)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.space_seed)
     default: dict[str, Any] = {"model": {}}
-    stage1 = [(default, 0)] + [(sample(rng), 0) for _ in range(2000)]
     context = get_context("spawn")  # CUDA cannot be forked
     with (ProcessPoolExecutor(args.workers, mp_context=context, initializer=_load,
                               initargs=(str(args.data),)) as pool,
           (args.out / "runs.jsonl").open("a") as log):
-        runs = run_all(pool, stage1, time.time() + args.stage1_seconds, args, log)
-        best = [row["config"] for row in rank(runs)[: args.top]]
-        if default not in best:
-            best.append(default)
-        stage2 = [(raw, seed) for seed in range(1, args.seeds + 1) for raw in best]
-        runs += run_all(pool, stage2, time.time() + args.stage2_seconds, args, log)
+        if args.configs:
+            grid = json.loads(args.configs.read_text())
+            tasks = [(raw, seed) for seed in range(args.seeds + 1) for raw in grid]
+            budget = args.stage1_seconds + args.stage2_seconds
+            runs = run_all(pool, tasks, time.time() + budget, args, log)
+        else:
+            stage1 = [(default, 0)] + [(sample(rng), 0) for _ in range(2000)]
+            runs = run_all(pool, stage1, time.time() + args.stage1_seconds, args, log)
+            best = [row["config"] for row in rank(runs)[: args.top]]
+            if default not in best:
+                best.append(default)
+            stage2 = [(raw, seed) for seed in range(1, args.seeds + 1) for raw in best]
+            runs += run_all(pool, stage2, time.time() + args.stage2_seconds, args, log)
     ranked = rank(runs)
     summary = {"device": args.device, "workers": args.workers, "runs": len(runs),
                "errors": sum("error" in r for r in runs),
