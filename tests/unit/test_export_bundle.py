@@ -110,7 +110,7 @@ def test_ort_scorer_pads_and_cuts_sequences(small_prepared: Path, tmp_path: Path
                          [("sse-pt", True, 2, 2), ("sse-pt", False, 2, 1), ("sasrec", True, 1, 1),
                           ("sasrec", False, 3, 2), ("sse-pt", True, 3, 1)])
 def test_score_last_matches_score_all(kind: str, norm_first: bool, n_blocks: int,
-                                      n_heads: int) -> None:
+                                      n_heads: int, tmp_path: Path) -> None:
     torch.manual_seed(1)
     config = ModelConfig(kind=kind, norm_first=norm_first, n_blocks=n_blocks, n_heads=n_heads,
                          max_len=MAX_LEN, d_item=8, d_user=8)
@@ -126,6 +126,12 @@ def test_score_last_matches_score_all(kind: str, norm_first: bool, n_blocks: int
     torch.testing.assert_close(short, full[:1], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="max_len"):
         model.score_last(users, torch.ones(5, MAX_LEN + 1, dtype=torch.int64))
+    # The exported graph too: padded queries must not turn into NaN there (an exporter
+    # that drops a tiny constant once made every score NaN while PyTorch was fine).
+    exported = OrtScorer(export_onnx(model, MAX_LEN, tmp_path / "m.onnx"))(
+        users.numpy(), seqs.numpy())
+    assert np.isfinite(exported[:, 1:]).all()
+    np.testing.assert_allclose(exported[:, 1:], full[:, 1:].numpy(), rtol=0, atol=1e-5)
 
 
 def test_a_trimmed_batch_scores_like_the_padded_one(small_prepared: Path,
