@@ -253,7 +253,6 @@ class SSEPT(nn.Module):
         for block in first:
             x = self._block(block, x, length, allowed, penalty)
         last = self._block(last_block, x, 1, allowed[:, :, -1:], penalty[:, :, -1:])
-        last = last * valid[:, -1:]
         hidden = (self.final_norm(last) * valid[:, -1:])[:, 0]
         return self.catalogue_scores(hidden, user)
 
