@@ -475,6 +475,7 @@ class Server:
         """SIGINT (graceful shutdown), SIGKILL after ``grace`` seconds; record the peak RSS."""
         usage = None
         if self.proc.returncode is None:
+            self.peak_rss_mib = wrk.peak_rss_mib(self.proc.pid)  # with its model process
             self.proc.send_signal(signal.SIGINT)
             deadline = time.perf_counter() + grace
             try:
@@ -490,7 +491,7 @@ class Server:
                 self.proc.returncode = os.waitstatus_to_exitcode(status)
             except ChildProcessError:  # already reaped by poll()
                 usage = None
-        if usage is not None:
+        if usage is not None and self.peak_rss_mib is None:
             self.peak_rss_mib = round(usage.ru_maxrss / 1024, 1)
         self._log.close()
 
@@ -510,6 +511,8 @@ def start_servers(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str,
                str(args.max_queue_delay_ms)]
     if args.service_threads:
         service += ["--threads", str(args.service_threads)]
+    if args.model_thread:
+        service += ["--no-model-process"]
     servers: dict[str, Server] = {}
     for name in SERVERS:
         port = free_port()
@@ -698,8 +701,9 @@ def run_http(args: argparse.Namespace, paths: dict[str, Path], report: dict[str,
         "servers": {name: {"description": SERVERS[name], "command": " ".join(s.cmd),
                            "ready_seconds": s.ready_seconds, "loaded": s.loaded_libs}
                     for name, s in servers.items()},
-        "settings": {"service_threads": args.service_threads or "service default (one per "
-                                                                 "physical core)",
+        "settings": {"service_threads": args.service_threads or "service default (1)",
+                     "model": ("a thread of the server (--no-model-process)" if args.model_thread
+                               else "a child process of the server (service default)"),
                      "physical_cores": _physical_cores(),
                      "max_batch_size": args.max_batch_size,
                      "max_queue_delay_ms": args.max_queue_delay_ms,
@@ -796,6 +800,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--service-threads", type=int,
                         help="movierec serve --threads (ONNX Runtime intra-op threads; "
                              "default: the service's own, 1)")
+    parser.add_argument("--model-thread", action="store_true",
+                        help="serve with movierec serve --no-model-process (the model in a "
+                             "thread of the server instead of a child process)")
     parser.add_argument("--max-batch-size", type=int, default=16,
                         help="movierec serve --max-batch-size when batching is on")
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0,

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from movierec.serving import admin
 from movierec.serving.app import ServeSettings, create_app
+from movierec.serving.worker import ModelProcess
 from tests.unit.test_serving_bundle import make_bundle, movie_id, rewrite_metadata, user_id
 
 TOKEN = "test-admin-token-0123456789"
@@ -75,6 +76,28 @@ def test_reload_swaps_version_and_precision(client: TestClient,
     assert same.status_code == 200
     assert client.get("/version").json()["precision"] == "int8"
     assert 'movierec_reloads_total{outcome="ok"} 2.0' in client.get("/metrics").text
+
+
+def test_a_swapped_out_model_process_exits_and_shutdown_ends_the_last(
+        bundles: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOVIEREC_ADMIN_TOKEN", TOKEN)
+    app = create_app(ServeSettings(bundle=bundles[0], threads=1,
+                                   feedback_url=str(tmp_path / "fb.db")))
+    with TestClient(app) as client:
+        first = app.state.serving.bundle.model
+        assert isinstance(first, ModelProcess) and first.alive  # the default: a child process
+        reply = client.post("/admin/reload", headers=AUTH,
+                            json={"bundle": str(bundles[1]), "wait": True})
+        assert reply.status_code == 200, reply.text
+        assert client.post("/recommend", json={"user_id": user_id(2)}).status_code == 200
+        for _ in range(200):
+            if not first.alive:
+                break
+            threading.Event().wait(0.05)
+        assert not first.alive, "the old model process still runs after the swap"
+        second = app.state.serving.bundle.model
+        assert second.alive
+    assert not second.alive  # the server's shutdown closed it
 
 
 def test_failed_reload_keeps_serving(client: TestClient, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -152,9 +153,9 @@ def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundl
     class SlowModel:
         """The real model, slowed down so the model thread stays busy."""
 
-        def run(self, users: np.ndarray, seqs: list[np.ndarray]) -> np.ndarray:
+        def rank(self, *batch: Any) -> list[tuple[np.ndarray, np.ndarray]]:
             time.sleep(0.3)
-            return real.run(users, seqs)
+            return real.rank(*batch)
 
     model = SlowModel()
 

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch-size", type=int, default=16,
                        help="requests per model call; 1 turns batching off")
     serve.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    serve.add_argument("--model-process", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the model in a child process (default), so it never waits "
+                       "for the HTTP event loop's GIL; --no-model-process keeps it in a thread")
     serve.add_argument("--model-version", help="registry version to report on /version "
                        "(with --bundle; --model sets it)")
     serve.add_argument("--alias", help="registry alias to report on /version (e.g. staging)")
@@ -66,7 +69,8 @@ def run_serve(args: argparse.Namespace) -> int:
         alias = alias or resolved_alias
     options = {"bundle": bundle, "precision": args.precision, "device": args.device,
                "threads": args.threads, "max_batch_size": args.max_batch_size,
-               "max_queue_delay_ms": args.max_queue_delay_ms}
+               "max_queue_delay_ms": args.max_queue_delay_ms,
+               "model_process": args.model_process}
     if version:
         options["model_version"] = version
     if alias:

@@ -119,9 +119,10 @@ def bundle_panel_ndcg(bundle_dir: Path, panel: Panel) -> np.ndarray:
     Raises:
         ValueError: A panel target is unknown to the bundle (the panel must be frozen).
     """
-    from movierec.serving.engine import load_bundle  # noqa: PLC0415 - onnxruntime
+    from movierec.serving.engine import OnnxModel, load_bundle  # noqa: PLC0415 - onnxruntime
 
     bundle = load_bundle(Path(bundle_dir), "fp32", threads=1)
+    assert isinstance(bundle.model, OnnxModel)  # in process: it scores, not only ranks
     catalog = bundle.catalog
     targets, unknown = catalog.to_indices([int(t) for t in panel.targets])
     if unknown:

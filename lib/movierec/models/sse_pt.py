@@ -23,6 +23,26 @@ LAYER_NORM_EPS = 1e-8
 MASKED = 1e9
 
 
+def _softmax_weighted(scores: torch.Tensor, allowed: torch.Tensor, penalty: torch.Tensor,
+                      values: torch.Tensor) -> torch.Tensor:
+    """``softmax(scores over allowed keys) @ values``, written out for the exported graph.
+
+    ONNX Runtime's Softmax is 3-4x slower on rows whose masked scores are pushed towards
+    -inf (its exp takes a slow path near float underflow), so every exp here gets an
+    ordinary score and the 0/1 mask ``allowed`` multiplies after. The shift is the maximum
+    over allowed keys (``penalty`` is large where a key is masked), so a row with any
+    allowed key sums to at least exp(0) = 1 (masked scores above the shift are capped at 0
+    so none overflows); the floor of 1 only turns an empty row into zeros instead of 0/0.
+    Row sums come from a product with ones, not a ReduceSum, whose vector lanes would make
+    a score depend on how much left padding its batch has; the division runs on the
+    weighted values, not on the [L, L] weights.
+    """
+    top = (scores - penalty).amax(-1, keepdim=True)
+    exps = torch.exp((scores - top).clamp(max=0.0)) * allowed
+    sums = exps @ torch.ones(exps.shape[-1], 1, dtype=exps.dtype, device=exps.device)
+    return (exps @ values) / sums.clamp(min=1.0)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention with a boolean "may attend" mask.
 
@@ -277,34 +297,43 @@ class SSEPT(nn.Module):
             mask, below = (allowed[:, 0], penalty[:, 0]) if heads == 1 else (allowed, penalty)
             if heads > 1:
                 q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
-            # Softmax over the allowed keys, written out: ONNX Runtime's Softmax is 3-4x
-            # slower on rows whose masked scores are pushed towards -inf (its exp takes a
-            # slow path near float underflow), so every exp here gets an ordinary score and
-            # the mask multiplies after. The shift is the maximum over allowed keys, so a
-            # row with any allowed key sums to at least exp(0) = 1 (masked scores above the
-            # shift are capped at 0 so none overflows); the floor of 1 only turns a padded
-            # query's empty row into zeros instead of 0/0. Row sums come from a product
-            # with ones, not a ReduceSum, whose vector lanes would make a score depend on
-            # how much left padding its batch has; the division runs on [L, H], not [L, L].
-            scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
-            top = (scores - below).amax(-1, keepdim=True)
-            exps = torch.exp((scores - top).clamp(max=0.0)) * mask
-            sums = exps @ torch.ones(exps.shape[-1], 1, dtype=exps.dtype, device=exps.device)
-            out = (exps @ v) / sums.clamp(min=1.0)
+            out = _softmax_weighted(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, mask, below, v)
             return (out if heads == 1 else out.transpose(1, 2)).reshape(batch * n_queries, width)
+
+        def attend_last(keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+            # One query per row: q . (W_k n + b_k) = (q W_k) . n + q . b_k, and q . b_k is
+            # the same for every key, so it cancels in the softmax; likewise the weighted
+            # values are W_v (sum_i a_i n_i) + b_v, as the weights of a row sum to one. So
+            # the keys and values of the L positions are never computed: one [H, H] product
+            # per row replaces two per position. An empty history's row gets b_v instead of
+            # zero; its output is zeroed at the end anyway.
+            head = width // heads
+            q = attention.query(queries).view(batch, heads, head)
+            keys = keys.view(batch, length, width)
+            folded = (q @ attention.key.weight if heads == 1 else  # [B, heads, H]
+                      (q.unsqueeze(-2) @ attention.key.weight.view(heads, head, width))
+                      .squeeze(-2))
+            scores = folded @ keys.transpose(-2, -1) * head ** -0.5  # [B, heads, L]
+            context = _softmax_weighted(scores, allowed[:, 0], penalty[:, 0], keys)
+            if heads == 1:
+                return attention.value(context.view(batch, width))
+            weight = attention.value.weight.view(heads, head, width)
+            out = (context.unsqueeze(-2) @ weight.transpose(-2, -1)).view(batch, width)
+            return out + attention.value.bias
 
         def tail(rows: torch.Tensor) -> torch.Tensor:  # the last n_queries positions' rows
             if n_queries == length:
                 return rows
             return rows.view(batch, length, width)[:, -n_queries:].reshape(-1, width)
 
+        attention_of = attend_last if n_queries == 1 else attend
         rows = x.reshape(batch * length, width)
         if block.norm_first:
             normed = block.attention_norm(rows)
-            out = tail(rows) + attend(normed, tail(normed))
+            out = tail(rows) + attention_of(normed, tail(normed))
             out = out + block.feed_forward(block.feed_forward_norm(out))
         else:
-            out = block.attention_norm(tail(rows) + attend(rows, tail(rows)))
+            out = block.attention_norm(tail(rows) + attention_of(rows, tail(rows)))
             out = block.feed_forward_norm(out + block.feed_forward(out))
         return out.view(batch, n_queries, width)
 

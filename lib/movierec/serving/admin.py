@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from movierec.serving.catalog import BundleError
-from movierec.serving.engine import load_bundle
+from movierec.serving.engine import Ranker, load_bundle
 from movierec.serving.schemas import ReloadRequest, ReloadStatus
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class ReloadManager:
         self.state = state
         self.status = ReloadStatus(status="idle")
         self._task: asyncio.Task[None] | None = None
+        self._retiring: dict[asyncio.Task[None], Ranker] = {}  # old models still answering
 
     @property
     def running(self) -> bool:
@@ -59,7 +60,8 @@ class ReloadManager:
         metrics = self.state.metrics
         try:
             bundle = await asyncio.to_thread(load_bundle, path, precision,  # type: ignore[arg-type]
-                                             settings.threads, settings.device, version, alias)
+                                             settings.threads, settings.device, version, alias,
+                                             settings.model_process)
         except Exception as exc:
             # A failed reload keeps the current bundle: the service never stops serving.
             reason = str(exc) if isinstance(exc, BundleError) else f"{type(exc).__name__}: {exc}"
@@ -68,19 +70,34 @@ class ReloadManager:
             metrics.reloads.labels(outcome="failed").inc()
             log.error("reload failed", extra={"bundle": str(path), "error": reason})
             return
+        retired = self.state.bundle.model
         self.state.publish(bundle)
+        # The old model answers what was admitted before the swap, then goes (a child
+        # process would otherwise stay until the server exits).
+        retiring = asyncio.create_task(self._retire(retired), name="movierec-retire")
+        self._retiring[retiring] = retired
+        retiring.add_done_callback(self._retiring.pop)
         self.status = self.status.model_copy(update={
             "status": "ok", "version": bundle.version, "finished_at": time.time()})
         metrics.reloads.labels(outcome="ok").inc()
         log.info("reloaded", extra={"bundle": str(path), "version": bundle.version,
                                     "precision": bundle.precision})
 
+    async def _retire(self, model: Ranker) -> None:
+        await self.state.batcher.drained(model)
+        await asyncio.to_thread(model.close)
+
     async def cancel(self) -> None:
-        """Stop a reload in progress (at shutdown)."""
+        """Stop a reload in progress and close the models still retiring (at shutdown)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task, model in list(self._retiring.items()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.to_thread(model.close)
 
 
 def admin_router(manager: ReloadManager) -> APIRouter:

@@ -67,9 +67,10 @@ log = logging.getLogger("movierec.serving")
 JSON = "application/json"
 FEEDBACK_RETRY_AFTER_S = "5"  # seconds a client should wait after a 503 from /feedback
 # How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
-# The model thread needs the GIL for a few microseconds after every ONNX Runtime call; under
-# load the event loop would keep it for the whole default interval each time, idling the
-# model. 50 us: 3,060 instead of 2,720 req/s at 32 connections on 2 cores (bench/serve.py).
+# With the model in this process (--no-model-process), its thread needs the GIL for a few
+# microseconds after every ONNX Runtime call; under load the event loop would keep it for
+# the whole default interval each time, idling the model. 50 us: 3,060 instead of 2,720
+# req/s at 32 connections on 2 cores (bench/serve.py). The model process has no such wait.
 GIL_SWITCH_INTERVAL_S = 50e-6
 
 
@@ -160,7 +161,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         online = OnlineHistory(settings.max_sequence_length)
         replayed = online.extend(store.watches())
         bundle = load_bundle(settings.bundle, settings.precision, settings.threads,
-                             settings.device, settings.model_version, settings.model_alias)
+                             settings.device, settings.model_version, settings.model_alias,
+                             isolate=settings.model_process)
     except BaseException:
         store.close()
         raise
@@ -187,6 +189,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             state.started = False
             await reloads.cancel()
             await batcher.stop()
+            await asyncio.to_thread(state.bundle.model.close)
             store.close()
 
     app = FastAPI(title="movierec", version=__version__, lifespan=lifespan,

@@ -1,8 +1,9 @@
 """ONNX Runtime inference: bundle loading with warm-up, and an asyncio micro-batcher.
 
 Requests wait at most ``max_queue_delay_ms`` for company, up to ``max_batch_size`` of them
-are padded into one ONNX Runtime call that runs in a worker thread, which also ranks every
-row, and each request gets its own top k back. Each queued request carries the model it
+go to the model together (ONNX Runtime in a worker thread, or in a child process through
+one: :mod:`movierec.serving.worker`), which scores and ranks every row, and each request
+gets its own top k back. Each queued request carries the model it
 was admitted with, so a bundle swap never mixes models inside one batch and never fails a
 request in flight.
 """
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -33,10 +34,11 @@ from movierec.serving.catalog import MODEL_FILES, BundleError, Catalog, Precisio
 from movierec.serving.catalog import verify_bundle as verify_bundle_files
 from movierec.serving.history import DemoUser, pick_demo_users
 from movierec.serving.metrics import ServingMetrics
+from movierec.serving.worker import ModelProcess, Ranked
 
 log = logging.getLogger("movierec.serving")
-Ranked = tuple[np.ndarray, np.ndarray]  # item indices (best first) and their scores
-# Batches handed to the model thread at once: one running, the next formed and waiting.
+# Batches handed to the model at once: one running, the next formed and waiting (the
+# model process has one pipe for each: worker.SLOTS).
 # While a batch runs, the next one waits for company in steps this long, re-checking
 # whether the model has become idle (then it goes at once).
 IDLE_POLL_S = 0.00025
@@ -44,6 +46,23 @@ PIPELINE_DEPTH = 2
 # A length group of a batch takes sequences down to this fraction of its longest one
 # (measured on ml-100k, max_len 200, batches of 8-32: 0.7 beat 0.3, 0.5 and 0.85).
 GROUP_RATIO = 0.7
+
+
+class Ranker(Protocol):
+    """What serving needs from a model: rank a batch; an in-process or a child-process one."""
+
+    providers: list[str]
+
+    @property
+    def alive(self) -> bool:
+        """Whether the model can still answer."""
+
+    def rank(self, users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
+             excludes: Sequence[np.ndarray | None]) -> list[Ranked]:
+        """Each row's top ``ks[row]`` item indices (best first) and scores."""
+
+    def close(self) -> None:
+        """Release the model (a no-op in process)."""
 
 
 class OnnxModel:
@@ -124,6 +143,19 @@ class OnnxModel:
         assert scores is not None
         return scores
 
+    @property
+    def alive(self) -> bool:
+        """Always True: the session lives in this process."""
+        return True
+
+    def rank(self, users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
+             excludes: Sequence[np.ndarray | None]) -> list[Ranked]:
+        """:meth:`run`, then each row's top ``ks[row]`` (see :func:`top_k_rows`)."""
+        return top_k_rows(self.run(users, list(histories)), ks, excludes)
+
+    def close(self) -> None:
+        """Nothing to release: the session goes with the object."""
+
     def warm_up(self, item: int) -> None:
         """Run inferences and check their shape and values (raises BundleError).
 
@@ -152,14 +184,14 @@ class LoadedBundle:
     version: str
     alias: str
     catalog: Catalog
-    model: OnnxModel
+    model: Ranker  # an OnnxModel unless loaded with ``isolate``
     demo_users: list[DemoUser]
     loaded_at: float = field(default_factory=time.time)
 
 
 def load_bundle(path: Path, precision: Precision = "fp32", threads: int | None = None,
                 device: Device = "cpu", version: str | None = None,
-                alias: str | None = None) -> LoadedBundle:
+                alias: str | None = None, isolate: bool = False) -> LoadedBundle:
     """Verify, load and warm up a bundle (blocking: call it from a worker thread when live).
 
     Args:
@@ -169,16 +201,23 @@ def load_bundle(path: Path, precision: Precision = "fp32", threads: int | None =
         device: ``cpu`` or ``cuda`` (falls back to CPU when CUDA is unavailable).
         version: The registry version to report (default: metadata ``version`` or run id).
         alias: The registry alias to report (default: "").
+        isolate: Run the model in a child process (:class:`ModelProcess`, what the server
+            does) instead of an :class:`OnnxModel` in this one.
 
     Raises:
         BundleError: When any check fails; nothing is half-loaded.
     """
     meta = verify_bundle_files(path, precision)
     catalog = load_catalog(path, meta)
-    model = OnnxModel(path / MODEL_FILES[precision], int(meta["max_len"]),
-                      int(meta["n_items"]), threads, device)
     warm_item = int(catalog.popularity_order[0]) if catalog.popularity_order.size else 0
-    model.warm_up(warm_item)
+    args = (path / MODEL_FILES[precision], int(meta["max_len"]), int(meta["n_items"]),
+            threads, device)
+    model: Ranker
+    if isolate:
+        model = ModelProcess(*args, warm_item=warm_item)  # loads and warms up in the child
+    else:
+        model = in_process = OnnxModel(*args)
+        in_process.warm_up(warm_item)
     reported = version or str(meta.get("version") or meta.get("run_id") or "unversioned")
     return LoadedBundle(path=Path(path), meta=meta, precision=precision, version=reported,
                         alias=alias or "", catalog=catalog, model=model,
@@ -199,7 +238,7 @@ def top_k_rows(scores: np.ndarray, ks: Sequence[int],
                excludes: Sequence[np.ndarray | None]) -> list[Ranked]:
     """:func:`top_k` of every row of ``scores`` [B, C] at once (row ``r`` keeps ``ks[r]``).
 
-    One vectorised pass for a whole micro-batch: the model thread ranks a batch in about
+    One vectorised pass for a whole micro-batch: the model ranks a batch in about
     the time the event loop took for two requests one by one.
     """
     # A copy, so the caller's rows stay untouched; float32 scores stay float32 (the model's
@@ -241,12 +280,12 @@ def top_k_rows(scores: np.ndarray, ks: Sequence[int],
 
 @dataclass
 class _Job:
-    model: OnnxModel
+    model: Ranker
     user: int
     seq: np.ndarray
     future: asyncio.Future[Ranked]
     enqueued: float
-    k: int  # ranked in the model thread, with the rest of the batch
+    k: int  # ranked by the model (thread or process), with the rest of the batch
     exclude: np.ndarray | None
 
 
@@ -257,7 +296,7 @@ class MicroBatcher:
     Until :meth:`start` runs (or after :meth:`stop`), requests run alone as well.
 
     Batches are pipelined: while one runs in ONNX Runtime, the next one is formed (and
-    may wait for company) and handed over, so the model thread does not sit idle while
+    may wait for company) and handed over, so the model does not sit idle while
     the event loop collects requests.
     """
 
@@ -272,6 +311,7 @@ class MicroBatcher:
         self._taken: list[_Job] = []  # jobs out of the queue, not yet handed over
         self._slots: asyncio.Semaphore | None = None  # batches in flight: running + next
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._pending: dict[Ranker, int] = {}  # requests not yet answered, by model
 
     @property
     def running(self) -> bool:
@@ -300,33 +340,54 @@ class MicroBatcher:
                 job.future.set_exception(RuntimeError("server is shutting down"))
         self._executor.shutdown(wait=False)
 
-    async def top_k(self, model: OnnxModel, user: int, seq: np.ndarray, k: int,
+    async def top_k(self, model: Ranker, user: int, seq: np.ndarray, k: int,
                     exclude: np.ndarray | None) -> Ranked:
         """:func:`top_k` of one request's scores, ranked with its batch.
 
-        The ranking runs in the model thread, vectorised over the batch, which spares the
+        The ranking runs with the model, vectorised over the batch, which spares the
         event loop (which every request needs) one ranking per request.
         """
         return await self._submit(model, user, seq, k, exclude)
 
-    async def _submit(self, model: OnnxModel, user: int, seq: np.ndarray, k: int,
+    async def _submit(self, model: Ranker, user: int, seq: np.ndarray, k: int,
                       exclude: np.ndarray | None) -> Ranked:
         loop = asyncio.get_running_loop()
         job = _Job(model, user, seq, loop.create_future(), loop.time(), k, exclude)
-        if not self.running or self._queue is None:
-            return (await loop.run_in_executor(None, self._run, model, [job]))[0]
-        await self._queue.put(job)
-        return await job.future
+        self._pending[model] = self._pending.get(model, 0) + 1
+        try:
+            if not self.running or self._queue is None:
+                return (await self._rank(model, [job], None))[0]
+            await self._queue.put(job)
+            return await job.future
+        finally:
+            left = self._pending.pop(model) - 1
+            if left:
+                self._pending[model] = left
 
-    def _run(self, model: OnnxModel, jobs: list[_Job]) -> list[Ranked]:
-        """Score a batch, then rank every row (one vectorised pass)."""
+    async def drained(self, model: Ranker, poll_s: float = 0.05) -> None:
+        """Wait until no request admitted with ``model`` is still waiting for an answer."""
+        while model in self._pending:
+            await asyncio.sleep(poll_s)
+
+    async def _rank(self, model: Ranker, jobs: list[_Job],
+                    executor: ThreadPoolExecutor | None) -> list[Ranked]:
+        """Score and rank a batch (ranking is one vectorised pass over its rows).
+
+        A model process is driven from the event loop itself (no thread between them); an
+        in-process model runs in ``executor`` (None: the loop's default pool).
+        """
         started = time.perf_counter()
-        scores = model.run(np.asarray([j.user for j in jobs], dtype=np.int64),
-                           [j.seq for j in jobs])
+        batch = (np.asarray([j.user for j in jobs], dtype=np.int64), [j.seq for j in jobs],
+                 [j.k for j in jobs], [j.exclude for j in jobs])
+        if isinstance(model, ModelProcess):
+            ranked = await model.rank_async(*batch)
+        else:
+            ranked = await asyncio.get_running_loop().run_in_executor(executor, model.rank,
+                                                                      *batch)
         if self.metrics is not None:
             self.metrics.inference_latency.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(jobs))
-        return top_k_rows(scores, [j.k for j in jobs], [j.exclude for j in jobs])
+        return ranked
 
     async def _loop(self) -> None:
         assert self._queue is not None and self._slots is not None
@@ -377,8 +438,7 @@ class MicroBatcher:
             for job in live:
                 self.metrics.queue_wait.observe(now - job.enqueued)
         try:
-            results = await loop.run_in_executor(self._executor, self._run, live[0].model,
-                                                 live)
+            results = await self._rank(live[0].model, live, self._executor)
         except Exception as exc:
             log.exception("inference failed for a batch of %d", len(live))
             for job in live:

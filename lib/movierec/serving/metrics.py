@@ -73,7 +73,8 @@ class ServingMetrics:
         request_latency: Seconds per request, by route template, method and status.
         batch_size: Requests per ONNX Runtime call.
         queue_wait: Seconds a request waited in the micro-batch queue.
-        inference_latency: Seconds per ONNX Runtime call.
+        inference_latency: Seconds per micro-batch in the model: scoring and ranking (with
+            the model process, the whole round trip).
         fallbacks: Requests served by a fallback, by kind (``no_user_embedding``,
             ``popularity``).
         unknown_items: Movie ids in requests that the served bundle does not know.
@@ -100,7 +101,7 @@ class ServingMetrics:
             "movierec_queue_wait_seconds", "Seconds a request waited for its micro-batch.",
             buckets=WAIT_BUCKETS, registry=reg)
         self.inference_latency = Histogram(
-            "movierec_inference_seconds", "Seconds per ONNX Runtime call.",
+            "movierec_inference_seconds", "Seconds per micro-batch in the model (score and rank).",
             buckets=LATENCY_BUCKETS, registry=reg)
         self.fallbacks = Counter(
             "movierec_fallbacks", "Requests served by a fallback, by kind.",

@@ -36,6 +36,8 @@ class ServeSettings(BaseModel):
         max_batch_size: Requests per ONNX Runtime call; 1 disables micro-batching.
         max_queue_delay_ms: How long a request may wait for others to join its batch.
         threads: ONNX Runtime intra-op threads (None: one per physical core).
+        model_process: Run the model in a child process (default), so it never waits for
+            the event loop's GIL; False keeps it in a thread of the server process.
         max_sequence_length: Longest ``sequence`` a request may send.
         max_body_bytes: Request body limit (413 beyond it).
         max_feedback_body_bytes: Body limit of ``/feedback`` (1000 events need ~80 KB).
@@ -59,6 +61,7 @@ class ServeSettings(BaseModel):
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_queue_delay_ms: float = Field(2.0, ge=0, le=1000)
     threads: int | None = Field(None, ge=1, le=256)
+    model_process: bool = True
     max_sequence_length: int = Field(1000, ge=1, le=100_000)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_feedback_body_bytes: int = Field(256 * 1024, ge=1024)

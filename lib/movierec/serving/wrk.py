@@ -128,10 +128,43 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return parsed
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a server's model process is its child)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # the process ended while we looked
+            continue
+    tree = [pid]
+    for member in tree:
+        tree.extend(child for child, parent in parents.items() if parent == member)
+    return tree
+
+
 def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) from ``/proc/PID/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and its live descendants (``/proc/PID/stat``)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Sum of the peak resident sizes (``VmHWM``) of a process and its live descendants."""
+    total_kib = 0
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        total_kib += sum(int(line.split()[1]) for line in status.splitlines()
+                         if line.startswith("VmHWM:"))
+    return round(total_kib / 1024, 1)
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -248,5 +281,6 @@ def run_wrk(url: str, pid: int, connections: int, seconds: float, script: Path, 
     return point
 
 
-__all__ = ["PACING_HOOK", "RECOMMEND_SCRIPT", "machine_cpu", "parse_wrk", "proc_cpu_seconds",
-           "run_wrk", "scrape_engine", "write_recommend_script"]
+__all__ = ["PACING_HOOK", "RECOMMEND_SCRIPT", "machine_cpu", "parse_wrk", "peak_rss_mib",
+           "proc_cpu_seconds", "process_tree", "run_wrk", "scrape_engine",
+           "write_recommend_script"]
