@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +20,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from movierec.serving.app import ServeSettings, create_app
+from movierec.serving.engine import OnnxModel
 from movierec.serving.feedback import FeedbackStoreError, open_store
 from movierec.serving.logs import JsonFormatter
 from movierec.serving.metrics import PERCENTILE_BUCKETS, BatchHistogram
 from movierec.serving.page import PAGE
+from movierec.serving.worker import ModelProcess
 from tests.unit.test_serving_bundle import (
     MARKUP_TITLE,
     N_USERS,
@@ -176,6 +181,32 @@ def test_health_ready_version(client: TestClient, bundle_dir: Path, tmp_path: Pa
         "model_kind": "tiny", "git_commit": "abc123"}
     unstarted = make_client(bundle_dir, tmp_path / "other")  # lifespan not run yet
     assert unstarted.get("/ready").status_code == 503
+
+
+def test_a_dead_model_process_fails_health_and_readiness(bundle_dir: Path,
+                                                         tmp_path: Path) -> None:
+    with make_client(bundle_dir, tmp_path) as client:
+        model = client.app.state.serving.bundle.model  # type: ignore[attr-defined]
+        assert isinstance(model, ModelProcess) and model.pid is not None
+        os.kill(model.pid, signal.SIGKILL)
+        for _ in range(100):
+            if not model.alive:
+                break
+            time.sleep(0.02)
+        assert client.get("/health").status_code == 503
+        assert "model process" in client.get("/ready").json()["reason"]
+        failed = client.post("/recommend", json={"sequence": [movie_id(1)]})
+        assert failed.status_code == 503 and "model process is gone" in failed.json()["message"]
+
+
+def test_the_model_can_run_in_a_thread_instead(bundle_dir: Path, tmp_path: Path) -> None:
+    with make_client(bundle_dir, tmp_path, model_process=False) as client:
+        assert isinstance(client.app.state.serving.bundle.model,  # type: ignore[attr-defined]
+                          OnnxModel)
+        with make_client(bundle_dir, tmp_path / "p") as other:
+            for body in ({"user_id": user_id(2)}, {"sequence": [movie_id(3), movie_id(9)]}):
+                assert (client.post("/recommend", json=body).json()["items"]
+                        == other.post("/recommend", json=body).json()["items"])
 
 
 def test_metrics_exposition(client: TestClient) -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -61,6 +61,7 @@ from movierec.serving.schemas import (
     VersionResponse,
 )
 from movierec.serving.settings import ENV_ADMIN_TOKEN, ServeSettings
+from movierec.serving.worker import ModelProcessError
 
 __all__ = ["BundleError", "ServeSettings", "ServingState", "create_app", "run_server"]
 log = logging.getLogger("movierec.serving")
@@ -197,6 +198,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   responses=ERROR_RESPONSES)
     app.state.serving = state
     app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[arg-type]
+
+    @app.exception_handler(ModelProcessError)
+    async def model_process_error(request: Request, exc: ModelProcessError) -> JSONResponse:
+        log.error("model process error", extra={"error": str(exc)})
+        return JSONResponse({"message": f"{exc}; the service cannot score until it is "
+                             "restarted or a bundle is reloaded"}, status_code=503,
+                            headers={"Retry-After": FEEDBACK_RETRY_AFTER_S})
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_body_bytes,
                        limits={"/feedback": settings.max_feedback_body_bytes})
     if settings.cors_origins:
@@ -216,10 +224,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         # Browsers ask for it on every page load; "no content" keeps their consoles clean.
         return Response(status_code=204)
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    @app.get("/health", responses={503: {}})
+    async def health() -> JSONResponse:
+        """Liveness: the process answers and its model process runs (else restart me)."""
+        if not state.bundle.model.alive:
+            return JSONResponse({"status": "model process exited"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/ready", response_model=ReadyResponse)
     async def ready() -> JSONResponse:
@@ -227,6 +237,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if not state.started:
             return JSONResponse(ReadyResponse(ready=False, reason="starting or stopping")
                                 .model_dump(), status_code=503)
+        if not state.bundle.model.alive:
+            return JSONResponse(ReadyResponse(
+                ready=False, reason="the model process has exited: restart the server or "
+                "reload a bundle (POST /admin/reload)").model_dump(), status_code=503)
         return JSONResponse(ReadyResponse(ready=True, version=state.bundle.version).model_dump())
 
     @app.get("/version", response_model=VersionResponse)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
-import os
 import queue
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 
 from movierec.export.runtime import Device
 from movierec.serving.catalog import BundleError
+from movierec.serving.ranking import Ranked
 
 # Batches in flight at once: the micro-batcher hands over one running and one waiting.
 SLOTS = 2
@@ -37,7 +39,6 @@ READY_TIMEOUT_S = 300.0
 # Exclusion codes in the batch message: no exclusion, or the row's own history.
 NO_EXCLUDE, EXCLUDE_HISTORY = -1, -2
 _OK, _FAILED = b"\x00", b"\x01"
-Ranked = tuple[np.ndarray, np.ndarray]  # item indices (best first) and their scores
 
 
 class ModelProcessError(RuntimeError):
@@ -105,7 +106,7 @@ def decode_ranked(message: bytes) -> list[Ranked]:
 def _serve(path: str, max_len: int, n_items: int, threads: int | None, device: Device,
            warm_item: int, conns: list[Connection]) -> None:
     """The child process: load, warm up, then rank batches until every pipe is closed."""
-    from movierec.serving.engine import OnnxModel  # noqa: PLC0415 - the child's own import
+    from movierec.serving.engine import OnnxModel  # noqa: PLC0415 - engine imports us
 
     # Ctrl-C reaches the whole process group; the server shuts the child down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -132,20 +133,14 @@ def _serve(path: str, max_len: int, n_items: int, threads: int | None, device: D
             conn.send_bytes(reply)
 
 
-def _widen(conn: Connection) -> None:
+def _widen(sock: socket.socket) -> None:
     """Ask for 1 MiB socket buffers, so a large batch is written without waiting.
 
-    ``Pipe()`` is a Unix socket pair: a batch of long histories (hundreds of KB) would
-    otherwise make ``send_bytes`` wait, on the event loop, until the child reads.
+    A batch of long histories (hundreds of KB) would otherwise make ``send_bytes`` wait,
+    on the event loop, until the child reads.
     """
-    import socket  # noqa: PLC0415
-
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
-    try:
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, PIPE_BUFFER_BYTES)
-    finally:
-        sock.close()
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, PIPE_BUFFER_BYTES)
 
 
 class ModelProcess:
@@ -163,19 +158,20 @@ class ModelProcess:
         Raises:
             BundleError: The child could not load the model, or did not answer in time.
         """
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-        pipes = [context.Pipe() for _ in range(SLOTS)]
-        for parent, _ in pipes:
-            _widen(parent)
-        self._process = context.Process(
-            target=_serve, name="movierec-model", daemon=True,
-            args=(str(path), max_len, n_items, threads, device, warm_item,
-                  [child for _, child in pipes]))
-        self._process.start()
-        for _, child in pipes:
-            child.close()
-        self._conns = [parent for parent, _ in pipes]
-        # A Queue, not a SimpleQueue: its waiters are served first come, first served.
+        # A fresh interpreter (``python -m movierec.serving.worker``), not multiprocessing:
+        # no fork of a threaded server, and unlike "spawn" it never re-runs the caller's
+        # main script, which need not be guarded by ``if __name__ == "__main__"``.
+        pairs = [socket.socketpair() for _ in range(SLOTS)]
+        for ours, _ in pairs:
+            _widen(ours)
+        fds = [theirs.fileno() for _, theirs in pairs]
+        spec = {"path": str(path), "max_len": max_len, "n_items": n_items, "threads": threads,
+                "device": device, "warm_item": warm_item, "fds": fds}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "movierec.serving.worker", json.dumps(spec)], pass_fds=fds)
+        for _, theirs in pairs:
+            theirs.close()
+        self._conns = [Connection(ours.detach()) for ours, _ in pairs]
         self._free: queue.Queue[Connection] = queue.Queue()
         self._slots: asyncio.Semaphore | None = None
         reply = b""
@@ -188,7 +184,7 @@ class ModelProcess:
             self.close()
             why = (reply[1:].decode() if reply else
                    f"the model process did not become ready in {READY_TIMEOUT_S:.0f} s "
-                   f"(exit code {self._process.exitcode})")
+                   f"(exit code {self._process.poll()})")
             raise BundleError(f"{path}: {why}")
         self.providers: list[str] = json.loads(reply[1:])
         for conn in self._conns:
@@ -197,7 +193,7 @@ class ModelProcess:
     @property
     def alive(self) -> bool:
         """Whether the child process still runs."""
-        return self._process.is_alive()
+        return self._process.poll() is None
 
     @property
     def pid(self) -> int | None:
@@ -218,7 +214,7 @@ class ModelProcess:
             reply = conn.recv_bytes()  # blocks without the GIL
         except (EOFError, OSError) as exc:
             raise ModelProcessError(f"the model process is gone (exit code "
-                                    f"{self._process.exitcode})") from exc
+                                    f"{self._process.poll()})") from exc
         finally:
             self._free.put(conn)
         if reply[:1] != _OK:
@@ -264,12 +260,12 @@ class ModelProcess:
             except OSError as exc:
                 self._free.put(conn)
                 raise ModelProcessError(f"the model process is gone (exit code "
-                                        f"{self._process.exitcode})") from exc
+                                        f"{self._process.poll()})") from exc
             loop.add_reader(conn.fileno(), on_readable)
             reply = await replied
         if isinstance(reply, BaseException):
             raise ModelProcessError(f"the model process is gone (exit code "
-                                    f"{self._process.exitcode})") from reply
+                                    f"{self._process.poll()})") from reply
         if reply[:1] != _OK:
             raise ModelProcessError(f"the model process failed a batch: {reply[1:].decode()}")
         return decode_ranked(reply[1:])
@@ -278,7 +274,19 @@ class ModelProcess:
         """Close the pipes (the child then exits) and wait for the child."""
         for conn in self._conns:
             conn.close()
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout)
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout)
+
+
+def main(spec_json: str) -> None:
+    """Entry point of the child: ``python -m movierec.serving.worker SPEC_JSON``."""
+    spec = json.loads(spec_json)
+    _serve(spec["path"], spec["max_len"], spec["n_items"], spec["threads"], spec["device"],
+           spec["warm_item"], [Connection(fd) for fd in spec["fds"]])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
