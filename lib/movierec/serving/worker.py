@@ -181,10 +181,13 @@ class ModelProcess:
             except EOFError:
                 reply = b""
         if reply[:1] != _OK:
+            code = self._process.poll()
             self.close()
             why = (reply[1:].decode() if reply else
-                   f"the model process did not become ready in {READY_TIMEOUT_S:.0f} s "
-                   f"(exit code {self._process.poll()})")
+                   f"the model process did not become ready in {READY_TIMEOUT_S:.0f} s"
+                   if code is None else
+                   f"the model process exited with code {code} while loading (its error "
+                   "is in the output above)")
             raise BundleError(f"{path}: {why}")
         self.providers: list[str] = json.loads(reply[1:])
         for conn in self._conns:
