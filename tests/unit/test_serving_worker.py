@@ -21,6 +21,7 @@ from movierec.serving.engine import OnnxModel
 from movierec.serving.worker import (
     ModelProcess,
     ModelProcessError,
+    _child_environment,
     decode_batch,
     decode_ranked,
     encode_batch,
@@ -147,3 +148,12 @@ def test_the_child_exits_when_its_parent_is_killed(bundle: Path) -> None:
         assert not _running(child), "the model process outlived its server"
     finally:
         parent.kill()
+
+
+def test_the_child_imports_the_same_movierec_as_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import movierec
+
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    first, *rest = _child_environment()["PYTHONPATH"].split(os.pathsep)
+    assert Path(first) / "movierec" == Path(movierec.__file__).resolve().parent
+    assert rest == ["/elsewhere"]

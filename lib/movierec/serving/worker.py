@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import signal
 import socket
@@ -143,6 +144,18 @@ def _widen(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, option, PIPE_BUFFER_BYTES)
 
 
+def _child_environment() -> dict[str, str]:
+    """Our environment, with the folder holding this ``movierec`` first on the path.
+
+    So the child runs the same code as the server even where the package is not installed
+    (a notebook that put ``lib`` on ``sys.path``).
+    """
+    here = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 class ModelProcess:
     """An :class:`~movierec.serving.engine.OnnxModel` in a child process, same ``rank``.
 
@@ -168,7 +181,8 @@ class ModelProcess:
         spec = {"path": str(path), "max_len": max_len, "n_items": n_items, "threads": threads,
                 "device": device, "warm_item": warm_item, "fds": fds}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "movierec.serving.worker", json.dumps(spec)], pass_fds=fds)
+            [sys.executable, "-m", "movierec.serving.worker", json.dumps(spec)], pass_fds=fds,
+            env=_child_environment())
         for _, theirs in pairs:
             theirs.close()
         self._conns = [Connection(ours.detach()) for ours, _ in pairs]
