@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -115,6 +116,9 @@ def test_a_dead_process_fails_calls_clearly_and_close_ends_it(bundle: Path) -> N
     os.kill(model.pid, signal.SIGKILL)
     with pytest.raises(ModelProcessError, match="gone"):
         model.rank(*_batch(0))
+    deadline = time.monotonic() + 10  # its sockets close a moment before it can be reaped
+    while model.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not model.alive
     model.close()
     healthy = ModelProcess(bundle / "model.onnx", MAX_LEN, N_ITEMS, threads=1)
@@ -157,3 +161,22 @@ def test_the_child_imports_the_same_movierec_as_the_server(monkeypatch: pytest.M
     first, *rest = _child_environment()["PYTHONPATH"].split(os.pathsep)
     assert Path(first) / "movierec" == Path(movierec.__file__).resolve().parent
     assert rest == ["/elsewhere"]
+
+
+def test_a_cancelled_call_leaves_no_reply_for_the_next(bundle: Path) -> None:
+    model = ModelProcess(bundle / "model.onnx", MAX_LEN, N_ITEMS, threads=1)
+    seeds = (2, 3, 4, 5)
+
+    async def main() -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        cancelled = asyncio.create_task(model.rank_async(*_batch(1)))
+        await asyncio.sleep(0)  # the batch is sent, its reply not yet read
+        cancelled.cancel()
+        return [await model.rank_async(*_batch(seed)) for seed in seeds]
+
+    try:
+        got = asyncio.run(main())
+        want = [model.rank(*_batch(seed)) for seed in seeds]
+    finally:
+        model.close()
+    for answer, expected in zip(got, want, strict=True):
+        assert [items.tolist() for items, _ in answer] == [i.tolist() for i, _ in expected]
