@@ -475,7 +475,7 @@ class Server:
         """SIGINT (graceful shutdown), SIGKILL after ``grace`` seconds; record the peak RSS."""
         usage = None
         if self.proc.returncode is None:
-            self.peak_rss_mib = wrk.peak_rss_mib(self.proc.pid)  # with its model process
+            self.peak_rss_mib = wrk.memory_mib(self.proc.pid)  # peak, with its model process
             self.proc.send_signal(signal.SIGINT)
             deadline = time.perf_counter() + grace
             try:

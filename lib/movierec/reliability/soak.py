@@ -25,11 +25,11 @@ MAX_RSS_GROWTH = 0.10
 
 
 def rss_mib(pid: int) -> float:
-    """Resident memory of a process in MiB (``VmRSS`` in ``/proc/PID/status``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise ProcessLookupError(f"process {pid} has no VmRSS (exited?)")
+    """Resident memory in MiB of a server and its model process (``VmRSS``, ``/proc``)."""
+    rss = wrk.memory_mib(pid, "VmRSS")
+    if not rss:
+        raise ProcessLookupError(f"process {pid} has no VmRSS (exited?)")
+    return rss
 
 
 def _run(service: LiveService, connections: int, seconds: float, lua: Path

@@ -128,12 +128,17 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return parsed
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (field 3 onwards)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its live descendants (a server's model process is its child)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            parents[int(stat.parent.name)] = int(_stat_fields(int(stat.parent.name))[1])
         except (OSError, ValueError, IndexError):  # the process ended while we looked
             continue
     tree = [pid]
@@ -147,15 +152,18 @@ def proc_cpu_seconds(pid: int) -> float:
     total = 0
     for member in process_tree(pid):
         try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(member)
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mib(pid: int) -> float:
-    """Sum of the peak resident sizes (``VmHWM``) of a process and its live descendants."""
+def memory_mib(pid: int, field: str = "VmHWM") -> float:
+    """Sum of a ``/proc/PID/status`` memory field over a process and its live descendants.
+
+    ``VmHWM`` is each process's peak resident size, ``VmRSS`` its current one.
+    """
     total_kib = 0
     for member in process_tree(pid):
         try:
@@ -163,7 +171,7 @@ def peak_rss_mib(pid: int) -> float:
         except OSError:
             continue
         total_kib += sum(int(line.split()[1]) for line in status.splitlines()
-                         if line.startswith("VmHWM:"))
+                         if line.startswith(f"{field}:"))
     return round(total_kib / 1024, 1)
 
 
@@ -281,6 +289,6 @@ def run_wrk(url: str, pid: int, connections: int, seconds: float, script: Path, 
     return point
 
 
-__all__ = ["PACING_HOOK", "RECOMMEND_SCRIPT", "machine_cpu", "parse_wrk", "peak_rss_mib",
+__all__ = ["PACING_HOOK", "RECOMMEND_SCRIPT", "machine_cpu", "memory_mib", "parse_wrk",
            "proc_cpu_seconds", "process_tree", "run_wrk", "scrape_engine",
            "write_recommend_script"]
