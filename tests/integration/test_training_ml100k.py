@@ -39,6 +39,42 @@ def test_ray_train_two_workers_resumes_after_a_failure(small_prepared: Path) -> 
     # The weights that came back are the best validation epoch's, across the restart.
     best = max(h["epoch_valid_ndcg_10"] for h in result.history)
     assert result.valid["full"]["ndcg@10"] == pytest.approx(best)
+    # The refit ran on the workers too, for the selected number of epochs.
+    assert [h["epoch"] for h in result.refit_history] == list(range(1, result.best_epoch + 1))
     crashed = list((Path(__import__("os").environ["MOVIEREC_HOME"]) / "ray_results")
                    .glob("*.crashed"))
     assert len(crashed) == 1
+
+
+def test_tune_saves_a_trainable_best_config_and_logs_trials(small_prepared: Path,
+                                                            tmp_path: Path) -> None:
+    import json
+
+    import mlflow
+    import ray
+
+    from movierec.cli.main import main
+
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"batch_size": 16, "threads": 1, "epochs": 50,
+                                "model": {"max_len": 20}}))
+    out = tmp_path / "best.json"
+    try:
+        assert main(["tune", "--data", str(small_prepared), "--samples", "2",
+                     "--max-epochs", "2", "--grace-epochs", "1", "--concurrent", "2",
+                     "--config", str(base), "--out", str(out)]) == 0
+    finally:
+        ray.shutdown()
+    best = TrainConfig.from_file(out)
+    # The base's own settings survive; trials ran 2 epochs without refit, the final run won't.
+    assert best.epochs == 50 and best.refit and best.model.max_len == 20
+    assert best.model.d_item in (32, 50, 64) and best.model.d_item == best.model.d_user
+    parent = mlflow.search_runs(filter_string="tags.kind = 'tune'", output_format="list")[0]
+    trials = mlflow.search_runs(filter_string="tags.kind = 'trial' and "
+                                f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                output_format="list")
+    assert len(trials) == 2
+    for trial in trials:
+        steps = mlflow.MlflowClient().get_metric_history(trial.info.run_id,
+                                                         "epoch_valid_ndcg_10")
+        assert 1 <= len(steps) <= 2

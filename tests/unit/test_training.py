@@ -9,7 +9,7 @@ from movierec.data.dataset import load_sequences
 from movierec.evaluation.metrics import ndcg_at_k
 from movierec.evaluation.protocols import rank_users
 from movierec.training.config import TrainConfig
-from movierec.training.loop import LocalHooks, fit, make_scorer
+from movierec.training.loop import LocalHooks, fit, make_scorer, refit_sequences
 
 SMALL = {"epochs": 6, "batch_size": 32, "lr": 0.005, "threads": 1,
          "model": {"max_len": 20, "d_item": 16, "d_user": 8, "n_blocks": 1}}
@@ -34,7 +34,8 @@ def test_two_runs_with_the_same_seed_are_identical(small_prepared: Path) -> None
 
 def test_early_stopping_restores_the_best_validation_epoch(small_prepared: Path) -> None:
     data = load_sequences(small_prepared)
-    config = TrainConfig.model_validate({**SMALL, "epochs": 12, "patience": 2, "lr": 0.02})
+    config = TrainConfig.model_validate({**SMALL, "epochs": 12, "patience": 2, "lr": 0.02,
+                                         "refit": False})
     result = fit(config, data, progress=False)
     scores = [h["epoch_valid_ndcg_10"] for h in result.history]
     assert result.best_epoch == int(np.argmax(scores)) + 1
@@ -50,14 +51,76 @@ def test_early_stopping_restores_the_best_validation_epoch(small_prepared: Path)
 def test_in_process_resume_continues_from_the_checkpoint(small_prepared: Path,
                                                          tmp_path: Path) -> None:
     data = load_sequences(small_prepared)
-    full = fit(TrainConfig.model_validate({**SMALL, "epochs": 4}), data, progress=False)
-    fit(TrainConfig.model_validate({**SMALL, "epochs": 2}), data,
+    # Without refit: a finished 2-epoch selection is extended to 4 epochs.
+    small = {**SMALL, "refit": False}
+    full = fit(TrainConfig.model_validate({**small, "epochs": 4}), data, progress=False)
+    fit(TrainConfig.model_validate({**small, "epochs": 2}), data,
         LocalHooks(tmp_path, resume=False), progress=False)
-    resumed = fit(TrainConfig.model_validate({**SMALL, "epochs": 4}), data,
+    resumed = fit(TrainConfig.model_validate({**small, "epochs": 4}), data,
                   LocalHooks(tmp_path, resume=True), progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert [h["loss"] for h in resumed.history] == pytest.approx(
         [h["loss"] for h in full.history])
+
+
+def test_refit_retrains_on_train_and_valid_for_the_selected_epochs(
+        small_prepared: Path) -> None:
+    data = load_sequences(small_prepared)
+    config = TrainConfig.model_validate({**SMALL, "epochs": 5})
+    selected = fit(config.model_copy(update={"refit": False}), data, progress=False)
+    refit = fit(config, data, progress=False)
+    # Selection is untouched: same epochs, same best epoch, same validation metrics.
+    assert [h["loss"] for h in refit.history] == [h["loss"] for h in selected.history]
+    assert refit.best_epoch == selected.best_epoch and refit.valid == selected.valid
+    # The refit ran exactly the selected number of epochs, without validation.
+    assert [h["epoch"] for h in refit.refit_history] == list(range(1, refit.best_epoch + 1))
+    assert all("epoch_valid_ndcg_10" not in h for h in refit.refit_history)
+    assert refit.refit_epochs == refit.best_epoch and selected.refit_epochs == 0
+    # A different model, so a different test score.
+    a, b = selected.model.state_dict(), refit.model.state_dict()
+    assert any(not __import__("torch").equal(a[k], b[k]) for k in a)
+    assert refit.test != selected.test
+
+
+def test_refit_sequences_append_each_users_valid_item(small_prepared: Path) -> None:
+    data = load_sequences(small_prepared)
+    sequences = refit_sequences(data)
+    assert len(sequences) == data.n_users + 1
+    for user in range(1, data.n_users + 1):
+        expected = data.train[user] if not data.valid_item[user] else np.append(
+            data.train[user], data.valid_item[user])
+        assert sequences[user].tolist() == expected.tolist()
+        assert data.test_item[user] == 0 or sequences[user][-1] != data.test_item[user]
+
+
+class _CrashInRefit(LocalHooks):
+    """Checkpoints like LocalHooks, then fails once after the first refit epoch."""
+
+    crashed = False
+
+    def report(self, record: dict, state: dict) -> None:
+        super().report(record, state)
+        if "refit_loss" in record and not _CrashInRefit.crashed:
+            _CrashInRefit.crashed = True
+            raise RuntimeError("injected failure in the refit")
+
+
+def test_a_crash_in_the_refit_resumes_in_the_refit(small_prepared: Path,
+                                                    tmp_path: Path) -> None:
+    data = load_sequences(small_prepared)
+    config = TrainConfig.model_validate({**SMALL, "epochs": 4, "patience": 4})
+    uninterrupted = fit(config, data, progress=False)
+    assert uninterrupted.refit_epochs >= 2, "needs a refit of two epochs or more"
+    with pytest.raises(RuntimeError, match="injected"):
+        fit(config, data, _CrashInRefit(tmp_path), progress=False)
+    resumed = fit(config, data, LocalHooks(tmp_path, resume=True), progress=False)
+    assert [h["epoch"] for h in resumed.history] == [h["epoch"] for h in
+                                                     uninterrupted.history]
+    assert [h["refit_loss"] for h in resumed.refit_history] == pytest.approx(
+        [h["refit_loss"] for h in uninterrupted.refit_history])
+    assert resumed.valid == uninterrupted.valid
+    for protocol in ("sampled", "full"):
+        assert resumed.test[protocol] == pytest.approx(uninterrupted.test[protocol])
 
 
 def test_cli_train_contract_and_mlflow_record(small_prepared: Path, tmp_path: Path) -> None:
@@ -82,6 +145,13 @@ def test_cli_train_contract_and_mlflow_record(small_prepared: Path, tmp_path: Pa
     assert "test_full_ndcg_10" in run.data.metrics
     history = mlflow.MlflowClient().get_metric_history(summary["run_id"], "loss")
     assert [m.step for m in history] == [1, 2]
+    # Refit by default: its epochs are logged apart from the selection's.
+    assert summary["refit_epochs"] == summary["best_epoch"] >= 1
+    refit = mlflow.MlflowClient().get_metric_history(summary["run_id"], "refit_loss")
+    assert [m.step for m in refit] == list(range(1, summary["best_epoch"] + 1))
+    assert main(["train", "--data", str(small_prepared), "--epochs", "1", "--no-refit",
+                 "--config", str(config), "--metrics-out", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["refit_epochs"] == 0
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"])}
     assert {"config.json", "dataset.json", "model", "id_mapping"} <= artifacts
 
@@ -102,6 +172,15 @@ def test_evaluate_compares_runs_and_reports_cis(small_prepared: Path, tmp_path: 
     assert report["metrics"]["full"]["ndcg@10"] == pytest.approx(
         json.loads((tmp_path / "pop.json").read_text())["test"]["full"]["ndcg@10"])
     assert "history_length" in report["slices"] and "gender" in report["slices"]
+    assert "warning" not in report
+    # On validation, the refit SASRec's report says its figures are optimistic.
+    sasrec = json.loads((tmp_path / "sasrec.json").read_text())["run_id"]
+    assert main(["evaluate", sasrec, run_id, "--data", str(small_prepared), "--split", "valid",
+                 "--out", str(tmp_path / "ev-valid")]) == 0
+    assert "refit on train + valid" in capsys.readouterr().out
+    reports = {r: json.loads((tmp_path / "ev-valid" / f"report-{r}.json").read_text())
+               for r in (sasrec, run_id)}
+    assert "warning" in reports[sasrec] and "warning" not in reports[run_id]
 
 
 def test_fast_ce_objective_equals_the_full_catalogue_reference() -> None:

@@ -38,6 +38,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for run_id in run_ids:
             report = evaluate_run(run_id, args.data, args.split)
             (args.out / f"report-{run_id}.json").write_text(json.dumps(report, indent=2) + "\n")
+            if "warning" in report:
+                print(f"warning ({run_id[:8]}): {report['warning']}")
             ci = report["ci95"]["full"]["ndcg@10"]
             print(f"{report['model']} ({run_id[:8]}): full NDCG@10 "
                   f"{report['metrics']['full']['ndcg@10']:.4f} [95% CI {ci[0]:.4f}, {ci[1]:.4f}]")

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="Ray Train checkpoints and results: a folder or s3://BUCKET/PREFIX "
                        "(default: $MOVIEREC_RAY_STORAGE, else $MOVIEREC_HOME/ray_results); "
                        "needs --workers N >= 1")
+    train.add_argument("--refit", action=argparse.BooleanOptionalAction,
+                       help="after selection, retrain on train + valid items for the selected "
+                       "epochs and test that model (default: the config's, on)")
     train.add_argument("--config", type=Path, help="JSON TrainConfig for everything else")
     train.add_argument("--metrics-out", type=Path, help="write the result JSON here")
     train.add_argument("--checkpoint-dir", type=Path, help="in-process checkpoints (resumable)")
@@ -56,6 +59,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raw["epochs"] = args.epochs
     if args.seed is not None:
         raw["seed"] = args.seed
+    if args.refit is not None:
+        raw["refit"] = args.refit
     return TrainConfig.model_validate(raw)
 
 
@@ -77,7 +82,9 @@ def run_train(args: argparse.Namespace) -> int:
     summary = train_and_track(config, materialize(args.data), workers=args.workers, **options)
     print(f"run_id {summary['run_id']}")
     test = summary["test"]
-    print(f"{summary['model']}: best epoch {summary['best_epoch']}, "
+    refit = (f", refit {summary['refit_epochs']} epochs on train + valid"
+             if summary["refit_epochs"] else "")
+    print(f"{summary['model']}: best epoch {summary['best_epoch']}{refit}, "
           f"test sampled NDCG@10 {test['sampled']['ndcg@10']:.4f}, "
           f"full NDCG@10 {test['full']['ndcg@10']:.4f} ({summary['seconds']:.0f} s)")
     if args.metrics_out:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from movierec.data.columns import TEST
+from movierec.data.columns import TEST, VALID
 from movierec.data.dataset import load_sequences
 from movierec.evaluation.protocols import rank_users
 from movierec.evaluation.report import comparison_table, detailed_report
@@ -46,10 +46,20 @@ def compare_runs(run_ids: list[str], split: str = TEST) -> dict[str, Any]:
 
 
 def evaluate_run(run_id: str, data_dir: Path, split: str = TEST, seed: int = 0) -> dict[str, Any]:
-    """Reload a run's weights and compute the detailed report (CIs, slices) on ``split``."""
+    """Reload a run's weights and compute the detailed report (CIs, slices) on ``split``.
+
+    A refit model (``TrainConfig.refit``) learned the validation items, so its report on
+    ``valid`` carries a ``warning``; the run's logged ``valid_*`` metrics are the selected
+    model's and stay fair.
+    """
     model, config, _, tags = load_run_model(run_id, data_dir)
     data = load_sequences(data_dir)
     ranked = rank_users(make_scorer(model, torch.device("cpu")), data, split,
                         config.model.max_len, seed=seed)
-    return {"run_id": run_id, "model": tags.get("model"), **detailed_report(ranked, data, split,
-                                                                             seed=seed)}
+    report = {"run_id": run_id, "model": tags.get("model"),
+              **detailed_report(ranked, data, split, seed=seed)}
+    if split == VALID and config.baseline == "none" and config.refit:
+        report["warning"] = ("this model was refit on train + valid items, so its validation "
+                             "metrics are optimistic; compare models on test, or on the run's "
+                             "logged valid_* metrics (those of the selected model)")
+    return report

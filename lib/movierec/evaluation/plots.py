@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from movierec.training.tracking import configure
 
-HISTORY_METRICS = ("loss", "epoch_valid_ndcg_10")
+HISTORY_METRICS = ("loss", "epoch_valid_ndcg_10", "refit_loss")
 BAR_METRICS = ("ndcg@10", "hr@10")
 SLICE_METRIC = "ndcg@10"
 MAX_LABELLED_BARS = 12  # beyond this, value labels overlap
@@ -27,7 +27,7 @@ Reports = dict[str, dict[str, Any]]
 
 
 def run_history(run_id: str) -> list[dict[str, float]]:
-    """Per-epoch ``loss`` and ``epoch_valid_ndcg_10`` of an MLflow run, ordered by epoch.
+    """Per-epoch ``loss``, ``epoch_valid_ndcg_10`` and ``refit_loss`` of a run, by epoch.
 
     Runs without epochs (the popularity baseline) give an empty list. Epochs count from 1.
     """
@@ -54,11 +54,16 @@ def plot_learning_curves(histories: Histories,
     for name, history in histories.items():
         if not history:
             continue
-        for ax, key in ((loss_ax, "loss"), (ndcg_ax, "epoch_valid_ndcg_10")):
+        color = None
+        for ax, key, label in ((loss_ax, "loss", name), (loss_ax, "refit_loss", f"{name} refit"),
+                               (ndcg_ax, "epoch_valid_ndcg_10", name)):
             points = [(h["epoch"], h[key]) for h in history if key in h]
             if points:
                 epochs, values = zip(*points, strict=True)
-                ax.plot(epochs, values, marker="o", markersize=3, label=name)
+                # A run keeps one colour; its refit (train + valid items) is dashed.
+                line, = ax.plot(epochs, values, marker="o", markersize=3, label=label,
+                                color=color, linestyle="--" if key == "refit_loss" else "-")
+                color = line.get_color()
         scored = [h for h in history if "epoch_valid_ndcg_10" in h]
         if scored:
             best = max(scored, key=lambda h: h["epoch_valid_ndcg_10"])

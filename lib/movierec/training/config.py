@@ -27,6 +27,11 @@ class TrainConfig(BaseModel):
     lr: float = Field(4e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(10, ge=1, description="evaluations without validation gain")
+    refit: bool = Field(
+        True, description="after selection, retrain a fresh model (same seed) on train + "
+        "valid items for the selected number of epochs and test that one, so the model "
+        "learns each user's latest interaction; valid metrics stay the selected model's. "
+        "Chosen on validation only (bench/refit.py: nested split, the valid item as test)")
     eval_every: int = Field(1, ge=1, description="epochs between validation evaluations")
     eval_batch_size: int = Field(256, ge=1)
     seed: int = 0

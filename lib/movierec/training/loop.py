@@ -129,7 +129,12 @@ class LocalHooks:
 
 @dataclass
 class FitResult:
-    """The outcome of a training run (weights are the best validation epoch's)."""
+    """The outcome of a training run.
+
+    ``valid`` is always the selected model's (the best validation epoch's). With
+    ``TrainConfig.refit`` the returned ``model`` and ``test`` are those of the refit, which
+    also learned the validation items: its own validation scores would be optimistic.
+    """
 
     model: nn.Module
     best_epoch: int
@@ -138,12 +143,18 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     seconds_to_best: float = 0.0
+    refit_history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def seconds_per_epoch(self) -> float:
-        """Mean training seconds per epoch (validation excluded)."""
+        """Mean training seconds per epoch of the selection phase (validation excluded)."""
         times = [h["train_seconds"] for h in self.history]
         return float(np.mean(times)) if times else 0.0
+
+    @property
+    def refit_epochs(self) -> int:
+        """Epochs of the refit on train + valid (0 without refit)."""
+        return len(self.refit_history)
 
 
 def make_scorer(model: nn.Module, device: torch.device):
@@ -160,49 +171,68 @@ def make_scorer(model: nn.Module, device: torch.device):
     return score
 
 
+def evaluate_split(model: nn.Module, data: SequenceData, config: TrainConfig,
+                   device: torch.device, split: str) -> Metrics:
+    """Both protocols' metrics of ``model`` on ``split`` (``valid`` or ``test``)."""
+    ranked = rank_users(make_scorer(model, device), data, split, config.model.max_len,
+                        seed=config.eval_seed, batch_size=config.eval_batch_size)
+    return summarize(ranked, data)
+
+
 def final_metrics(model: nn.Module, data: SequenceData, config: TrainConfig,
                   device: torch.device) -> tuple[Metrics, Metrics]:
-    """Valid and test metrics of the selected model, both protocols (test computed here only)."""
-    scorer = make_scorer(model, device)
-    max_len = config.model.max_len
-    return tuple(summarize(rank_users(scorer, data, split, max_len, seed=config.eval_seed,
-                                      batch_size=config.eval_batch_size), data)
-                 for split in (VALID, TEST))  # type: ignore[return-value]
+    """Valid and test metrics of one model, both protocols."""
+    return (evaluate_split(model, data, config, device, VALID),
+            evaluate_split(model, data, config, device, TEST))
 
 
-def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
-        progress: bool = True) -> FitResult:
-    """Train, select on validation, restore the best epoch and evaluate on test once."""
-    hooks = hooks or LocalHooks()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    seed_everything(config.seed)
-    started = time.perf_counter()
-    device = hooks.device(config)
-    if config.baseline == "pop":
-        pop = PopularityModel(data.n_items).fit(data.train).to(device)
-        valid, test = final_metrics(pop, data, config, device)
-        return FitResult(pop, 0, valid, test, seconds=time.perf_counter() - started)
+def _new_state() -> dict[str, Any]:
+    """The loop state a checkpoint carries: phase, epoch, selection and records."""
+    return {"phase": "select", "epoch": 0, "best_score": -1.0, "best_epoch": 0,
+            "bad_evals": 0, "best_model": None, "history": [], "best_seconds": 0.0,
+            "valid": None, "refit_history": []}
 
-    model = build_model(config.model, data.n_users, data.n_items).to(device)
+
+def _validation_ndcg(model: nn.Module, data: SequenceData, config: TrainConfig,
+                     device: torch.device) -> float:
+    """Full-ranking NDCG@10 on validation: the selection metric, computed every epoch."""
+    ranks = rank_users(make_scorer(model, device), data, VALID, config.model.max_len,
+                       batch_size=config.eval_batch_size, sampled=False).full_ranks
+    return float(np.mean(1.0 / np.log2(ranks + 2.0) * (ranks < 10)))
+
+
+def refit_sequences(data: SequenceData) -> list[np.ndarray]:
+    """Training sequences of the refit: each user's test-time history, train + valid item."""
+    return [data.history(user, TEST) for user in range(data.n_users + 1)]
+
+
+def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: nn.Module,
+                 device: torch.device, state: dict[str, Any],
+                 resumed: dict[str, Any] | None, started: float, progress: bool) -> None:
+    """Run the epochs of ``state["phase"]``, reporting and checkpointing after each.
+
+    ``select`` trains on the training sequences, validates and stops early; ``refit``
+    retrains on train + valid items for the selected number of epochs, without validation.
+    """
+    refit = state["phase"] == "refit"
+    if not refit and state["bad_evals"] >= config.patience:
+        return  # resumed after selection had stopped early: nothing left to train
     objective = hooks.wrap(TrainingObjective(model, config.model.loss).to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
                                  weight_decay=config.weight_decay)
-    batches = TrainingBatches(data.train, data.n_users, data.n_items, config.model,
+    sequences = refit_sequences(data) if refit else data.train
+    batches = TrainingBatches(sequences, data.n_users, data.n_items, config.model,
                               config.batch_size, config.seed)
     per_worker = len(batches) // hooks.world_size or 1
-    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_evals": 0,
-                             "best_model": None, "history": [], "best_seconds": 0.0}
-    resumed = hooks.load_checkpoint()
     if resumed:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         torch.set_rng_state(resumed["torch_rng"])
-        state = resumed["loop"]
-    scorer = make_scorer(model, device)
-    bar = tqdm(range(state["epoch"] + 1, config.epochs + 1), desc=f"train {config.model.kind}",
-               unit="epoch", disable=not progress or hooks.rank != 0, initial=state["epoch"],
-               total=config.epochs)
+    epochs = state["best_epoch"] if refit else config.epochs
+    records = state["refit_history" if refit else "history"]
+    bar = tqdm(range(state["epoch"] + 1, epochs + 1),
+               desc=f"{'refit' if refit else 'train'} {config.model.kind}", unit="epoch",
+               disable=not progress or hooks.rank != 0, initial=state["epoch"], total=epochs)
     for epoch in bar:
         tick = time.perf_counter()
         objective.train()
@@ -217,13 +247,12 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)),
-                                  "train_seconds": time.perf_counter() - tick}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            ranked = rank_users(scorer, data, VALID, config.model.max_len,
-                                batch_size=config.eval_batch_size, sampled=False)
-            score = float(np.mean(1.0 / np.log2(ranked.full_ranks + 2.0)
-                                  * (ranked.full_ranks < 10)))
+        # Refit records get their own names: tracking logs both phases with epoch steps.
+        prefix = "refit_" if refit else ""
+        record: dict[str, Any] = {"epoch": epoch, f"{prefix}loss": float(np.mean(losses)),
+                                  f"{prefix}train_seconds": time.perf_counter() - tick}
+        if not refit and (epoch % config.eval_every == 0 or epoch == config.epochs):
+            score = _validation_ndcg(model, data, config, device)
             # Named apart from the final "valid_full_ndcg_10" metric that tracking logs.
             record["epoch_valid_ndcg_10"] = score
             if score > state["best_score"]:
@@ -232,18 +261,54 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
                              best_seconds=time.perf_counter() - started)
             else:
                 state["bad_evals"] += 1
-        state["history"].append(record)
+        records.append(record)
         state["epoch"] = epoch
-        bar.set_postfix(loss=f"{record['loss']:.4f}",
+        bar.set_postfix(loss=f"{record[prefix + 'loss']:.4f}",
                         valid_ndcg10=f"{state['best_score']:.4f}@{state['best_epoch']}")
         hooks.report(record, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "torch_rng": torch.get_rng_state(), "loop": state})
-        if state["bad_evals"] >= config.patience:
+        if not refit and state["bad_evals"] >= config.patience:
             break
     bar.close()
-    if state["best_model"] is not None:
-        model.load_state_dict(state["best_model"])
-    valid, test = final_metrics(model, data, config, device)
-    return FitResult(model, state["best_epoch"], valid, test, history=state["history"],
+
+
+def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
+        progress: bool = True) -> FitResult:
+    """Train, select on validation, optionally refit on train + valid, then test once.
+
+    Selection: epochs on the training sequences with validation every ``eval_every``,
+    early stopping, and the best epoch's weights restored; ``valid`` is measured on them.
+    Refit (``config.refit``): a fresh model with the same seed trained on train + valid
+    items for the selected number of epochs; ``test`` is measured on it.
+    """
+    hooks = hooks or LocalHooks()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    started = time.perf_counter()
+    device = hooks.device(config)
+    if config.baseline == "pop":
+        pop = PopularityModel(data.n_items).fit(data.train).to(device)
+        valid, test = final_metrics(pop, data, config, device)
+        return FitResult(pop, 0, valid, test, seconds=time.perf_counter() - started)
+
+    model = build_model(config.model, data.n_users, data.n_items).to(device)
+    resumed = hooks.load_checkpoint()
+    state = {**_new_state(), **resumed["loop"]} if resumed else _new_state()
+    if state["phase"] == "select":
+        _train_phase(config, data, hooks, model, device, state, resumed, started, progress)
+        if state["best_model"] is not None:
+            model.load_state_dict(state["best_model"])
+        state["valid"] = evaluate_split(model, data, config, device, VALID)
+        if config.refit and state["best_epoch"] > 0:
+            state.update(phase="refit", epoch=0, best_model=None)
+            resumed = None
+            seed_everything(config.seed)  # the refit starts from the same initial weights
+            model = build_model(config.model, data.n_users, data.n_items).to(device)
+    if state["phase"] == "refit":
+        _train_phase(config, data, hooks, model, device, state, resumed, started, progress)
+    test = evaluate_split(model, data, config, device, TEST)
+    return FitResult(model, state["best_epoch"], state["valid"], test, history=state["history"],
                      seconds=time.perf_counter() - started,
-                     seconds_to_best=state["best_seconds"])
+                     seconds_to_best=state["best_seconds"],
+                     refit_history=state["refit_history"])

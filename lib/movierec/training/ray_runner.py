@@ -101,7 +101,8 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     if hooks.rank == 0:
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"model": result.model.state_dict(), "valid": result.valid,
-                        "test": result.test, "history": result.history},
+                        "test": result.test, "history": result.history,
+                        "refit_history": result.refit_history},
                        Path(folder) / "final.pt")
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(folder))
     else:
@@ -178,4 +179,5 @@ def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bo
     return FitResult(model=model, best_epoch=int(result.metrics["best_epoch"]),
                      valid=final["valid"], test=final["test"], history=final["history"],
                      seconds=time.perf_counter() - started,
-                     seconds_to_best=float(result.metrics["seconds_to_best"]))
+                     seconds_to_best=float(result.metrics["seconds_to_best"]),
+                     refit_history=final["refit_history"])

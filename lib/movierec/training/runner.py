@@ -43,7 +43,8 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
     """Train, then log params, history, metrics, tags and artifacts to one MLflow run.
 
     Returns:
-        ``{"run_id", "best_epoch", "valid", "test", "seconds", ...}`` as printed by the CLI.
+        ``{"run_id", "best_epoch", "refit_epochs", "valid", "test", "seconds", ...}`` as
+        printed by the CLI (``valid`` is the selected model's, ``test`` the final model's).
     """
     data_dir = Path(data_dir)
     card = json.loads((data_dir / "dataset.json").read_text())
@@ -53,10 +54,11 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
             "runner": "ray" if workers and config.baseline != "pop" else "in-process"}
     params = {**config.model_dump(), "workers": workers, "data_dir": str(data_dir)}
     with tracked_run(run_name or name, params, tags, nested=nested) as mlflow:
-        log_history(mlflow, result.history)
+        log_history(mlflow, result.history + result.refit_history)
         mlflow.log_metrics({**metric_items(result.valid, "valid"),
                             **metric_items(result.test, "test"),
                             "best_epoch": result.best_epoch, "seconds": result.seconds,
+                            "refit_epochs": result.refit_epochs,
                             "seconds_to_best": result.seconds_to_best,
                             "seconds_per_epoch": result.seconds_per_epoch})
         log_json_artifact(mlflow, "config.json", config.model_dump())
@@ -69,6 +71,7 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
             mlflow.log_artifact(str(data_dir / table), artifact_path="id_mapping")
         run_id = mlflow.active_run().info.run_id
     return {"run_id": run_id, "model": name, "best_epoch": result.best_epoch,
+            "refit_epochs": result.refit_epochs,
             "valid": result.valid, "test": result.test, "seconds": round(result.seconds, 2),
             "seconds_to_best": round(result.seconds_to_best, 2),
             "seconds_per_epoch": round(result.seconds_per_epoch, 3),

@@ -88,11 +88,14 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig,
 
     if not ray.is_initialized():
         ray.init(num_cpus=tune_config.concurrent, include_dashboard=False, log_to_driver=False)
-    base = base.model_copy(update={"epochs": tune_config.max_epochs, "eval_every": 1})
+    # Trials are judged on validation, so a refit would only spend their time; the best
+    # config keeps the base's epochs and refit, for the final run's early stopping.
+    trial_base = base.model_copy(update={"epochs": tune_config.max_epochs, "eval_every": 1,
+                                         "refit": False})
     scheduler = ASHAScheduler(time_attr="epoch", max_t=tune_config.max_epochs,
                               grace_period=tune_config.grace_epochs,
                               reduction_factor=tune_config.reduction_factor)
-    trainable = tune.with_parameters(_trial, base=base.model_dump(),
+    trainable = tune.with_parameters(_trial, base=trial_base.model_dump(),
                                      data_dir=str(Path(data_dir).resolve()))
     space = search_space()
     tuner = tune.Tuner(
