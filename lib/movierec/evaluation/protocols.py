@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from movierec.data.dataset import SequenceData, left_pad
-from movierec.evaluation.metrics import pessimistic_ranks
+from movierec.evaluation.metrics import ndcg_at_k, pessimistic_ranks
 
 # (users [B], left-padded sequences [B, L]) -> scores of every item [B, n_items + 1].
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -137,3 +137,14 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
         top_k[rows] = np.take_along_axis(best, order, axis=1)
     return RankedUsers(users=users, sampled_ranks=sampled_ranks, full_ranks=full_ranks,
                        top_k=top_k)
+
+
+def full_ranking_ndcg(scorer: Scorer, data: SequenceData, split: str, max_len: int,
+                      batch_size: int = 256) -> float:
+    """Mean full-ranking NDCG@10 over ``split``'s users (no sampled negatives needed).
+
+    The selection metric of training, and the quality check of an export's parity report.
+    """
+    ranks = rank_users(scorer, data, split, max_len, batch_size=batch_size,
+                       sampled=False).full_ranks
+    return float(ndcg_at_k(ranks, TOP_K).mean())

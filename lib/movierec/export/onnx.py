@@ -33,8 +33,7 @@ from torch import nn
 
 from movierec.data.columns import VALID
 from movierec.data.dataset import SequenceData, left_pad
-from movierec.evaluation.metrics import ndcg_at_k
-from movierec.evaluation.protocols import Scorer, rank_users
+from movierec.evaluation.protocols import full_ranking_ndcg
 from movierec.export.runtime import MAX_LEN_KEY, SeqsAxisError, onnx_max_len, session_options
 from movierec.training.loop import make_scorer
 
@@ -254,12 +253,6 @@ def _top_k_overlap(expected: np.ndarray, got: np.ndarray, k: int) -> float:
     return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b, strict=True)]))
 
 
-def _full_ndcg(scorer: Scorer, data: SequenceData, max_len: int) -> float:
-    """Mean full-ranking NDCG@10 over the validation users."""
-    ranks = rank_users(scorer, data, VALID, max_len, sampled=False).full_ranks
-    return float(ndcg_at_k(ranks, 10).mean())
-
-
 def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
                   data: SequenceData, config: ExportConfig) -> dict[str, Any]:
     """Compare the ONNX models with PyTorch on real validation histories.
@@ -302,9 +295,10 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
                 entry["fp32_trimmed_length"] = longest
                 entry["fp32_trimmed_max_abs_diff"] = _max_abs_diff(expected, trimmed)
         batches[str(size)] = entry
-    ndcg = {"pytorch": _full_ndcg(make_scorer(reference, torch.device("cpu")), data, max_len)}
+    reference_scorer = make_scorer(reference, torch.device("cpu"))
+    ndcg = {"pytorch": full_ranking_ndcg(reference_scorer, data, VALID, max_len)}
     for name, scorer in variants.items():
-        ndcg[name] = _full_ndcg(scorer, data, max_len)
+        ndcg[name] = full_ranking_ndcg(scorer, data, VALID, max_len)
     report: dict[str, Any] = {
         "batches": batches,
         "validation_users": len(eval_users),

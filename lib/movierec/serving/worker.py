@@ -207,6 +207,11 @@ class ModelProcess:
         for conn in self._conns:
             self._free.put(conn)
 
+    def _gone(self) -> ModelProcessError:
+        """The error for a call whose pipe broke: the child has exited (or is exiting)."""
+        return ModelProcessError(f"the model process is gone (exit code "
+                                 f"{self._process.poll()})")
+
     @property
     def alive(self) -> bool:
         """Whether the child process still runs."""
@@ -230,8 +235,7 @@ class ModelProcess:
             conn.send_bytes(message)
             reply = conn.recv_bytes()  # blocks without the GIL
         except (EOFError, OSError) as exc:
-            raise ModelProcessError(f"the model process is gone (exit code "
-                                    f"{self._process.poll()})") from exc
+            raise self._gone() from exc
         finally:
             self._free.put(conn)
         if reply[:1] != _OK:
@@ -276,13 +280,11 @@ class ModelProcess:
                 conn.send_bytes(message)
             except OSError as exc:
                 self._free.put(conn)
-                raise ModelProcessError(f"the model process is gone (exit code "
-                                        f"{self._process.poll()})") from exc
+                raise self._gone() from exc
             loop.add_reader(conn.fileno(), on_readable)
             reply = await replied
         if isinstance(reply, BaseException):
-            raise ModelProcessError(f"the model process is gone (exit code "
-                                    f"{self._process.poll()})") from reply
+            raise self._gone() from reply
         if reply[:1] != _OK:
             raise ModelProcessError(f"the model process failed a batch: {reply[1:].decode()}")
         return decode_ranked(reply[1:])

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from movierec.data.columns import TEST, VALID
 from movierec.data.dataset import SequenceData
-from movierec.evaluation.protocols import rank_users
+from movierec.evaluation.protocols import full_ranking_ndcg, rank_users
 from movierec.evaluation.report import Metrics, summarize
 from movierec.models import (
     SSEPT,
@@ -193,14 +193,6 @@ def _new_state() -> dict[str, Any]:
             "valid": None, "refit_history": []}
 
 
-def _validation_ndcg(model: nn.Module, data: SequenceData, config: TrainConfig,
-                     device: torch.device) -> float:
-    """Full-ranking NDCG@10 on validation: the selection metric, computed every epoch."""
-    ranks = rank_users(make_scorer(model, device), data, VALID, config.model.max_len,
-                       batch_size=config.eval_batch_size, sampled=False).full_ranks
-    return float(np.mean(1.0 / np.log2(ranks + 2.0) * (ranks < 10)))
-
-
 def refit_sequences(data: SequenceData) -> list[np.ndarray]:
     """Training sequences of the refit: each user's test-time history, train + valid item."""
     return [data.history(user, TEST) for user in range(data.n_users + 1)]
@@ -252,7 +244,8 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
         record: dict[str, Any] = {"epoch": epoch, f"{prefix}loss": float(np.mean(losses)),
                                   f"{prefix}train_seconds": time.perf_counter() - tick}
         if not refit and (epoch % config.eval_every == 0 or epoch == config.epochs):
-            score = _validation_ndcg(model, data, config, device)
+            score = full_ranking_ndcg(make_scorer(model, device), data, VALID,
+                                      config.model.max_len, config.eval_batch_size)
             # Named apart from the final "valid_full_ndcg_10" metric that tracking logs.
             record["epoch_valid_ndcg_10"] = score
             if score > state["best_score"]:
