@@ -4,7 +4,8 @@ Writes JSON and a markdown table with mean ± std over seeds for both protocols 
 100 fixed negatives outside the user's history; full: all items outside the input history),
 seconds per epoch and wall time to the best validation epoch. Models are selected on
 validation; by default the selected configuration is then refit on train + valid items
-(``TrainConfig.refit``; the ``sse-pt-ce-norefit`` entry leaves it out) and test metrics are
+as a soup of three branches (``TrainConfig.refit``, ``soup_branches``; the
+``sse-pt-ce-norefit`` and ``sse-pt-ce-nosoup`` entries leave them out) and test metrics are
 computed once per run, on the final model. Run: ``make bench`` or
 
     .venv/bin/python bench/quality.py --dataset ml-100k --seeds 0,1,2
@@ -53,6 +54,8 @@ MODELS: dict[str, dict[str, Any]] = {
     # Ablation (--models sse-pt-ce-norefit): the default without the refit on train + valid,
     # i.e. the selected model itself is tested.
     "sse-pt-ce-norefit": {"refit": False},
+    # Ablation (--models sse-pt-ce-nosoup): a plain refit, one branch, no weight averaging.
+    "sse-pt-ce-nosoup": {"soup_branches": 1},
     # The default with the papers' ml-1m window (--models sse-pt-ce-len200 on ml-1m).
     "sse-pt-ce-len200": {"model": {"max_len": 200}},
 }
@@ -96,7 +99,7 @@ def run_one(name: str, seed: int, folder: Path, threads: int, max_epochs: int | 
     result = fit(config, load_sequences(folder), progress=False)
     return {"model": name, "seed": seed, "config": config.model_dump(),
             "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-            "refit_epochs": result.refit_epochs,
+            "refit_epochs": result.refit_epochs, "soup_branches": result.soup_branches,
             "seconds_per_epoch": result.seconds_per_epoch,
             "seconds_to_best": result.seconds_to_best,
             "wall_seconds": time.perf_counter() - started,

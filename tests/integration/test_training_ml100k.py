@@ -6,7 +6,7 @@ import pytest
 
 from movierec.data.dataset import load_sequences
 from movierec.training.config import TrainConfig
-from movierec.training.loop import fit
+from movierec.training.loop import fit, soup_plan
 from movierec.training.ray_runner import fit_on_ray
 
 pytestmark = pytest.mark.slow
@@ -39,8 +39,13 @@ def test_ray_train_two_workers_resumes_after_a_failure(small_prepared: Path) -> 
     # The weights that came back are the best validation epoch's, across the restart.
     best = max(h["epoch_valid_ndcg_10"] for h in result.history)
     assert result.valid["full"]["ndcg@10"] == pytest.approx(best)
-    # The refit ran on the workers too, for the selected number of epochs.
-    assert [h["epoch"] for h in result.refit_history] == list(range(1, result.best_epoch + 1))
+    # The refit ran on the workers too, for the selected number of epochs, with its soup's
+    # branches after the fork.
+    assert [h["epoch"] for h in result.refit_history if "refit_loss" in h] == list(
+        range(1, result.best_epoch + 1))
+    fork, branches = soup_plan(config, result.best_epoch)
+    assert result.refit_epochs == fork + branches * (result.best_epoch - fork)
+    assert result.soup_branches == branches
     crashed = list((Path(__import__("os").environ["MOVIEREC_HOME"]) / "ray_results")
                    .glob("*.crashed"))
     assert len(crashed) == 1

@@ -242,3 +242,56 @@ def test_bucketing_trims_padding_and_keeps_every_user() -> None:
     assert users == sorted(int(u) for b in plain.epoch(0) for u in b["users"])
     for batch in bucketed.epoch(0):
         assert (batch["seqs"][:, 0] != 0).any()  # no all-padding column is left
+
+
+def _windows_by_user(batches: TrainingBatches, epoch: int) -> dict[int, list[int]]:
+    """Each user's full training sequence as one epoch's batches show it (SSE off)."""
+    out = {}
+    for batch in batches.epoch(epoch):
+        for user, seq, pos in zip(batch["users"], batch["seqs"], batch["pos"], strict=True):
+            real = seq != 0
+            out[int(user)] = [*seq[real].tolist(), int(pos[real][-1])]
+    return out
+
+
+def test_tie_shuffling_reorders_only_items_that_share_a_timestamp() -> None:
+    sequences = [np.zeros(0, np.int64), np.arange(1, 9), np.arange(11, 17)]
+    times = [np.zeros(0, np.int64), np.array([1, 2, 2, 2, 5, 7, 7, 9]),
+             np.array([3, 4, 5, 6, 7, 8])]  # user 2 has no ties
+    cfg = config(loss="ce", sse_prob_user=0.0, sse_prob_item=0.0, max_len=20,
+                 shuffle_ties=True)
+    batches = TrainingBatches(sequences, 2, 20, cfg, batch_size=2, seed=0, times=times)
+    orders = set()
+    for epoch in range(200):
+        seen = _windows_by_user(batches, epoch)
+        assert seen[2] == list(range(11, 17))
+        one = seen[1]
+        assert one[0] == 1 and one[4] == 5 and one[7] == 8  # singletons stay in place
+        assert sorted(one[1:4]) == [2, 3, 4] and sorted(one[5:7]) == [6, 7]
+        orders.add(tuple(one))
+    assert len(orders) == 12  # every one of the 3! * 2! orders of the two runs turns up
+    again = TrainingBatches(sequences, 2, 20, cfg, batch_size=2, seed=0, times=times)
+    assert _windows_by_user(again, 3) == _windows_by_user(batches, 3)
+
+
+def test_without_timestamps_or_with_shuffling_off_the_order_is_kept() -> None:
+    sequences = random_sequences(20, 40, 300, seed=6, min_len=2)
+    times = [np.zeros(len(s), np.int64) for s in sequences]  # everything tied
+    cfg = config(sse_prob_user=0.0, sse_prob_item=0.0, shuffle_ties=True)
+    plain = TrainingBatches(sequences, 20, 40, cfg, batch_size=4, seed=1)
+    off = TrainingBatches(sequences, 20, 40, cfg.model_copy(update={"shuffle_ties": False}),
+                          batch_size=4, seed=1, times=times)
+    for a, b in zip(plain.epoch(0), off.epoch(0), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    shuffled = TrainingBatches(sequences, 20, 40, cfg, batch_size=4, seed=1, times=times)
+    assert _windows_by_user(shuffled, 0) != _windows_by_user(plain, 0)
+
+
+def test_timestamps_must_match_the_sequences() -> None:
+    sequences = random_sequences(5, 10, 40, seed=0, min_len=2)
+    times = [np.arange(len(s)) for s in sequences]
+    times[3] = times[3][:-1]
+    with pytest.raises(ValueError, match=r"times\[3\] has"):
+        TrainingBatches(sequences, 5, 10, config(shuffle_ties=True), 4, 0, times=times)
+    with pytest.raises(ValueError, match="times has 5 entries"):
+        TrainingBatches(sequences, 5, 10, config(shuffle_ties=True), 4, 0, times=times[:5])

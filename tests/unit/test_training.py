@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ from movierec.data.dataset import load_sequences
 from movierec.evaluation.metrics import ndcg_at_k
 from movierec.evaluation.protocols import rank_users
 from movierec.training.config import TrainConfig
-from movierec.training.loop import LocalHooks, fit, make_scorer, refit_sequences
+from movierec.training.hooks import LocalHooks
+from movierec.training.loop import fit, make_scorer, training_sequences
 
 SMALL = {"epochs": 6, "batch_size": 32, "lr": 0.005, "threads": 1,
          "model": {"max_len": 20, "d_item": 16, "d_user": 8, "n_blocks": 1}}
@@ -66,7 +68,7 @@ def test_in_process_resume_continues_from_the_checkpoint(small_prepared: Path,
 def test_refit_retrains_on_train_and_valid_for_the_selected_epochs(
         small_prepared: Path) -> None:
     data = load_sequences(small_prepared)
-    config = TrainConfig.model_validate({**SMALL, "epochs": 5})
+    config = TrainConfig.model_validate({**SMALL, "epochs": 5, "soup_branches": 1})
     selected = fit(config.model_copy(update={"refit": False}), data, progress=False)
     refit = fit(config, data, progress=False)
     # Selection is untouched: same epochs, same best epoch, same validation metrics.
@@ -76,48 +78,113 @@ def test_refit_retrains_on_train_and_valid_for_the_selected_epochs(
     assert [h["epoch"] for h in refit.refit_history] == list(range(1, refit.best_epoch + 1))
     assert all("epoch_valid_ndcg_10" not in h for h in refit.refit_history)
     assert refit.refit_epochs == refit.best_epoch and selected.refit_epochs == 0
+    assert refit.soup_branches == 1 and selected.soup_branches == 0
     # A different model, so a different test score.
     a, b = selected.model.state_dict(), refit.model.state_dict()
     assert any(not __import__("torch").equal(a[k], b[k]) for k in a)
     assert refit.test != selected.test
 
 
-def test_refit_sequences_append_each_users_valid_item(small_prepared: Path) -> None:
+def test_training_sequences_and_times_of_both_phases(small_prepared: Path) -> None:
     data = load_sequences(small_prepared)
-    sequences = refit_sequences(data)
-    assert len(sequences) == data.n_users + 1
+    sequences, times = training_sequences(data, refit=True)
+    selection, selection_times = training_sequences(data, refit=False)
+    assert len(sequences) == len(times) == data.n_users + 1
     for user in range(1, data.n_users + 1):
         expected = data.train[user] if not data.valid_item[user] else np.append(
             data.train[user], data.valid_item[user])
         assert sequences[user].tolist() == expected.tolist()
         assert data.test_item[user] == 0 or sequences[user][-1] != data.test_item[user]
+        assert selection[user].tolist() == data.train[user].tolist()
+        # Timestamps follow the items and never decrease along a history.
+        assert len(times[user]) == len(sequences[user])
+        assert len(selection_times[user]) == len(selection[user])
+        assert (np.diff(times[user]) >= 0).all()
+    with pytest.raises(ValueError, match="split must be"):
+        data.history_times(1, "train")
+    # Data without timestamps (built by hand) trains in the order given.
+    assert training_sequences(replace(data, train_times=None), refit=True)[1] is None
+
+
+def refit_losses(history: list[dict]) -> list[tuple[int, str, float]]:
+    """(epoch, key, loss) of every refit record, in order (times left out)."""
+    return [(h["epoch"], k, v) for h in history for k, v in h.items() if "loss" in k]
+
+
+class _BranchEnds(LocalHooks):
+    """Keeps the weights at the end of each soup branch (the last refit epoch's reports)."""
+
+    def __init__(self, last_epoch: int) -> None:
+        super().__init__()
+        self.last_epoch, self.ends = last_epoch, []
+
+    def report(self, record: dict, state: dict) -> None:
+        if record["epoch"] == self.last_epoch and any("refit" in k for k in record):
+            self.ends.append({k: v.clone() for k, v in state["model"].items()})
+
+
+def test_refit_soup_forks_branches_and_averages_their_weights(small_prepared: Path) -> None:
+    import torch
+
+    data = load_sequences(small_prepared)
+    base = {**SMALL, "epochs": 4, "patience": 4}
+    plain = fit(TrainConfig.model_validate({**base, "soup_branches": 1}), data, progress=False)
+    epochs = plain.best_epoch
+    assert epochs >= 2, "the soup needs a refit of two epochs or more"
+    config = TrainConfig.model_validate({**base, "soup_branches": 3, "soup_fork": 0.5})
+    hooks = _BranchEnds(epochs)
+    soup = fit(config, data, hooks, progress=False)
+    fork = round(0.5 * epochs)
+    # The trunk and branch 0 are the plain refit's epochs; branches 1 and 2 restart at the
+    # fork, each with its own key, so they are logged apart.
+    assert soup.refit_epochs == fork + 3 * (epochs - fork) and soup.soup_branches == 3
+    by_key = {}
+    for epoch, key, loss in refit_losses(soup.refit_history):
+        by_key.setdefault(key, []).append((epoch, loss))
+    assert set(by_key) == {"refit_loss", "refit_loss_1", "refit_loss_2"}
+    assert by_key["refit_loss"] == [(e, h["refit_loss"]) for e, h in
+                                    zip(range(1, epochs + 1), plain.refit_history, strict=True)]
+    for key in ("refit_loss_1", "refit_loss_2"):
+        assert [e for e, _ in by_key[key]] == list(range(fork + 1, epochs + 1))
+        assert by_key[key][0][1] != by_key["refit_loss"][fork][1]  # other batches, dropout
+    # The served weights are the mean of the three branches' final weights.
+    assert len(hooks.ends) == 3
+    for name, value in soup.model.state_dict().items():
+        expected = sum(end[name] for end in hooks.ends) / 3
+        assert torch.allclose(value, expected, atol=1e-6), name
+    assert soup.valid == plain.valid and soup.test != plain.test
 
 
 class _CrashInRefit(LocalHooks):
-    """Checkpoints like LocalHooks, then fails once after the first refit epoch."""
+    """Checkpoints like LocalHooks, then fails once after the first record with ``key``."""
 
-    crashed = False
+    def __init__(self, folder: Path, key: str) -> None:
+        super().__init__(folder)
+        self.key, self.crashed = key, False
 
     def report(self, record: dict, state: dict) -> None:
         super().report(record, state)
-        if "refit_loss" in record and not _CrashInRefit.crashed:
-            _CrashInRefit.crashed = True
+        if self.key in record and not self.crashed:
+            self.crashed = True
             raise RuntimeError("injected failure in the refit")
 
 
-def test_a_crash_in_the_refit_resumes_in_the_refit(small_prepared: Path,
-                                                    tmp_path: Path) -> None:
+@pytest.mark.parametrize("key", ["refit_loss", "refit_loss_2"])
+def test_a_crash_in_the_refit_resumes_in_the_refit(small_prepared: Path, tmp_path: Path,
+                                                    key: str) -> None:
+    """Crashes in the trunk and in the last soup branch both resume where they were."""
     data = load_sequences(small_prepared)
     config = TrainConfig.model_validate({**SMALL, "epochs": 4, "patience": 4})
     uninterrupted = fit(config, data, progress=False)
-    assert uninterrupted.refit_epochs >= 2, "needs a refit of two epochs or more"
+    assert uninterrupted.best_epoch >= 2, "needs a soup: a refit of two epochs or more"
     with pytest.raises(RuntimeError, match="injected"):
-        fit(config, data, _CrashInRefit(tmp_path), progress=False)
+        fit(config, data, _CrashInRefit(tmp_path, key), progress=False)
     resumed = fit(config, data, LocalHooks(tmp_path, resume=True), progress=False)
     assert [h["epoch"] for h in resumed.history] == [h["epoch"] for h in
                                                      uninterrupted.history]
-    assert [h["refit_loss"] for h in resumed.refit_history] == pytest.approx(
-        [h["refit_loss"] for h in uninterrupted.refit_history])
+    again, once = refit_losses(resumed.refit_history), refit_losses(uninterrupted.refit_history)
+    assert [r[:2] for r in again] == [r[:2] for r in once]
+    assert [r[2] for r in again] == pytest.approx([r[2] for r in once])
     assert resumed.valid == uninterrupted.valid
     for protocol in ("sampled", "full"):
         assert resumed.test[protocol] == pytest.approx(uninterrupted.test[protocol])
@@ -145,8 +212,9 @@ def test_cli_train_contract_and_mlflow_record(small_prepared: Path, tmp_path: Pa
     assert "test_full_ndcg_10" in run.data.metrics
     history = mlflow.MlflowClient().get_metric_history(summary["run_id"], "loss")
     assert [m.step for m in history] == [1, 2]
-    # Refit by default: its epochs are logged apart from the selection's.
-    assert summary["refit_epochs"] == summary["best_epoch"] >= 1
+    # Refit by default: its epochs are logged apart from the selection's (and with a
+    # soup, each branch after the first under its own key).
+    assert summary["refit_epochs"] >= summary["best_epoch"] >= 1
     refit = mlflow.MlflowClient().get_metric_history(summary["run_id"], "refit_loss")
     assert [m.step for m in refit] == list(range(1, summary["best_epoch"] + 1))
     assert main(["train", "--data", str(small_prepared), "--epochs", "1", "--no-refit",
@@ -233,3 +301,42 @@ def test_ce_objective_leaves_seen_items_out_of_the_softmax(mode: str) -> None:
     assert got < unmasked  # masking removes competitors, so the loss must drop
     got.backward()  # the in-place mask must leave a valid graph
     assert model.item_embedding.weight.grad is not None
+
+
+def test_learning_curves_show_the_refit_and_its_soup_branches() -> None:
+    from movierec.evaluation.plots import plot_learning_curves, run_history
+    from movierec.training.tracking import configure, log_history
+
+    mlflow = configure()
+    history = [{"epoch": 1, "loss": 5.0, "epoch_valid_ndcg_10": 0.1},
+               {"epoch": 2, "loss": 4.0, "epoch_valid_ndcg_10": 0.2},
+               {"epoch": 1, "refit_loss": 5.1}, {"epoch": 2, "refit_loss": 4.2},
+               {"epoch": 2, "refit_loss_1": 4.3}, {"epoch": 2, "refit_loss_2": 4.4}]
+    with mlflow.start_run() as run:
+        log_history(mlflow, history)
+    read = run_history(run.info.run_id)
+    assert read == [{"epoch": 1, "loss": 5.0, "epoch_valid_ndcg_10": 0.1, "refit_loss": 5.1},
+                    {"epoch": 2, "loss": 4.0, "epoch_valid_ndcg_10": 0.2, "refit_loss": 4.2,
+                     "refit_loss_1": 4.3, "refit_loss_2": 4.4}]
+    loss_ax, _ = plot_learning_curves({"sse-pt": read}).axes
+    styles = sorted(line.get_linestyle() for line in loss_ax.get_lines())
+    assert styles == ["-", "--", ":", ":"]  # selection, refit, two branches
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["sse-pt",
+                                                                        "sse-pt refit"]
+
+
+def test_tie_shuffling_trains_on_the_datas_timestamps(small_prepared: Path) -> None:
+    data = load_sequences(small_prepared)
+    # The synthetic data has no ties: make every three consecutive items share a second.
+    data = replace(data, train_times=[np.arange(len(t)) // 3 for t in data.train],
+                   valid_time=np.array([len(t) // 3 for t in data.train]))
+    base = {**SMALL, "epochs": 2, "refit": False}
+    plain = fit(TrainConfig.model_validate(base), data, progress=False)
+    shuffled = fit(TrainConfig.model_validate({**base, "model": {**SMALL["model"],
+                                                                 "shuffle_ties": True}}),
+                   data, progress=False)
+    again = fit(TrainConfig.model_validate({**base, "model": {**SMALL["model"],
+                                                              "shuffle_ties": True}}),
+                data, progress=False)
+    assert [h["loss"] for h in shuffled.history] != [h["loss"] for h in plain.history]
+    assert [h["loss"] for h in shuffled.history] == [h["loss"] for h in again.history]

@@ -82,7 +82,9 @@ def run_train(args: argparse.Namespace) -> int:
     summary = train_and_track(config, materialize(args.data), workers=args.workers, **options)
     print(f"run_id {summary['run_id']}")
     test = summary["test"]
-    refit = (f", refit {summary['refit_epochs']} epochs on train + valid"
+    soup = (f", a soup of {summary['soup_branches']} branches"
+            if summary["soup_branches"] > 1 else "")
+    refit = (f", refit on train + valid: {summary['refit_epochs']} epochs{soup}"
              if summary["refit_epochs"] else "")
     print(f"{summary['model']}: best epoch {summary['best_epoch']}{refit}, "
           f"test sampled NDCG@10 {test['sampled']['ndcg@10']:.4f}, "

@@ -14,6 +14,7 @@ from movierec.data.columns import (
     POSITION_COL,
     SPLIT_COL,
     TEST,
+    TIMESTAMP_COL,
     TRAIN,
     USER_IDX_COL,
     VALID,
@@ -35,6 +36,8 @@ class SequenceData:
         test_item: Test target per user (0: none).
         items: The items table (titles, genres, ``train_count``).
         users: The users table (demographics when present).
+        train_times: Timestamps of ``train``'s items, one array per user (None: unknown).
+        valid_time: Timestamp of each user's validation item (None: unknown).
     """
 
     folder: Path
@@ -46,6 +49,8 @@ class SequenceData:
     test_item: np.ndarray
     items: pl.DataFrame
     users: pl.DataFrame
+    train_times: list[np.ndarray] | None = None
+    valid_time: np.ndarray | None = None
     _train_counts: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -60,6 +65,16 @@ class SequenceData:
         if split == TEST:
             valid = self.valid_item[user]
             return np.append(self.train[user], valid) if valid else self.train[user]
+        raise ValueError(f"split must be {VALID!r} or {TEST!r}, not {split!r}")
+
+    def history_times(self, user: int, split: str) -> np.ndarray | None:
+        """Timestamps of ``history(user, split)``'s items (None when the data has none)."""
+        if self.train_times is None or self.valid_time is None:
+            return None
+        if split == TEST and self.valid_item[user]:
+            return np.append(self.train_times[user], self.valid_time[user])
+        if split in (VALID, TEST):
+            return self.train_times[user]
         raise ValueError(f"split must be {VALID!r} or {TEST!r}, not {split!r}")
 
     def targets(self, split: str) -> np.ndarray:
@@ -83,24 +98,29 @@ def load_sequences(folder: Path) -> SequenceData:
     folder = Path(folder)
     card = load_card(folder)
     inter = pl.read_parquet(folder / "interactions.parquet",
-                            columns=[USER_IDX_COL, ITEM_IDX_COL, POSITION_COL, SPLIT_COL])
+                            columns=[USER_IDX_COL, ITEM_IDX_COL, TIMESTAMP_COL, POSITION_COL,
+                                     SPLIT_COL])
     inter = inter.sort([USER_IDX_COL, POSITION_COL])
     n_users, n_items = int(card["users"]), int(card["items"])
     train = inter.filter(pl.col(SPLIT_COL) == TRAIN)
     users = train[USER_IDX_COL].to_numpy()
     items = train[ITEM_IDX_COL].to_numpy().astype(np.int64)
+    times = train[TIMESTAMP_COL].to_numpy().astype(np.int64)
     bounds = np.searchsorted(users, np.arange(n_users + 2))
     sequences = [items[bounds[u]:bounds[u + 1]] for u in range(n_users + 1)]
-    targets = {}
+    train_times = [times[bounds[u]:bounds[u + 1]] for u in range(n_users + 1)]
+    targets, target_times = {}, {}
     for split in (VALID, TEST):
         rows = inter.filter(pl.col(SPLIT_COL) == split)
-        array = np.zeros(n_users + 1, dtype=np.int64)
+        array, when = np.zeros(n_users + 1, dtype=np.int64), np.zeros(n_users + 1, dtype=np.int64)
         array[rows[USER_IDX_COL].to_numpy()] = rows[ITEM_IDX_COL].to_numpy()
-        targets[split] = array
+        when[rows[USER_IDX_COL].to_numpy()] = rows[TIMESTAMP_COL].to_numpy()
+        targets[split], target_times[split] = array, when
     return SequenceData(folder=folder, card=card, n_users=n_users, n_items=n_items,
                         train=sequences, valid_item=targets[VALID], test_item=targets[TEST],
                         items=pl.read_parquet(folder / "items.parquet"),
-                        users=pl.read_parquet(folder / "users.parquet"))
+                        users=pl.read_parquet(folder / "users.parquet"),
+                        train_times=train_times, valid_time=target_times[VALID])
 
 
 def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:

@@ -7,6 +7,7 @@ per-epoch metrics from MLflow.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 from movierec.training.tracking import configure
 
 HISTORY_METRICS = ("loss", "epoch_valid_ndcg_10", "refit_loss")
+SOUP_BRANCH_LOSS = re.compile(r"refit_loss_\d+")  # the refit's soup branches after the first
 BAR_METRICS = ("ndcg@10", "hr@10")
 SLICE_METRIC = "ndcg@10"
 MAX_LABELLED_BARS = 12  # beyond this, value labels overlap
@@ -27,16 +29,20 @@ Reports = dict[str, dict[str, Any]]
 
 
 def run_history(run_id: str) -> list[dict[str, float]]:
-    """Per-epoch ``loss``, ``epoch_valid_ndcg_10`` and ``refit_loss`` of a run, by epoch.
+    """Per-epoch ``loss``, ``epoch_valid_ndcg_10`` and refit losses of a run, by epoch.
 
-    Runs without epochs (the popularity baseline) give an empty list. Epochs count from 1.
+    The refit losses are ``refit_loss`` (its trunk and first soup branch) and
+    ``refit_loss_<b>`` (soup branch b, from the fork on). Runs without epochs (the
+    popularity baseline) give an empty list. Epochs count from 1.
     """
     client = configure().MlflowClient()
+    branches = sorted(k for k in client.get_run(run_id).data.metrics
+                      if SOUP_BRANCH_LOSS.fullmatch(k))
     epochs: dict[int, dict[str, float]] = {}
-    for key in HISTORY_METRICS:
+    for key in (*HISTORY_METRICS, *branches):
         for metric in client.get_metric_history(run_id, key):
             if metric.step >= 1:
-                    epochs.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
+                epochs.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
     return [epochs[step] for step in sorted(epochs)]
 
 
@@ -55,14 +61,19 @@ def plot_learning_curves(histories: Histories,
         if not history:
             continue
         color = None
+        branches = sorted({k for h in history for k in h if SOUP_BRANCH_LOSS.fullmatch(k)})
         for ax, key, label in ((loss_ax, "loss", name), (loss_ax, "refit_loss", f"{name} refit"),
+                               *((loss_ax, b, None) for b in branches),
                                (ndcg_ax, "epoch_valid_ndcg_10", name)):
             points = [(h["epoch"], h[key]) for h in history if key in h]
             if points:
                 epochs, values = zip(*points, strict=True)
-                # A run keeps one colour; its refit (train + valid items) is dashed.
+                # A run keeps one colour; its refit (train + valid items) is dashed, and the
+                # refit's soup branches fork from it dotted (one legend entry for the refit).
+                style = "-" if key in ("loss", "epoch_valid_ndcg_10") else (
+                    "--" if key == "refit_loss" else ":")
                 line, = ax.plot(epochs, values, marker="o", markersize=3, label=label,
-                                color=color, linestyle="--" if key == "refit_loss" else "-")
+                                color=color, linestyle=style)
                 color = line.get_color()
         scored = [h for h in history if "epoch_valid_ndcg_10" in h]
         if scored:

@@ -140,11 +140,16 @@ class TrainingBatches:
     Users with at least two training items are visited once per epoch in an order drawn
     from ``(seed, epoch)``; each batch holds ``users`` [b], ``seqs``, ``pos`` and (for BCE)
     ``neg`` [b, max_len], all int64, with SSE already applied.
+
+    With ``config.shuffle_ties`` and the sequences' timestamps (``times``, aligned with
+    ``train_sequences``), each epoch first reorders every run of a user's items that share
+    one timestamp at random; without timestamps the given order is kept.
     """
 
     def __init__(self, train_sequences: Sequence[np.ndarray], n_users: int, n_items: int,
                  config: ModelConfig, batch_size: int, seed: int,
-                 bucket_by_length: bool = True) -> None:
+                 bucket_by_length: bool = True,
+                 times: Sequence[np.ndarray] | None = None) -> None:
         if len(train_sequences) != n_users + 1:
             raise ValueError(
                 f"train_sequences has {len(train_sequences)} entries, expected n_users + 1 = "
@@ -173,6 +178,26 @@ class TrainingBatches:
             raise ValueError("a user has seen every item, so no negative can be sampled for them")
         rows = np.repeat(np.arange(len(kept)), [s.size for s in seen])
         self._seen_keys = rows * (n_items + 1) + np.concatenate([*seen, np.zeros(0, np.int64)])
+        self._ordered = self._flat
+        self._tie_runs = (self._runs_of_equal_times(times, lengths)
+                          if config.shuffle_ties and times is not None else None)
+
+    def _runs_of_equal_times(self, times: Sequence[np.ndarray],
+                             lengths: np.ndarray) -> np.ndarray | None:
+        """Per element of ``_flat``, the number of its run of equal (user, timestamp)."""
+        if len(times) != len(lengths):
+            raise ValueError(f"times has {len(times)} entries, train_sequences {len(lengths)}")
+        kept = [np.asarray(times[u], dtype=np.int64).reshape(-1) for u in self.users]
+        for user, stamps in zip(self.users, kept, strict=True):
+            if stamps.size != lengths[user]:
+                raise ValueError(f"times[{user}] has {stamps.size} timestamps for "
+                                 f"{lengths[user]} items")
+        flat_times = np.concatenate([*kept, np.zeros(2, dtype=np.int64)])
+        owner = np.repeat(np.arange(len(kept) + 1), [*(k.size for k in kept), 2])
+        starts = np.r_[True, (np.diff(flat_times) != 0) | (np.diff(owner) != 0)]
+        runs = np.cumsum(starts)
+        # Nothing to shuffle when every run is a single item.
+        return runs if runs[-1] < runs.size else None
 
     def _batches(self, order: np.ndarray, window: np.ndarray,
                  rng: np.random.Generator) -> list[np.ndarray]:
@@ -206,6 +231,10 @@ class TrainingBatches:
         """Yield the batches of one epoch; the same (seed, epoch) gives the same batches."""
         config = self.config
         rng = np.random.default_rng([self.seed, epoch])
+        if self._tie_runs is not None:
+            # A random key inside each run: sorting by (run, key) permutes within runs only.
+            self._flat = self._ordered[np.lexsort((rng.random(self._ordered.size),
+                                                   self._tie_runs))]
         order = rng.permutation(self.users.size)
         ends = self._n_pairs.copy()
         if config.sse_pt_plus_plus:

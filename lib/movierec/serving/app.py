@@ -66,7 +66,7 @@ from movierec.serving.worker import ModelProcessError
 __all__ = ["BundleError", "ServeSettings", "ServingState", "create_app", "run_server"]
 log = logging.getLogger("movierec.serving")
 JSON = "application/json"
-FEEDBACK_RETRY_AFTER_S = "5"  # seconds a client should wait after a 503 from /feedback
+RETRY_AFTER_S = "5"  # seconds a client should wait after a 503 (feedback store or model)
 # How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
 # With the model in this process (--no-model-process), its thread needs the GIL for a few
 # microseconds after every ONNX Runtime call; under load the event loop would keep it for
@@ -204,7 +204,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         log.error("model process error", extra={"error": str(exc)})
         return JSONResponse({"message": f"{exc}; the service cannot score until it is "
                              "restarted or a bundle is reloaded"}, status_code=503,
-                            headers={"Retry-After": FEEDBACK_RETRY_AFTER_S})
+                            headers={"Retry-After": RETRY_AFTER_S})
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_body_bytes,
                        limits={"/feedback": settings.max_feedback_body_bytes})
     if settings.cors_origins:
@@ -286,12 +286,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
             log.error("feedback store full", extra={"error": str(exc)})
             raise HTTPException(503, "feedback store is full (no disk space left): none of "
                                 "these events were stored; retry later",
-                                headers={"Retry-After": FEEDBACK_RETRY_AFTER_S}) from exc
+                                headers={"Retry-After": RETRY_AFTER_S}) from exc
         except (FeedbackWriteError, sqlite3.Error) as exc:
             log.exception("feedback store failed")
             raise HTTPException(503, "feedback store unavailable: none of these events were "
                                 "stored; retry later",
-                                headers={"Retry-After": FEEDBACK_RETRY_AFTER_S}) from exc
+                                headers={"Retry-After": RETRY_AFTER_S}) from exc
         watched = []
         for event in events:
             metrics.feedback_events.labels(event=event.event).inc()

@@ -8,12 +8,10 @@ where checkpoints go, how progress is reported) come in through ``Hooks``.
 from __future__ import annotations
 
 import copy
-import os
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +32,7 @@ from movierec.models import (
     seen_items_mask,
 )
 from movierec.training.config import TrainConfig
+from movierec.training.hooks import Hooks, LocalHooks
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -73,60 +72,6 @@ class TrainingObjective(nn.Module):
         return F.cross_entropy(logits, pos.reshape(-1)[real] - 1)
 
 
-class Hooks(Protocol):
-    """What a runner provides to ``fit``."""
-
-    rank: int
-    world_size: int
-
-    def wrap(self, objective: nn.Module) -> nn.Module:
-        """Wrap the objective for distributed training (identity in-process)."""
-
-    def device(self, config: TrainConfig) -> torch.device:
-        """The device this worker trains on."""
-
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        """The latest checkpoint state to resume from, if any."""
-
-    def report(self, record: dict[str, Any], state: dict[str, Any]) -> None:
-        """Called after every epoch with its metrics and the checkpoint state."""
-
-
-class LocalHooks:
-    """In-process runner: optional checkpoint file per run, resumable."""
-
-    rank, world_size = 0, 1
-
-    def __init__(self, checkpoint_dir: Path | None = None, resume: bool = False) -> None:
-        self.checkpoint = checkpoint_dir / "checkpoint.pt" if checkpoint_dir else None
-        self.resume = resume
-
-    def wrap(self, objective: nn.Module) -> nn.Module:
-        """No wrapping in-process."""
-        return objective
-
-    def device(self, config: TrainConfig) -> torch.device:
-        """CUDA when asked for or available under ``auto``, else CPU."""
-        if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
-            return torch.device("cuda")
-        return torch.device("cpu")
-
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        """The checkpoint file, when resuming and it exists."""
-        if self.resume and self.checkpoint and self.checkpoint.exists():
-            return torch.load(self.checkpoint, weights_only=False)
-        return None
-
-    def report(self, record: dict[str, Any], state: dict[str, Any]) -> None:
-        """Write the checkpoint atomically (a crash mid-write keeps the previous one)."""
-        if self.checkpoint is None:
-            return
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint)
-
-
 @dataclass
 class FitResult:
     """The outcome of a training run.
@@ -153,8 +98,15 @@ class FitResult:
 
     @property
     def refit_epochs(self) -> int:
-        """Epochs of the refit on train + valid (0 without refit)."""
+        """Epochs trained by the refit on train + valid, soup branches included (0: none)."""
         return len(self.refit_history)
+
+    @property
+    def soup_branches(self) -> int:
+        """Branches whose weights the refit averaged (1: no soup, 0: no refit)."""
+        if not self.refit_history:
+            return 0
+        return len({k for h in self.refit_history for k in h if k.startswith("refit_loss")})
 
 
 def make_scorer(model: nn.Module, device: torch.device):
@@ -190,12 +142,37 @@ def _new_state() -> dict[str, Any]:
     """The loop state a checkpoint carries: phase, epoch, selection and records."""
     return {"phase": "select", "epoch": 0, "best_score": -1.0, "best_epoch": 0,
             "bad_evals": 0, "best_model": None, "history": [], "best_seconds": 0.0,
-            "valid": None, "refit_history": []}
+            "valid": None, "refit_history": [], "branch": 0, "trunk": None, "soup": None}
 
 
-def refit_sequences(data: SequenceData) -> list[np.ndarray]:
-    """Training sequences of the refit: each user's test-time history, train + valid item."""
-    return [data.history(user, TEST) for user in range(data.n_users + 1)]
+def training_sequences(data: SequenceData, refit: bool
+                       ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Each user's training items and their timestamps (None when the data has none).
+
+    Selection trains on the training items; the refit on each user's test-time history,
+    the training items plus the validation item.
+    """
+    split = TEST if refit else VALID
+    users = range(data.n_users + 1)
+    sequences = [data.history(user, split) for user in users]
+    if data.train_times is None:
+        return sequences, None
+    return sequences, [data.history_times(user, split) for user in users]
+
+
+def branch_seed(seed: int, branch: int) -> int:
+    """Seed of a soup branch's batches and dropout (branch 0 keeps the run's own stream)."""
+    if branch == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, branch]).generate_state(1)[0])
+
+
+def soup_plan(config: TrainConfig, epochs: int) -> tuple[int, int]:
+    """(fork epoch, branches) of a refit of ``epochs`` epochs; (0, 1) means no soup."""
+    fork = round(config.soup_fork * epochs)
+    if config.soup_branches < 2 or not 1 <= fork < epochs:
+        return 0, 1
+    return fork, config.soup_branches
 
 
 def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: nn.Module,
@@ -203,8 +180,10 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
                  resumed: dict[str, Any] | None, started: float, progress: bool) -> None:
     """Run the epochs of ``state["phase"]``, reporting and checkpointing after each.
 
-    ``select`` trains on the training sequences, validates and stops early; ``refit``
-    retrains on train + valid items for the selected number of epochs, without validation.
+    ``select`` trains on the training sequences, validates and stops early. ``refit``
+    retrains on train + valid items for the selected number of epochs, without validation;
+    with a soup (``soup_plan``) it forks at the fork epoch into branches that differ in
+    batch order and dropout, and ends with the mean of the branches' weights.
     """
     refit = state["phase"] == "refit"
     if not refit and state["bad_evals"] >= config.patience:
@@ -212,57 +191,109 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
     objective = hooks.wrap(TrainingObjective(model, config.model.loss).to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
                                  weight_decay=config.weight_decay)
-    sequences = refit_sequences(data) if refit else data.train
-    batches = TrainingBatches(sequences, data.n_users, data.n_items, config.model,
-                              config.batch_size, config.seed)
-    per_worker = len(batches) // hooks.world_size or 1
+    sequences, times = training_sequences(data, refit)
+
+    def batches(seed: int) -> TrainingBatches:
+        return TrainingBatches(sequences, data.n_users, data.n_items, config.model,
+                               config.batch_size, seed, times=times)
+
     if resumed:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         torch.set_rng_state(resumed["torch_rng"])
+    fork, branches = soup_plan(config, state["best_epoch"]) if refit else (0, 1)
     epochs = state["best_epoch"] if refit else config.epochs
-    records = state["refit_history" if refit else "history"]
-    bar = tqdm(range(state["epoch"] + 1, epochs + 1),
+    total = fork + branches * (epochs - fork)  # epochs this phase trains in all
+    bar = tqdm(total=total, initial=state["epoch"] + state["branch"] * (epochs - fork),
                desc=f"{'refit' if refit else 'train'} {config.model.kind}", unit="epoch",
-               disable=not progress or hooks.rank != 0, initial=state["epoch"], total=epochs)
-    for epoch in bar:
-        tick = time.perf_counter()
-        objective.train()
-        losses = []
-        for index, batch in enumerate(batches.epoch(epoch)):
-            if index // hooks.world_size >= per_worker or index % hooks.world_size != hooks.rank:
-                continue
-            with torch.autocast(device.type, dtype=torch.bfloat16,
-                                enabled=config.precision == "bf16"):
-                loss = objective({k: v.to(device) for k, v in batch.items()})
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        # Refit records get their own names: tracking logs both phases with epoch steps.
-        prefix = "refit_" if refit else ""
-        record: dict[str, Any] = {"epoch": epoch, f"{prefix}loss": float(np.mean(losses)),
-                                  f"{prefix}train_seconds": time.perf_counter() - tick}
-        if not refit and (epoch % config.eval_every == 0 or epoch == config.epochs):
-            score = full_ranking_ndcg(make_scorer(model, device), data, VALID,
-                                      config.model.max_len, config.eval_batch_size)
-            # Named apart from the final "valid_full_ndcg_10" metric that tracking logs.
-            record["epoch_valid_ndcg_10"] = score
-            if score > state["best_score"]:
-                state.update(best_score=score, best_epoch=epoch, bad_evals=0,
-                             best_model=copy.deepcopy(model.state_dict()),
-                             best_seconds=time.perf_counter() - started)
-            else:
-                state["bad_evals"] += 1
-        records.append(record)
-        state["epoch"] = epoch
-        bar.set_postfix(loss=f"{record[prefix + 'loss']:.4f}",
-                        valid_ndcg10=f"{state['best_score']:.4f}@{state['best_epoch']}")
+               disable=not progress or hooks.rank != 0)
+
+    def checkpoint(record: dict[str, Any]) -> None:
         hooks.report(record, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                               "torch_rng": torch.get_rng_state(), "loop": state})
-        if not refit and state["bad_evals"] >= config.patience:
+
+    while state["branch"] < branches:
+        branch = state["branch"]
+        if branch and state["epoch"] == fork:  # a new branch starts from the trunk
+            model.load_state_dict(state["trunk"]["model"])
+            optimizer.load_state_dict(state["trunk"]["optimizer"])
+            torch.manual_seed(branch_seed(config.seed, branch))
+        source = batches(branch_seed(config.seed, branch))
+        for epoch in range(state["epoch"] + 1, epochs + 1):
+            record = _train_epoch(objective, optimizer, source, epoch, hooks, device, config)
+            loss = record["loss"]
+            if refit:
+                # Refit records get their own names: tracking logs every phase and branch
+                # with epoch steps, so each needs keys of its own.
+                suffix = f"_{branch}" if branch else ""
+                record = {"epoch": epoch, f"refit_loss{suffix}": loss,
+                          f"refit_train_seconds{suffix}": record["train_seconds"]}
+            else:
+                _validate(model, data, config, device, state, record, started)
+            state["refit_history" if refit else "history"].append(record)
+            state["epoch"] = epoch
+            if epoch == fork and branch == 0:
+                state["trunk"] = copy.deepcopy({"model": model.state_dict(),
+                                                "optimizer": optimizer.state_dict()})
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.4f}", **(
+                {"branch": f"{branch + 1}/{branches}"} if branches > 1 else
+                {"valid_ndcg10": f"{state['best_score']:.4f}@{state['best_epoch']}"}))
+            checkpoint(record)
+            if not refit and state["bad_evals"] >= config.patience:
+                break
+        if branches == 1:
             break
+        # Add the finished branch to the soup, then start the next one from the trunk.
+        weights = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        state["soup"] = weights if state["soup"] is None else {
+            k: state["soup"][k] + v for k, v in weights.items()}
+        state.update(branch=branch + 1, epoch=fork)
+    if branches > 1:
+        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+        model.load_state_dict({k: (v / branches).to(dtypes[k]) for k, v in state["soup"].items()})
+        state.update(trunk=None, soup=None)
     bar.close()
+
+
+def _train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer,
+                 batches: TrainingBatches, epoch: int, hooks: Hooks, device: torch.device,
+                 config: TrainConfig) -> dict[str, Any]:
+    """One pass over this worker's share of the batches: the epoch's mean loss and time."""
+    tick = time.perf_counter()
+    objective.train()
+    per_worker = len(batches) // hooks.world_size or 1
+    losses = []
+    for index, batch in enumerate(batches.epoch(epoch)):
+        if index // hooks.world_size >= per_worker or index % hooks.world_size != hooks.rank:
+            continue
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=config.precision == "bf16"):
+            loss = objective({k: v.to(device) for k, v in batch.items()})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return {"epoch": epoch, "loss": float(np.mean(losses)),
+            "train_seconds": time.perf_counter() - tick}
+
+
+def _validate(model: nn.Module, data: SequenceData, config: TrainConfig, device: torch.device,
+              state: dict[str, Any], record: dict[str, Any], started: float) -> None:
+    """Score validation after a selection epoch when due, and keep the best weights."""
+    epoch = record["epoch"]
+    if epoch % config.eval_every and epoch != config.epochs:
+        return
+    score = full_ranking_ndcg(make_scorer(model, device), data, VALID, config.model.max_len,
+                              config.eval_batch_size)
+    # Named apart from the final "valid_full_ndcg_10" metric that tracking logs.
+    record["epoch_valid_ndcg_10"] = score
+    if score > state["best_score"]:
+        state.update(best_score=score, best_epoch=epoch, bad_evals=0,
+                     best_model=copy.deepcopy(model.state_dict()),
+                     best_seconds=time.perf_counter() - started)
+    else:
+        state["bad_evals"] += 1
 
 
 def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
@@ -272,7 +303,8 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
     Selection: epochs on the training sequences with validation every ``eval_every``,
     early stopping, and the best epoch's weights restored; ``valid`` is measured on them.
     Refit (``config.refit``): a fresh model with the same seed trained on train + valid
-    items for the selected number of epochs; ``test`` is measured on it.
+    items for the selected number of epochs, forked into ``soup_branches`` branches at
+    ``soup_fork`` of them whose weights are averaged; ``test`` is measured on it.
     """
     hooks = hooks or LocalHooks()
     if config.threads:
@@ -294,7 +326,7 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
             model.load_state_dict(state["best_model"])
         state["valid"] = evaluate_split(model, data, config, device, VALID)
         if config.refit and state["best_epoch"] > 0:
-            state.update(phase="refit", epoch=0, best_model=None)
+            state.update(phase="refit", epoch=0, branch=0, best_model=None)
             resumed = None
             seed_everything(config.seed)  # the refit starts from the same initial weights
             model = build_model(config.model, data.n_users, data.n_items).to(device)

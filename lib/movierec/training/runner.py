@@ -11,7 +11,8 @@ import torch
 
 from movierec.data.dataset import load_sequences
 from movierec.training.config import TrainConfig
-from movierec.training.loop import FitResult, LocalHooks, fit
+from movierec.training.hooks import LocalHooks
+from movierec.training.loop import FitResult, fit
 from movierec.training.tracking import (
     log_history,
     log_json_artifact,
@@ -43,7 +44,8 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
     """Train, then log params, history, metrics, tags and artifacts to one MLflow run.
 
     Returns:
-        ``{"run_id", "best_epoch", "refit_epochs", "valid", "test", "seconds", ...}`` as
+        ``{"run_id", "best_epoch", "refit_epochs", "soup_branches", "valid", "test",
+        "seconds", ...}`` as
         printed by the CLI (``valid`` is the selected model's, ``test`` the final model's).
     """
     data_dir = Path(data_dir)
@@ -59,6 +61,7 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
                             **metric_items(result.test, "test"),
                             "best_epoch": result.best_epoch, "seconds": result.seconds,
                             "refit_epochs": result.refit_epochs,
+                            "soup_branches": result.soup_branches,
                             "seconds_to_best": result.seconds_to_best,
                             "seconds_per_epoch": result.seconds_per_epoch})
         log_json_artifact(mlflow, "config.json", config.model_dump())
@@ -71,7 +74,7 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
             mlflow.log_artifact(str(data_dir / table), artifact_path="id_mapping")
         run_id = mlflow.active_run().info.run_id
     return {"run_id": run_id, "model": name, "best_epoch": result.best_epoch,
-            "refit_epochs": result.refit_epochs,
+            "refit_epochs": result.refit_epochs, "soup_branches": result.soup_branches,
             "valid": result.valid, "test": result.test, "seconds": round(result.seconds, 2),
             "seconds_to_best": round(result.seconds_to_best, 2),
             "seconds_per_epoch": round(result.seconds_per_epoch, 3),

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from movierec.config import get_settings
 from movierec.data.dataset import load_sequences
 from movierec.training.config import TrainConfig
-from movierec.training.loop import LocalHooks, fit
+from movierec.training.hooks import LocalHooks
+from movierec.training.loop import fit
 from movierec.training.tracking import flatten, log_json_artifact, tracked_run
 
 METRIC = "epoch_valid_ndcg_10"
