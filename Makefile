@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_AUTH_MODE := disabled
 DEMO_HOME ?= $(abspath .cache/demo)
 
-.PHONY: setup browser-deps pg-deps infra-deps check-infra test demo bench lint format clean help
+.PHONY: setup browser-deps pg-deps infra-deps check-infra test demo demo-clean bench lint format clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -70,6 +70,10 @@ test: setup browser-deps pg-deps infra-deps  ## run every test (unit, integratio
 
 demo: setup  ## the whole lifecycle loop on ml-100k here (DEMO_ARGS=--no-keep stops the platform)
 	MOVIEREC_HOME=$(DEMO_HOME) $(VENV)/bin/movierec demo --dataset ml-100k $(DEMO_ARGS)
+
+demo-clean:  ## stop the demo platform and delete its state (DEMO_HOME): the next make demo starts over
+	-[ -x $(VENV)/bin/movierec ] && MOVIEREC_HOME=$(DEMO_HOME) $(VENV)/bin/movierec platform down
+	rm -rf $(DEMO_HOME)
 
 bench: setup  ## benchmarks (write JSON under bench/results/)
 	$(PY) bench/data_pipeline.py

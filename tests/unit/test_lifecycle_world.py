@@ -62,3 +62,20 @@ def test_feedback_changes_the_round_data_and_panel_stays_frozen(world, tmp_path:
     assert not replaying & set(panel_1.user_ids.tolist())
     data = load_sequences(tmp_path / "r1")
     assert len(panel_1) == data.n_users - len(replaying & set(data.users["user_id"].to_list()))
+
+
+def test_the_demo_refuses_to_start_without_enough_traffic_left(world) -> None:
+    from movierec.lifecycle.config import LifecycleConfig
+    from movierec.lifecycle.demo import DemoConfig, check_traffic_left
+    from movierec.lifecycle.traffic import events_left
+
+    total = world.future().height
+    config = DemoConfig(traffic_events=100, lifecycle=LifecycleConfig(
+        dataset="ml-100k", future_share=0.1, canary={"events": 100}))
+    check_traffic_left(config)  # a fresh world: plenty
+    take_events(world, total - 300)
+    check_traffic_left(config)  # one demo needs at most 100 + 2 * 100
+    take_events(world, 1)
+    assert events_left(world) == 299
+    with pytest.raises(ValueError, match=r"299 future interactions left.*make demo-clean"):
+        check_traffic_left(config)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from movierec.lifecycle.backends.local import LocalPlatform
 from movierec.lifecycle.config import LifecycleConfig
 from movierec.lifecycle.pipeline import TRAFFIC_LOG, Pipeline, Trigger
-from movierec.lifecycle.traffic import arm_stats, replay, save_records, take_events
+from movierec.lifecycle.traffic import arm_stats, events_left, replay, save_records, take_events
 from movierec.lifecycle.world import build_world
 from movierec.serving.feedback import feedback_location
 from movierec.training.config import TrainConfig
@@ -69,10 +69,33 @@ def check_drift(platform: LocalPlatform) -> dict[str, Any]:
     return {**report.to_dict(), "folder": str(folder)}
 
 
+def check_traffic_left(config: DemoConfig) -> None:
+    """Fail before any work when the world cannot feed one more demo.
+
+    A demo replays ``traffic_events``, then one canary's events for each candidate that
+    passes the gate (the retrained one and, should it pass, the weak one; a first model has
+    no canary). Each future interaction is replayed once, so repeated demos use them up.
+
+    Raises:
+        ValueError: Fewer future interactions are left than one demo may need.
+    """
+    world = build_world(config.lifecycle.dataset, config.lifecycle.future_share,
+                        config.lifecycle.source)
+    needed = config.traffic_events + 2 * config.lifecycle.canary.events
+    left = events_left(world)
+    if left < needed:
+        raise ValueError(
+            f"the demo's world ({world.folder}) has {left} future interactions left to "
+            f"replay and one demo may need {needed}: earlier demos used them up. "
+            "`make demo-clean` stops the demo platform and deletes its state, so the next "
+            "`make demo` starts over")
+
+
 def run_demo(config: DemoConfig, platform: LocalPlatform,
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Every step above; returns the summaries (the platform keeps running)."""
     started = time.monotonic()
+    check_traffic_left(config)
     platform.up()
     os.environ["MLFLOW_TRACKING_URI"] = platform.tracking_uri()
     runs: list[dict[str, Any]] = []

@@ -45,6 +45,17 @@ class Replayed:
     unknown_movies: int
 
 
+def _cursor(world: World) -> int:
+    """Index of the next future interaction to replay."""
+    cursor_path = world.folder / CURSOR_FILE
+    return json.loads(cursor_path.read_text())["next"] if cursor_path.exists() else 0
+
+
+def events_left(world: World) -> int:
+    """How many future interactions have not been replayed yet."""
+    return max(world.future().height - _cursor(world), 0)
+
+
 def take_events(world: World, count: int) -> pl.DataFrame:
     """The next ``count`` future interactions (time order); the cursor moves durably.
 
@@ -52,7 +63,7 @@ def take_events(world: World, count: int) -> pl.DataFrame:
         ValueError: The world's future traffic is used up.
     """
     cursor_path = world.folder / CURSOR_FILE
-    start = json.loads(cursor_path.read_text())["next"] if cursor_path.exists() else 0
+    start = _cursor(world)
     future = world.future()
     if start >= future.height:
         raise ValueError(f"all {future.height} future interactions of {world.folder} were "
