@@ -109,18 +109,20 @@ def load_sequences(folder: Path) -> SequenceData:
     bounds = np.searchsorted(users, np.arange(n_users + 2))
     sequences = [items[bounds[u]:bounds[u + 1]] for u in range(n_users + 1)]
     train_times = [times[bounds[u]:bounds[u + 1]] for u in range(n_users + 1)]
-    targets, target_times = {}, {}
+    targets = {}
+    valid_time = np.zeros(n_users + 1, dtype=np.int64)  # the test item's time is never an input
     for split in (VALID, TEST):
         rows = inter.filter(pl.col(SPLIT_COL) == split)
-        array, when = np.zeros(n_users + 1, dtype=np.int64), np.zeros(n_users + 1, dtype=np.int64)
+        array = np.zeros(n_users + 1, dtype=np.int64)
         array[rows[USER_IDX_COL].to_numpy()] = rows[ITEM_IDX_COL].to_numpy()
-        when[rows[USER_IDX_COL].to_numpy()] = rows[TIMESTAMP_COL].to_numpy()
-        targets[split], target_times[split] = array, when
+        targets[split] = array
+        if split == VALID:
+            valid_time[rows[USER_IDX_COL].to_numpy()] = rows[TIMESTAMP_COL].to_numpy()
     return SequenceData(folder=folder, card=card, n_users=n_users, n_items=n_items,
                         train=sequences, valid_item=targets[VALID], test_item=targets[TEST],
                         items=pl.read_parquet(folder / "items.parquet"),
                         users=pl.read_parquet(folder / "users.parquet"),
-                        train_times=train_times, valid_time=target_times[VALID])
+                        train_times=train_times, valid_time=valid_time)
 
 
 def left_pad(histories: list[np.ndarray], max_len: int) -> np.ndarray:
