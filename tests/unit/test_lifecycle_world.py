@@ -79,3 +79,5 @@ def test_the_demo_refuses_to_start_without_enough_traffic_left(world) -> None:
     assert events_left(world) == 299
     with pytest.raises(ValueError, match=r"299 future interactions left.*make demo-clean"):
         check_traffic_left(config)
+    # Without the weak candidate, one canary fewer: 100 + 100 events are enough.
+    check_traffic_left(config.model_copy(update={"weak_candidate": False}))

@@ -325,6 +325,22 @@ def test_learning_curves_show_the_refit_and_its_soup_branches() -> None:
                                                                         "sse-pt refit"]
 
 
+def test_refit_keys_name_and_parse_the_soup_branches() -> None:
+    from movierec.evaluation.plots import soup_branch_losses
+    from movierec.training.loop import refit_key, refit_loss_branch
+
+    assert [refit_key("loss", b) for b in (0, 1, 12)] == ["refit_loss", "refit_loss_1",
+                                                          "refit_loss_12"]
+    assert refit_key("train_seconds", 2) == "refit_train_seconds_2"
+    for branch in (0, 1, 12):
+        assert refit_loss_branch(refit_key("loss", branch)) == branch
+    for other in ("loss", "refit_loss_", "refit_loss_x", "refit_train_seconds_2"):
+        assert refit_loss_branch(other) is None
+    # Branch order, not string order (10 after 2); branch 0 is the dashed refit line.
+    assert soup_branch_losses(["refit_loss_10", "refit_loss", "refit_loss_2", "loss"]) == [
+        "refit_loss_2", "refit_loss_10"]
+
+
 def test_tie_shuffling_trains_on_the_datas_timestamps(small_prepared: Path) -> None:
     data = load_sequences(small_prepared)
     # The synthetic data has no ties: make every three consecutive items share a second.

@@ -7,17 +7,18 @@ per-epoch metrics from MLflow.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from movierec.training.loop import refit_key, refit_loss_branch
 from movierec.training.tracking import configure
 
-HISTORY_METRICS = ("loss", "epoch_valid_ndcg_10", "refit_loss")
-SOUP_BRANCH_LOSS = re.compile(r"refit_loss_\d+")  # the refit's soup branches after the first
+REFIT_LOSS = refit_key("loss", 0)
+HISTORY_METRICS = ("loss", "epoch_valid_ndcg_10", REFIT_LOSS)
 BAR_METRICS = ("ndcg@10", "hr@10")
 SLICE_METRIC = "ndcg@10"
 MAX_LABELLED_BARS = 12  # beyond this, value labels overlap
@@ -28,6 +29,12 @@ Histories = dict[str, list[dict[str, float]]]
 Reports = dict[str, dict[str, Any]]
 
 
+def soup_branch_losses(keys: Iterable[str]) -> list[str]:
+    """The loss keys of the refit's soup branches after the first, in branch order."""
+    branches = {k: refit_loss_branch(k) for k in keys}
+    return sorted((k for k, b in branches.items() if b), key=lambda k: branches[k] or 0)
+
+
 def run_history(run_id: str) -> list[dict[str, float]]:
     """Per-epoch ``loss``, ``epoch_valid_ndcg_10`` and refit losses of a run, by epoch.
 
@@ -36,8 +43,7 @@ def run_history(run_id: str) -> list[dict[str, float]]:
     popularity baseline) give an empty list. Epochs count from 1.
     """
     client = configure().MlflowClient()
-    branches = sorted(k for k in client.get_run(run_id).data.metrics
-                      if SOUP_BRANCH_LOSS.fullmatch(k))
+    branches = soup_branch_losses(client.get_run(run_id).data.metrics)
     epochs: dict[int, dict[str, float]] = {}
     for key in (*HISTORY_METRICS, *branches):
         for metric in client.get_metric_history(run_id, key):
@@ -61,8 +67,8 @@ def plot_learning_curves(histories: Histories,
         if not history:
             continue
         color = None
-        branches = sorted({k for h in history for k in h if SOUP_BRANCH_LOSS.fullmatch(k)})
-        for ax, key, label in ((loss_ax, "loss", name), (loss_ax, "refit_loss", f"{name} refit"),
+        branches = soup_branch_losses({k for h in history for k in h})
+        for ax, key, label in ((loss_ax, "loss", name), (loss_ax, REFIT_LOSS, f"{name} refit"),
                                *((loss_ax, b, None) for b in branches),
                                (ndcg_ax, "epoch_valid_ndcg_10", name)):
             points = [(h["epoch"], h[key]) for h in history if key in h]
@@ -71,7 +77,7 @@ def plot_learning_curves(histories: Histories,
                 # A run keeps one colour; its refit (train + valid items) is dashed, and the
                 # refit's soup branches fork from it dotted (one legend entry for the refit).
                 style = "-" if key in ("loss", "epoch_valid_ndcg_10") else (
-                    "--" if key == "refit_loss" else ":")
+                    "--" if key == REFIT_LOSS else ":")
                 line, = ax.plot(epochs, values, marker="o", markersize=3, label=label,
                                 color=color, linestyle=style)
                 color = line.get_color()

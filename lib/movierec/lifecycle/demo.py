@@ -73,15 +73,17 @@ def check_traffic_left(config: DemoConfig) -> None:
     """Fail before any work when the world cannot feed one more demo.
 
     A demo replays ``traffic_events``, then one canary's events for each candidate that
-    passes the gate (the retrained one and, should it pass, the weak one; a first model has
-    no canary). Each future interaction is replayed once, so repeated demos use them up.
+    passes the gate (the retrained one and, when ``weak_candidate`` is on and it passes, the
+    weak one; a first model has no canary). Each future interaction is replayed once, so
+    repeated demos use them up.
 
     Raises:
         ValueError: Fewer future interactions are left than one demo may need.
     """
     world = build_world(config.lifecycle.dataset, config.lifecycle.future_share,
                         config.lifecycle.source)
-    needed = config.traffic_events + 2 * config.lifecycle.canary.events
+    candidates = 2 if config.weak_candidate else 1
+    needed = config.traffic_events + candidates * config.lifecycle.canary.events
     left = events_left(world)
     if left < needed:
         raise ValueError(

@@ -106,7 +106,8 @@ class FitResult:
         """Branches whose weights the refit averaged (1: no soup, 0: no refit)."""
         if not self.refit_history:
             return 0
-        return len({k for h in self.refit_history for k in h if k.startswith("refit_loss")})
+        return len({k for h in self.refit_history for k in h
+                    if refit_loss_branch(k) is not None})
 
 
 def make_scorer(model: nn.Module, device: torch.device):
@@ -158,6 +159,24 @@ def training_sequences(data: SequenceData, refit: bool
     if data.train_times is None:
         return sequences, None
     return sequences, [data.history_times(user, split) for user in users]
+
+
+def refit_key(name: str, branch: int) -> str:
+    """Record key of a refit figure (``name`` is ``loss`` or ``train_seconds``).
+
+    ``refit_<name>`` for the trunk and soup branch 0, ``refit_<name>_<b>`` for branch b:
+    tracking logs every phase and branch with epoch steps, so each needs keys of its own.
+    """
+    return f"refit_{name}_{branch}" if branch else f"refit_{name}"
+
+
+def refit_loss_branch(key: str) -> int | None:
+    """The soup branch whose loss ``key`` records (0: trunk and branch 0); None otherwise."""
+    base = refit_key("loss", 0)
+    if key == base:
+        return 0
+    suffix = key.removeprefix(f"{base}_")
+    return int(suffix) if suffix != key and suffix.isdigit() else None
 
 
 def branch_seed(seed: int, branch: int) -> int:
@@ -223,11 +242,8 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
             record = _train_epoch(objective, optimizer, source, epoch, hooks, device, config)
             loss = record["loss"]
             if refit:
-                # Refit records get their own names: tracking logs every phase and branch
-                # with epoch steps, so each needs keys of its own.
-                suffix = f"_{branch}" if branch else ""
-                record = {"epoch": epoch, f"refit_loss{suffix}": loss,
-                          f"refit_train_seconds{suffix}": record["train_seconds"]}
+                record = {"epoch": epoch, refit_key("loss", branch): loss,
+                          refit_key("train_seconds", branch): record["train_seconds"]}
             else:
                 _validate(model, data, config, device, state, record, started)
             state["refit_history" if refit else "history"].append(record)
