@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from movierec.infra import ansible as ansible_infra
-from movierec.infra import inventory, validate
+from movierec.infra import inventory, repo_scan, validate
 
 OUTPUTS = {  # `terraform output -json` as tf/kvm/outputs.tf shapes it (documentation IPs)
     "node_names": {"value": ["node1", "node2", "node3"], "type": ["list", "string"]},
@@ -148,7 +148,7 @@ def test_no_address_is_committed_in_ansible(repo_root: Path) -> None:
     """Only the documented example inventory may hold addresses (documentation ranges)."""
     for path in (repo_root / "ansible").rglob("*"):
         if path.is_file() and path.name != "example.yml":
-            assert not validate.scan_text(path.read_text()), path
+            assert not repo_scan.scan_text(path.read_text()), path
 
 
 def test_cluster_up_dry_run_orders_the_steps(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from movierec.infra import validate
+from movierec.infra import repo_scan
 
 # Assembled at run time so this file itself never matches the patterns it tests.
 KEY_HEADER = "-----BEGIN " + "OPENSSH PRIVATE KEY-----"
@@ -26,7 +26,7 @@ PUBLIC = ".".join(["129", "114", "26", "10"])  # a Chameleon-style floating IP
     (f"floating_ip = {PUBLIC}", "public IPv4"),
 ])
 def test_finds(line: str, what: str) -> None:
-    problems = validate.scan_text(f"first line\n{line}\n")
+    problems = repo_scan.scan_text(f"first line\n{line}\n")
     assert any(what in p and p.startswith("line 2") for p in problems), problems
 
 
@@ -42,11 +42,11 @@ def test_finds(line: str, what: str) -> None:
     "max_tokens: 'abcdefghij'",
 ])
 def test_ignores(line: str) -> None:
-    assert validate.scan_text(line) == []
+    assert repo_scan.scan_text(line) == []
 
 
 def test_repository_is_clean(repo_root: Path) -> None:
-    [result] = validate.scan_repo(repo_root)
+    [result] = repo_scan.scan_repo(repo_root)
     assert result.passed, result.detail
 
 
@@ -63,12 +63,12 @@ def test_scan_sees_committed_and_new_files_but_not_ignored(tmp_path: Path) -> No
     (tmp_path / "clean.txt").write_text("nothing to see\n")
     _git(tmp_path, "add", ".")
     _git(tmp_path, "commit", "-q", "-m", "init")
-    [clean] = validate.scan_repo(tmp_path)
+    [clean] = repo_scan.scan_repo(tmp_path)
     assert clean.passed, clean.detail
 
     (tmp_path / "clouds.yaml").write_text("clouds: {}\n")  # untracked but would be added
     (tmp_path / "deploy.yaml").write_text(f"image: nginx:{LATEST}\nserver: {PUBLIC}\n")
-    [dirty] = validate.scan_repo(tmp_path)
+    [dirty] = repo_scan.scan_repo(tmp_path)
     assert not dirty.passed
     assert "clouds.yaml must never be committed" in dirty.detail
     assert "deploy.yaml line 1: latest tag" in dirty.detail

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from movierec.infra.commands import repo_root
-from movierec.infra.validate import scan_text
+from movierec.infra.repo_scan import scan_text
 from movierec.reliability.fuzz import serve
 
 ADMIN_MODULE = Path("lib/movierec/serving/admin.py")
