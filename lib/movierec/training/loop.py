@@ -31,6 +31,7 @@ from movierec.models import (
     build_model,
     seen_items_mask,
 )
+from movierec.models.spectral import init_item_embeddings
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import Hooks, LocalHooks
 
@@ -194,6 +195,19 @@ def soup_plan(config: TrainConfig, epochs: int) -> tuple[int, int]:
     return fork, config.soup_branches
 
 
+def new_model(config: TrainConfig, data: SequenceData, refit: bool) -> nn.Module:
+    """A freshly initialised network for the selection (``refit`` False) or the refit.
+
+    With ``item_init="spectral"`` its item embeddings start from the sequences that phase
+    trains on (train, or train + valid for the refit), never from items it will be tested on.
+    """
+    model = build_model(config.model, data.n_users, data.n_items)
+    if config.model.item_init == "spectral":
+        init_item_embeddings(model.item_embedding, training_sequences(data, refit)[0],
+                             config.seed)
+    return model
+
+
 def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: nn.Module,
                  device: torch.device, state: dict[str, Any],
                  resumed: dict[str, Any] | None, started: float, progress: bool) -> None:
@@ -333,7 +347,7 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
         valid, test = final_metrics(pop, data, config, device)
         return FitResult(pop, 0, valid, test, seconds=time.perf_counter() - started)
 
-    model = build_model(config.model, data.n_users, data.n_items).to(device)
+    model = new_model(config, data, refit=False).to(device)
     resumed = hooks.load_checkpoint()
     state = {**_new_state(), **resumed["loop"]} if resumed else _new_state()
     if state["phase"] == "select":
@@ -344,8 +358,10 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
         if config.refit and state["best_epoch"] > 0:
             state.update(phase="refit", epoch=0, branch=0, best_model=None)
             resumed = None
-            seed_everything(config.seed)  # the refit starts from the same initial weights
-            model = build_model(config.model, data.n_users, data.n_items).to(device)
+            # The refit starts from the same random weights (and, with spectral item
+            # vectors, from those of its own sequences).
+            seed_everything(config.seed)
+            model = new_model(config, data, refit=True).to(device)
     if state["phase"] == "refit":
         _train_phase(config, data, hooks, model, device, state, resumed, started, progress)
     test = evaluate_split(model, data, config, device, TEST)
