@@ -74,8 +74,9 @@ class ModelConfig(BaseModel):
         "'random' = Xavier-normal as in the reference. On the nested split "
         "(bench/nested.py, 10 seeds) 'spectral' gains pseudo-test NDCG@10 sampled "
         "+0.0063 ± 0.0014 and full +0.0031 ± 0.0014, and selection stops sooner; it is not "
-        "the default yet because, as the default, it turned the lifecycle's canary around: "
-        "a 1-epoch spectral model out-hit a 5-epoch one on replayed future traffic")
+        "the default yet because, as the default, it turned the lifecycle's canary around "
+        "(a 1-epoch spectral model out-hit a 5-epoch one in a 300-event canary, though "
+        "offline the 5-epoch one is far better: see bench/README.md)")
     loss: Literal["bce", "ce"] = "ce"
     ce_mask_seen: Literal["none", "prefix", "window"] = Field(
         default="window",
