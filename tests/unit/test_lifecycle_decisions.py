@@ -96,6 +96,38 @@ def test_canary_detects_a_clearly_worse_model() -> None:
     assert _alarm_rate(0.12, 0.2, 400, 500, seed=1) >= 0.9
 
 
+def _users_arm(rng: np.random.Generator, users: int, mean: float) -> ArmStats:
+    """An arm whose users differ: each has a hit propensity and sends 1-60 requests."""
+    per_user = []
+    for _ in range(users):
+        served = int(rng.integers(1, 61))
+        propensity = rng.beta(2 * mean / (1 - mean), 2)  # mean `mean`, wide spread
+        per_user.append((int(rng.binomial(served, propensity)), served))
+    return ArmStats(sum(n for _, n in per_user), 0, sum(h for h, _ in per_user), 10.0,
+                    per_user=tuple(per_user))
+
+
+def test_the_canary_counts_users_not_requests_as_independent() -> None:
+    # Equal arms, few users with many correlated requests each: a test that counts
+    # requests raises false alarms far above alpha; one that counts users does not.
+    rng = np.random.default_rng(3)
+    config = CanaryConfig(alpha=0.05)
+    per_request = per_user = 0
+    trials = 400
+    for _ in range(trials):
+        canary, prod = _users_arm(rng, 30, 0.2), _users_arm(rng, 70, 0.2)
+        per_user += not analyze(canary, prod, config).promote
+        aggregate = ArmStats(canary.requests, 0, canary.hits, 10.0)
+        per_request += not analyze(aggregate, ArmStats(prod.requests, 0, prod.hits, 10.0),
+                                   config).promote
+    assert per_request / trials > 0.15, per_request / trials
+    assert per_user / trials <= 0.09, per_user / trials
+    # The clustered test still sees a clearly worse canary.
+    worse = sum(not analyze(_users_arm(rng, 40, 0.08), _users_arm(rng, 90, 0.25),
+                            config).promote for _ in range(100))
+    assert worse >= 90, worse
+
+
 def test_canary_rolls_back_on_errors_and_latency() -> None:
     prod = ArmStats(1000, 0, 200, 20.0)
     errors = analyze(ArmStats(1000, 50, 200, 20.0), prod, CanaryConfig())

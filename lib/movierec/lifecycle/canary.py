@@ -2,14 +2,16 @@
 
 The canary is promoted unless the evidence says it is worse than production: an error rate
 or p95 latency over their limits, or an online hit rate significantly below production's
-(a one-sided two-proportion z-test at ``alpha``). Non-inferiority, not superiority: the
-offline gate already asked for a better model; the canary asks whether it holds up live.
+(a one-sided z-test at ``alpha``, with users as the independent units when the arms know
+them). Non-inferiority, not superiority: the offline gate already asked for a better model;
+the canary asks whether it holds up live.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,12 +33,15 @@ class ArmStats:
         errors: Requests that failed (transport error or non-2xx).
         hits: Lists that held the movie the user watched next.
         p95_ms: 95th percentile latency of successful requests.
+        per_user: (hits, served requests) of each user of the arm, when known; the hit-rate
+            test then treats users, not requests, as the independent units.
     """
 
     requests: int
     errors: int
     hits: int
     p95_ms: float | None
+    per_user: tuple[tuple[int, int], ...] = ()
 
     @property
     def served(self) -> int:
@@ -75,6 +80,34 @@ def two_proportion_test(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple[f
     return z, normal_cdf(z)
 
 
+def clustered_proportion_test(per_user_a: Sequence[tuple[int, int]],
+                              per_user_b: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """Like ``two_proportion_test``, with users as the independent units.
+
+    A user always sees one arm and their requests share their tastes, so requests are not
+    independent draws: the per-request test understates the noise when a few users send
+    many requests. Each arm's hit rate is the ratio estimator ``sum(hits) / sum(served)``
+    with its cluster-robust variance ``K / (K - 1) * sum((h_u - r * n_u)^2) / (sum n)^2``
+    over its ``K`` users (the delta method). Returns ``(0.0, 1.0)`` when an arm has fewer
+    than two users with served requests or both variances are 0.
+    """
+    rates, variances = [], []
+    for per_user in (per_user_a, per_user_b):
+        rows = [(h, n) for h, n in per_user if n > 0]
+        if len(rows) < 2:
+            return 0.0, 1.0
+        total = sum(n for _, n in rows)
+        rate = sum(h for h, _ in rows) / total
+        spread = sum((h - rate * n) ** 2 for h, n in rows)
+        rates.append(rate)
+        variances.append(len(rows) / (len(rows) - 1) * spread / total**2)
+    variance = sum(variances)
+    if variance <= 0.0:
+        return 0.0, 1.0
+    z = (rates[0] - rates[1]) / math.sqrt(variance)
+    return z, normal_cdf(z)
+
+
 @dataclass(frozen=True)
 class CanaryAnalysis:
     """The decision and every number behind it (saved with the run's report)."""
@@ -94,13 +127,23 @@ class CanaryAnalysis:
 
 
 def _arm_dict(arm: ArmStats) -> dict[str, Any]:
-    return {**asdict(arm), "error_rate": arm.error_rate, "hit_rate": arm.hit_rate}
+    counts = {k: v for k, v in asdict(arm).items() if k != "per_user"}
+    return {**counts, "users": len(arm.per_user) or None, "error_rate": arm.error_rate,
+            "hit_rate": arm.hit_rate}
 
 
 def analyze(canary: ArmStats, production: ArmStats, config: CanaryConfig) -> CanaryAnalysis:
-    """Promote unless the canary errs, is slow, or hits significantly less than production."""
-    z, p_value = two_proportion_test(canary.hits, canary.served,
-                                     production.hits, production.served)
+    """Promote unless the canary errs, is slow, or hits significantly less than production.
+
+    The hit-rate test counts users as the independent units when both arms know theirs
+    (``ArmStats.per_user``), else requests (aggregate counts, as ``movierec canary
+    analyze`` takes them).
+    """
+    if canary.per_user and production.per_user:
+        z, p_value = clustered_proportion_test(canary.per_user, production.per_user)
+    else:
+        z, p_value = two_proportion_test(canary.hits, canary.served,
+                                         production.hits, production.served)
     reasons = []
     if canary.requests == 0:
         reasons.append("the canary received no traffic")

@@ -151,12 +151,19 @@ def replay(events: pl.DataFrame, urls: dict[str, str], canary_share: float = 0.0
 
 
 def arm_stats(records: list[Replayed], arm: str) -> ArmStats:
-    """Requests, errors, hits and p95 latency of one arm."""
+    """Requests, errors, hits, p95 latency and per-user (hits, served) of one arm."""
     mine = [r for r in records if r.arm == arm]
     latencies = [r.latency_ms for r in mine if r.ok]
     p95 = float(np.percentile(latencies, 95)) if latencies else None
+    per_user: dict[int, list[int]] = {}
+    for r in mine:
+        if r.ok:
+            counts = per_user.setdefault(r.user_id, [0, 0])
+            counts[0] += r.hit
+            counts[1] += 1
     return ArmStats(requests=len(mine), errors=sum(not r.ok for r in mine),
-                    hits=sum(r.hit for r in mine), p95_ms=p95)
+                    hits=sum(r.hit for r in mine), p95_ms=p95,
+                    per_user=tuple((h, n) for h, n in per_user.values()))
 
 
 def save_records(records: list[Replayed], path: Path) -> None:
