@@ -53,7 +53,11 @@ def spectral_item_vectors(sequences: Sequence[np.ndarray], n_items: int, width: 
     Columns beyond the matrix's rank are zero. ``seed`` drives the randomised SVD of
     large catalogues (the dense SVD of small ones needs none).
     """
-    matrix = normalized_interactions(sequences, n_items)
+    return _leading_item_vectors(normalized_interactions(sequences, n_items), width, seed)
+
+
+def _leading_item_vectors(matrix: torch.Tensor, width: int, seed: int) -> torch.Tensor:
+    """``spectral_item_vectors`` of an already normalised matrix [users, n_items + 1]."""
     users, columns = matrix.shape
     rank = min(width, users, columns)
     if users * columns <= DENSE_SVD_MAX_ENTRIES:
@@ -82,11 +86,10 @@ def init_item_embeddings(embedding: torch.nn.Embedding, sequences: Sequence[np.n
     """
     weight = embedding.weight
     n_items, width = weight.shape[0] - 1, weight.shape[1]
-    vectors = spectral_item_vectors(sequences, n_items, width, seed)
-    seen = torch.zeros(n_items + 1, dtype=torch.bool)
-    for items in sequences:
-        seen[torch.as_tensor(np.asarray(items, dtype=np.int64))] = True
-    seen[0] = False
+    matrix = normalized_interactions(sequences, n_items)
+    vectors = _leading_item_vectors(matrix, width, seed)
+    # An item is seen when its column has an entry (column 0, padding, never has one).
+    seen = torch.bincount(matrix.indices()[1], minlength=n_items + 1) > 0
     if not seen.any():
         return
     with torch.no_grad():
