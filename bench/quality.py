@@ -56,11 +56,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "sse-pt-ce-norefit": {"refit": False},
     # Ablation (--models sse-pt-ce-nosoup): a plain refit, one branch, no weight averaging.
     "sse-pt-ce-nosoup": {"soup_branches": 1},
-    # The default with spectral item embeddings (--models sse-pt-ce-spectral), and its
-    # refit ablations.
-    "sse-pt-ce-spectral": {"model": {"item_init": "spectral"}},
-    "sse-pt-ce-spectral-nosoup": {"soup_branches": 1, "model": {"item_init": "spectral"}},
-    "sse-pt-ce-spectral-norefit": {"refit": False, "model": {"item_init": "spectral"}},
+    # Ablation (--models sse-pt-ce-random): random item embeddings instead of spectral ones
+    # (the default until spectral item embeddings were adopted).
+    "sse-pt-ce-random": {"model": {"item_init": "random"}},
     # The default with the papers' ml-1m window (--models sse-pt-ce-len200 on ml-1m).
     "sse-pt-ce-len200": {"model": {"max_len": 200}},
 }

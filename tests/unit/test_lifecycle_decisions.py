@@ -13,6 +13,7 @@ from movierec.lifecycle.canary import (
     bucket,
     normal_cdf,
     two_proportion_test,
+    user_permutation_test,
 )
 from movierec.lifecycle.config import CanaryConfig, GateConfig
 from movierec.lifecycle.gates import full_ranks, offline_gate
@@ -122,10 +123,38 @@ def test_the_canary_counts_users_not_requests_as_independent() -> None:
                                    config).promote
     assert per_request / trials > 0.15, per_request / trials
     assert per_user / trials <= 0.09, per_user / trials
-    # The clustered test still sees a clearly worse canary.
+    # The per-user test still sees a clearly worse canary.
     worse = sum(not analyze(_users_arm(rng, 40, 0.08), _users_arm(rng, 90, 0.25),
                             config).promote for _ in range(100))
     assert worse >= 90, worse
+
+
+def test_the_user_permutation_test_is_exact_on_a_hand_made_case() -> None:
+    # Users (hits, served): canary 0/2 and 1/2, production 2/2 and 1/2. Of the 6 ways to
+    # pick two canary users, two give z as low as observed ({0/2, 1/2} twice, since two
+    # users are 1/2): p = 2/6.
+    z, p = user_permutation_test([(0, 2), (1, 2)], [(2, 2), (1, 2)])
+    assert z < 0 and p == pytest.approx(1 / 3)
+    assert user_permutation_test([(0, 2)], [(2, 2), (1, 2)]) == (0.0, 1.0)  # one user: no test
+
+
+def test_a_short_canary_with_few_users_is_not_judged_by_a_normal_approximation() -> None:
+    # The integration test's canary with spectral item embeddings: 4 canary users and 3
+    # production users. The cluster-robust z read against a normal would roll it back.
+    canary, production = [(9, 20), (16, 67), (3, 16), (9, 90)], [(19, 64), (5, 21), (10, 22)]
+    z, p = user_permutation_test(canary, production)
+    assert normal_cdf(z) < 0.05 < p
+    # Equal arms of 6 and 14 users: the normal approximation's false alarms are far above
+    # alpha, the permutation test's are not.
+    rng = np.random.default_rng(5)
+    trials, permutation_alarms, normal_alarms = 600, 0, 0
+    for _ in range(trials):
+        a, b = _users_arm(rng, 6, 0.2), _users_arm(rng, 14, 0.2)
+        z, p = user_permutation_test(a.per_user, b.per_user)
+        permutation_alarms += p < 0.05
+        normal_alarms += normal_cdf(z) < 0.05
+    assert permutation_alarms / trials <= 0.08, permutation_alarms / trials
+    assert normal_alarms / trials >= 0.09, normal_alarms / trials
 
 
 def test_canary_rolls_back_on_errors_and_latency() -> None:

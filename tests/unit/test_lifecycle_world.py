@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from movierec.data.dataset import load_sequences
-from movierec.lifecycle.traffic import take_events
+from movierec.lifecycle.traffic import Replayed, arm_stats, take_events
 from movierec.lifecycle.world import build_panel, build_world, prepare_round
 from movierec.serving.feedback import FeedbackEvent, FeedbackStore
 
@@ -81,3 +81,16 @@ def test_the_demo_refuses_to_start_without_enough_traffic_left(world) -> None:
         check_traffic_left(config)
     # Without the weak candidate, one canary fewer: 100 + 100 events are enough.
     check_traffic_left(config.model_copy(update={"weak_candidate": False}))
+
+
+def test_arm_stats_count_hits_and_users_over_served_requests_only() -> None:
+    def replayed(user: int, arm: str, ok: bool, hit: bool) -> Replayed:
+        return Replayed(user, 1, 0, arm, ok, hit, 5.0, None, 0)
+
+    records = [replayed(1, "canary", True, True), replayed(1, "canary", True, False),
+               replayed(2, "canary", True, True), replayed(2, "canary", False, True),
+               replayed(3, "canary", False, False), replayed(4, "production", True, True)]
+    stats = arm_stats(records, "canary")
+    assert (stats.requests, stats.errors, stats.served, stats.hits) == (5, 2, 3, 2)
+    assert sorted(stats.per_user) == [(1, 1), (1, 2)]  # user 3 was never served
+    assert stats.hit_rate == pytest.approx(2 / 3)

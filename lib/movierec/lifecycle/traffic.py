@@ -162,7 +162,7 @@ def arm_stats(records: list[Replayed], arm: str) -> ArmStats:
             counts[0] += r.hit
             counts[1] += 1
     return ArmStats(requests=len(mine), errors=sum(not r.ok for r in mine),
-                    hits=sum(r.hit for r in mine), p95_ms=p95,
+                    hits=sum(h for h, _ in per_user.values()), p95_ms=p95,
                     per_user=tuple((h, n) for h, n in per_user.values()))
 
 
