@@ -56,9 +56,12 @@ MODELS: dict[str, dict[str, Any]] = {
     "sse-pt-ce-norefit": {"refit": False},
     # Ablation (--models sse-pt-ce-nosoup): a plain refit, one branch, no weight averaging.
     "sse-pt-ce-nosoup": {"soup_branches": 1},
-    # Ablation (--models sse-pt-ce-random): random item embeddings instead of spectral ones
-    # (the default until spectral item embeddings were adopted).
-    "sse-pt-ce-random": {"model": {"item_init": "random"}},
+    # Ablation (--models sse-pt-ce-lr4e-3): the learning rate found for random item
+    # embeddings, with spectral ones.
+    "sse-pt-ce-lr4e-3": {"lr": 4e-3},
+    # The default before spectral item embeddings and the learning rate that suits them
+    # (--models sse-pt-ce-previous): random item embeddings and lr 4e-3.
+    "sse-pt-ce-previous": {"lr": 4e-3, "model": {"item_init": "random"}},
     # The default with the papers' ml-1m window (--models sse-pt-ce-len200 on ml-1m).
     "sse-pt-ce-len200": {"model": {"max_len": 200}},
 }

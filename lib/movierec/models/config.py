@@ -73,8 +73,9 @@ class ModelConfig(BaseModel):
         "the normalised user-item matrix of the training items (models.spectral), "
         "'random' = Xavier-normal as in the reference. On the nested split "
         "(bench/nested.py, 10 seeds) 'spectral' gains pseudo-test NDCG@10 sampled "
-        "+0.0063 ± 0.0014 and full +0.0031 ± 0.0014, and selection stops sooner (best "
-        "epoch 18 instead of 30)")
+        "+0.0063 ± 0.0014 and full +0.0031 ± 0.0014 at the same learning rate (4e-3), and "
+        "selection stops sooner (best epoch 18 instead of 30); a lower rate then gains more "
+        "(TrainConfig.lr)")
     loss: Literal["bce", "ce"] = "ce"
     ce_mask_seen: Literal["none", "prefix", "window"] = Field(
         default="window",
