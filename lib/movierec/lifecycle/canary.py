@@ -123,7 +123,7 @@ def user_permutation_test(per_user_a: Sequence[tuple[int, int]],
     permutation test: exact when the models make no difference to any user, and valid for
     equal mean hit rates as users grow). The normal approximation would not do: a short
     canary sees few users (the integration test's saw 4 and 3, where it gave p = 0.045 and
-    the exact test 0.143). Returns ``(0.0, 1.0)`` when an arm has fewer than two users with
+    this test 0.114). Returns ``(0.0, 1.0)`` when an arm has fewer than two users with
     served requests.
     """
     rows_a = [(h, n) for h, n in per_user_a if n > 0]
