@@ -27,18 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_json
 from quality import prepared_folder
 
-from movierec.data.columns import TEST
 from movierec.data.dataset import SequenceData, load_sequences
 from movierec.evaluation.metrics import bootstrap_ci, ndcg_at_k
-from movierec.evaluation.protocols import rank_users
+from movierec.evaluation.protocols import RankedUsers
 from movierec.training.config import TrainConfig
-from movierec.training.loop import fit, make_scorer
+from movierec.training.loop import fit
 
 METRICS = ("sampled", "full")
 
@@ -127,11 +125,10 @@ def markdown(summary: dict[str, Any], baseline: str) -> str:
     return "\n".join(lines)
 
 
-def per_user_ndcg(model: Any, data: SequenceData, config: TrainConfig
-                  ) -> dict[str, list[float]]:
+def per_user_ndcg(ranked: RankedUsers | None) -> dict[str, list[float]]:
     """Each pseudo-test user's NDCG@10 under both protocols (the order of ``rank_users``)."""
-    ranked = rank_users(make_scorer(model, torch.device("cpu")), data, TEST,
-                        config.model.max_len, seed=config.eval_seed)
+    if ranked is None:
+        raise ValueError("fit returned no per-user test ranks (in-process runs always do)")
     return {"sampled": np.round(ndcg_at_k(ranked.sampled_ranks, 10), 6).tolist(),
             "full": np.round(ndcg_at_k(ranked.full_ranks, 10), 6).tolist()}
 
@@ -179,7 +176,7 @@ def main() -> None:
                          "best_epoch": result.best_epoch, "refit_epochs": result.refit_epochs,
                          "wall_seconds": time.perf_counter() - started,
                          "pseudo_valid": result.valid, "pseudo_test": result.test,
-                         "pseudo_test_per_user": per_user_ndcg(result.model, data, config)})
+                         "pseudo_test_per_user": per_user_ndcg(result.test_ranks)})
             print(f"seed {seed} {name}: best epoch {result.best_epoch}, pseudo-test sampled "
                   f"{result.test['sampled']['ndcg@10']:.4f} full "
                   f"{result.test['full']['ndcg@10']:.4f}, {runs[-1]['wall_seconds']:.0f} s",

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from nested import markdown, summarize_runs
+from nested import markdown, per_user_ndcg, summarize_runs
+
+from movierec.evaluation.protocols import RankedUsers
 
 
 def _run(variant: str, seed: int, per_user: np.ndarray | None) -> dict[str, Any]:
@@ -46,3 +48,13 @@ def test_runs_without_per_user_scores_get_no_interval() -> None:
     assert "gain_ci95_users" not in row and row["seeds"] == 3
     assert row["gain"] == pytest.approx(0.0)
     assert "| - |" in markdown({"other": {"sampled": row}}, "base")
+
+
+def test_per_user_scores_come_from_the_fit_s_own_ranks() -> None:
+    ranked = RankedUsers(users=np.array([1, 2, 3]), sampled_ranks=np.array([0, 1, 10]),
+                         full_ranks=np.array([2, 10, 0]), top_k=np.zeros((3, 10), int))
+    scores = per_user_ndcg(ranked)
+    assert scores["sampled"] == [1.0, round(1 / np.log2(3), 6), 0.0]
+    assert scores["full"] == [0.5, 0.0, 1.0]
+    with pytest.raises(ValueError, match="per-user test ranks"):
+        per_user_ndcg(None)

@@ -16,7 +16,7 @@ from movierec.models.spectral import (
     spectral_item_vectors,
 )
 from movierec.training.config import TrainConfig
-from movierec.training.loop import new_model
+from movierec.training.loop import new_model, training_sequences
 
 # Two communities with no item in common: users 1-6 watch items 1-4, users 7-9 items 5-7
 # (user 0 is the unused padding row). Different sizes give distinct singular values.
@@ -87,7 +87,8 @@ def test_the_refit_starts_from_the_validation_items_too(small_prepared: Path) ->
 
     def items(config: TrainConfig, refit: bool) -> torch.Tensor:
         torch.manual_seed(0)  # fit seeds before it builds a model
-        return new_model(config, data, refit=refit).item_embedding.weight.detach()
+        sequences = training_sequences(data, refit)[0]
+        return new_model(config, data, sequences).item_embedding.weight.detach()
 
     selection, refit = items(config, refit=False), items(config, refit=True)
     random = items(config.model_copy(update={"model": config.model.model_copy(

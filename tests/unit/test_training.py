@@ -83,6 +83,13 @@ def test_refit_retrains_on_train_and_valid_for_the_selected_epochs(
     a, b = selected.model.state_dict(), refit.model.state_dict()
     assert any(not __import__("torch").equal(a[k], b[k]) for k in a)
     assert refit.test != selected.test
+    # The per-user ranks returned are those of the tested (refit) model, one per test user.
+    for result in (selected, refit):
+        for protocol, ranks in (("full", result.test_ranks.full_ranks),
+                                ("sampled", result.test_ranks.sampled_ranks)):
+            assert ndcg_at_k(ranks, 10).mean() == pytest.approx(
+                result.test[protocol]["ndcg@10"])
+    assert not np.array_equal(refit.test_ranks.full_ranks, selected.test_ranks.full_ranks)
 
 
 def test_training_sequences_and_times_of_both_phases(small_prepared: Path) -> None:

@@ -29,8 +29,9 @@ class TrainConfig(BaseModel):
         description="Adam learning rate. 1e-3 since item embeddings start spectral (4e-3 "
         "had been chosen for random ones): on the nested split (bench/nested.py, 10 seeds) "
         "1e-3 gains pseudo-test NDCG@10 full +0.0058 ± 0.0013 (10/10 seeds) and sampled "
-        "+0.0040 ± 0.0017, for about 60% more epochs; the real test items disagree (full "
-        "-0.006 over 3 seeds), within the noise of their 943 items (bench/README.md)")
+        "+0.0040 ± 0.0017, for about 60% more epochs; re-run with per-user scores (5 seeds), "
+        "the full gain's 95% interval over users is +0.0019 to +0.0115. The real test items "
+        "disagree (full -0.006 over 3 seeds; bench/README.md)")
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(10, ge=1, description="evaluations without validation gain")
     refit: bool = Field(

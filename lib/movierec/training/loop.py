@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from movierec.data.columns import TEST, VALID
 from movierec.data.dataset import SequenceData
-from movierec.evaluation.protocols import full_ranking_ndcg, rank_users
+from movierec.evaluation.protocols import RankedUsers, full_ranking_ndcg, rank_users
 from movierec.evaluation.report import Metrics, summarize
 from movierec.models import (
     SSEPT,
@@ -36,6 +37,8 @@ from movierec.training.config import TrainConfig
 from movierec.training.hooks import Hooks, LocalHooks
 
 SELECTION_METRIC = "ndcg@10"
+# What a phase trains on: each user's items and their timestamps (None without times).
+PhaseSequences = tuple[list[np.ndarray], list[np.ndarray] | None]
 
 
 def seed_everything(seed: int) -> None:
@@ -80,6 +83,8 @@ class FitResult:
     ``valid`` is always the selected model's (the best validation epoch's). With
     ``TrainConfig.refit`` the returned ``model`` and ``test`` are those of the refit, which
     also learned the validation items: its own validation scores would be optimistic.
+    ``test_ranks`` are the per-user ranks behind ``test`` (for per-user statistics without
+    ranking again); runs on Ray return metrics only, so theirs is None.
     """
 
     model: nn.Module
@@ -90,6 +95,7 @@ class FitResult:
     seconds: float = 0.0
     seconds_to_best: float = 0.0
     refit_history: list[dict[str, Any]] = field(default_factory=list)
+    test_ranks: RankedUsers | None = None
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -125,12 +131,17 @@ def make_scorer(model: nn.Module, device: torch.device):
     return score
 
 
+def rank_split(model: nn.Module, data: SequenceData, config: TrainConfig,
+               device: torch.device, split: str) -> RankedUsers:
+    """Each user's ranks of their ``split`` item (``valid`` or ``test``), both protocols."""
+    return rank_users(make_scorer(model, device), data, split, config.model.max_len,
+                      seed=config.eval_seed, batch_size=config.eval_batch_size)
+
+
 def evaluate_split(model: nn.Module, data: SequenceData, config: TrainConfig,
                    device: torch.device, split: str) -> Metrics:
     """Both protocols' metrics of ``model`` on ``split`` (``valid`` or ``test``)."""
-    ranked = rank_users(make_scorer(model, device), data, split, config.model.max_len,
-                        seed=config.eval_seed, batch_size=config.eval_batch_size)
-    return summarize(ranked, data)
+    return summarize(rank_split(model, data, config, device, split), data)
 
 
 def final_metrics(model: nn.Module, data: SequenceData, config: TrainConfig,
@@ -147,8 +158,7 @@ def _new_state() -> dict[str, Any]:
             "valid": None, "refit_history": [], "branch": 0, "trunk": None, "soup": None}
 
 
-def training_sequences(data: SequenceData, refit: bool
-                       ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+def training_sequences(data: SequenceData, refit: bool) -> PhaseSequences:
     """Each user's training items and their timestamps (None when the data has none).
 
     Selection trains on the training items; the refit on each user's test-time history,
@@ -195,23 +205,24 @@ def soup_plan(config: TrainConfig, epochs: int) -> tuple[int, int]:
     return fork, config.soup_branches
 
 
-def new_model(config: TrainConfig, data: SequenceData, refit: bool) -> nn.Module:
-    """A freshly initialised network for the selection (``refit`` False) or the refit.
+def new_model(config: TrainConfig, data: SequenceData,
+              sequences: Sequence[np.ndarray] | None) -> nn.Module:
+    """A freshly initialised network for a phase that trains on ``sequences``.
 
-    With ``item_init="spectral"`` its item embeddings start from the sequences that phase
-    trains on (train, or train + valid for the refit), never from items it will be tested on.
+    With ``item_init="spectral"`` its item embeddings start from those sequences (train for
+    the selection, train + valid for the refit), never from items it will be tested on.
+    ``sequences`` None skips that start: a resumed run's checkpoint replaces the weights.
     """
     model = build_model(config.model, data.n_users, data.n_items)
-    if config.model.item_init == "spectral":
-        init_item_embeddings(model.item_embedding, training_sequences(data, refit)[0],
-                             config.seed)
+    if config.model.item_init == "spectral" and sequences is not None:
+        init_item_embeddings(model.item_embedding, sequences, config.seed)
     return model
 
 
 def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: nn.Module,
-                 device: torch.device, state: dict[str, Any],
+                 phase_data: PhaseSequences, device: torch.device, state: dict[str, Any],
                  resumed: dict[str, Any] | None, started: float, progress: bool) -> None:
-    """Run the epochs of ``state["phase"]``, reporting and checkpointing after each.
+    """Run the epochs of ``state["phase"]`` on ``phase_data``, checkpointing after each.
 
     ``select`` trains on the training sequences, validates and stops early. ``refit``
     retrains on train + valid items for the selected number of epochs, without validation;
@@ -224,7 +235,7 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
     objective = hooks.wrap(TrainingObjective(model, config.model.loss).to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98),
                                  weight_decay=config.weight_decay)
-    sequences, times = training_sequences(data, refit)
+    sequences, times = phase_data
 
     def batches(seed: int) -> TrainingBatches:
         return TrainingBatches(sequences, data.n_users, data.n_items, config.model,
@@ -344,14 +355,18 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
     device = hooks.device(config)
     if config.baseline == "pop":
         pop = PopularityModel(data.n_items).fit(data.train).to(device)
-        valid, test = final_metrics(pop, data, config, device)
-        return FitResult(pop, 0, valid, test, seconds=time.perf_counter() - started)
+        test_ranks = rank_split(pop, data, config, device, TEST)
+        return FitResult(pop, 0, evaluate_split(pop, data, config, device, VALID),
+                         summarize(test_ranks, data), seconds=time.perf_counter() - started,
+                         test_ranks=test_ranks)
 
-    model = new_model(config, data, refit=False).to(device)
     resumed = hooks.load_checkpoint()
     state = {**_new_state(), **resumed["loop"]} if resumed else _new_state()
+    phase_data = training_sequences(data, refit=state["phase"] == "refit")
+    model = new_model(config, data, None if resumed else phase_data[0]).to(device)
     if state["phase"] == "select":
-        _train_phase(config, data, hooks, model, device, state, resumed, started, progress)
+        _train_phase(config, data, hooks, model, phase_data, device, state, resumed, started,
+                     progress)
         if state["best_model"] is not None:
             model.load_state_dict(state["best_model"])
         state["valid"] = evaluate_split(model, data, config, device, VALID)
@@ -361,11 +376,13 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
             # The refit starts from the same random weights (and, with spectral item
             # vectors, from those of its own sequences).
             seed_everything(config.seed)
-            model = new_model(config, data, refit=True).to(device)
+            phase_data = training_sequences(data, refit=True)
+            model = new_model(config, data, phase_data[0]).to(device)
     if state["phase"] == "refit":
-        _train_phase(config, data, hooks, model, device, state, resumed, started, progress)
-    test = evaluate_split(model, data, config, device, TEST)
-    return FitResult(model, state["best_epoch"], state["valid"], test, history=state["history"],
-                     seconds=time.perf_counter() - started,
+        _train_phase(config, data, hooks, model, phase_data, device, state, resumed, started,
+                     progress)
+    test_ranks = rank_split(model, data, config, device, TEST)
+    return FitResult(model, state["best_epoch"], state["valid"], summarize(test_ranks, data),
+                     history=state["history"], seconds=time.perf_counter() - started,
                      seconds_to_best=state["best_seconds"],
-                     refit_history=state["refit_history"])
+                     refit_history=state["refit_history"], test_ranks=test_ranks)
