@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_AUTH_MODE := disabled
 DEMO_HOME ?= $(abspath .cache/demo)
 
-.PHONY: setup browser-deps pg-deps infra-deps check-infra test demo demo-clean bench lint format clean help
+.PHONY: setup browser-deps pg-deps wrk-deps infra-deps check-infra test demo demo-clean bench lint format clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -33,6 +33,10 @@ $(STAMP): requirements.txt pyproject.toml
 CHROMIUM := /usr/bin/chromium
 browser-deps:  ## install Chromium from Debian for the browser tests (root only)
 	@.ci/debian-deps browser-deps chromium '$(CHROMIUM)' "browser tests"
+
+# wrk for the soak test (and bench/serve.py): a load generator from Debian.
+wrk-deps:  ## install wrk from Debian for the soak test (root only)
+	@.ci/debian-deps wrk-deps wrk '/usr/bin/wrk' "the soak test"
 
 # PostgreSQL for the feedback-store tests (they start a throwaway cluster with initdb/pg_ctl).
 pg-deps:  ## install PostgreSQL from Debian for the feedback-store tests (root only)
@@ -65,7 +69,7 @@ $(COLLECTIONS_STAMP): ansible/requirements.yml
 check-infra: infra-deps  ## offline validation of tf/, ansible/, k8s/, workflows/, docker/
 	$(PY) -m pytest -q tests/infra
 
-test: setup browser-deps pg-deps infra-deps  ## run every test (unit, integration, notebooks, browser)
+test: setup browser-deps pg-deps wrk-deps infra-deps  ## run every test (unit, integration, notebooks, browser)
 	$(PY) -m pytest -q
 
 demo: setup  ## the whole lifecycle loop on ml-100k here (DEMO_ARGS=--no-keep stops the platform)

@@ -163,14 +163,18 @@ def _set_max_len(path: Path, max_len: int) -> None:
 def quantize_int8(src: Path, dst: Path) -> Path:
     """Dynamic int8 quantisation of ``src``'s weights (MatMul) into ``dst``; same interface.
 
-    Activations are quantised on the fly, so no calibration data is needed.
+    Activations are quantised on the fly, so no calibration data is needed. Weights use 7
+    bits (``reduce_range``): on x86 CPUs without VNNI (AVX2 only, e.g. AMD Zen 3) ONNX
+    Runtime's uint8 x int8 kernels saturate with 8-bit weights. Measured on such a machine
+    (the reliability lab's model, 108 validation users): largest score error 0.34 -> 0.09,
+    NDCG@10 loss 0.0059 (over the 0.005 gate) -> 0.0021.
     """
     src, dst = Path(src), Path(dst)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # silence the "consider pre-processing" hint
     try:
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, reduce_range=True)
     finally:
         root.setLevel(level)
     return dst
