@@ -747,7 +747,7 @@ def run_http(args: argparse.Namespace, paths: dict[str, Path], report: dict[str,
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Bundle, model latency, HTTP load; JSON after every step."""
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install -y wrk (Debian)")
+        raise SystemExit("wrk is not installed: `make wrk-deps` installs it (Debian)")
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     paths = _paths(workdir)

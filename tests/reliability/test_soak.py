@@ -18,7 +18,7 @@ TEST_SLO_P99_MS = 500.0
 
 def test_short_soak_has_no_errors_and_flat_memory(tmp_path: Path) -> None:
     if shutil.which("wrk") is None:
-        pytest.fail("wrk is missing: apt-get install -y wrk (Debian)")
+        pytest.fail("wrk is missing: `make wrk-deps` installs it (Debian)")
     bundle = make_bundle(tmp_path / "bundle")
     with serve(bundle, tmp_path / "home", extra_args=("--threads", "1")) as service:
         report = run_soak(service, bundle, tmp_path / "wrk", seconds=12, probe_seconds=3,

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from movierec.data.dataset import load_sequences
-from movierec.export.onnx import (
-    ExportConfig,
-    ExportError,
-    OrtScorer,
-    export_and_check,
-    export_onnx,
-    parity_report,
-    quantize_int8,
-)
+from movierec.export import parity
+from movierec.export.onnx import ExportConfig, ExportError, OrtScorer, export_onnx, quantize_int8
+from movierec.export.parity import export_and_check, int8_loss_verdict, parity_report
 from movierec.models import ModelConfig, PopularityModel, build_model
 from movierec.registry.bundle import (
     BundleError,
@@ -26,6 +20,7 @@ from movierec.registry.bundle import (
     verify_bundle,
     write_bundle,
 )
+from movierec.serving.engine import load_bundle
 from movierec.training.config import TrainConfig
 
 MAX_LEN = 12
@@ -76,9 +71,12 @@ def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
         assert 0.0 <= entry["int8_top10_overlap"] <= 1.0
         assert np.isfinite(entry["int8_max_abs_diff"])
     assert report["passed"] and report["reasons"] == []
+    assert report["models"] == ["fp32", "int8"] and report["int8_reasons"] == []
     assert set(report["ndcg@10"]) == {"pytorch", "fp32", "int8"}
     assert abs(report["fp32_ndcg_diff"]) < 1e-9
     assert "int8_ndcg_loss" in report and report["validation_users"] == 60
+    low, high = report["int8_ndcg_loss_ci95"]
+    assert low <= report["int8_ndcg_loss"] <= high
     json.dumps(report)  # goes into metadata.json as is
     # Interface of both files: dynamic batch, float32 [B, n_items + 1]; a dynamic sequence
     # length for the transformers (max_len recorded in the ONNX metadata), fixed for pop.
@@ -339,3 +337,53 @@ def test_bundle_from_run_refuses_other_data(small_prepared: Path, tmp_path: Path
     assert not (tmp_path / "b").exists()
     metadata = bundle_from_run(summary["run_id"], small_prepared, tmp_path / "pop")
     assert metadata["model_kind"] == "pop" and metadata["model_config"] == {"max_len": MAX_LEN}
+
+
+def test_int8_loss_verdict_tells_a_real_loss_from_a_few_flipped_users() -> None:
+    same = np.linspace(0.0, 1.0, 100)
+    assert int8_loss_verdict(same, same, 0.005) == {
+        "int8_ndcg_loss": 0.0, "int8_ndcg_loss_ci95": [0.0, 0.0], "reason": None}
+    # One user of 100 loses a hit: a loss of 0.01, over the tolerance but within the noise
+    # (a resample without that user, about a third of them, sees no loss at all).
+    one = same.copy()
+    one[7] -= 1.0
+    verdict = int8_loss_verdict(same, one, 0.005)
+    assert verdict["int8_ndcg_loss"] == pytest.approx(0.01)
+    assert verdict["int8_ndcg_loss_ci95"][0] == 0.0 and verdict["reason"] is None
+    # A third of the users lose half a point each: real, and beyond the tolerance.
+    many = same.copy()
+    many[::3] -= 0.5
+    verdict = int8_loss_verdict(same, many, 0.005)
+    assert verdict["int8_ndcg_loss_ci95"][0] > 0.1
+    assert "max_int8_ndcg_loss 0.005" in verdict["reason"]
+    # A real loss inside the tolerance passes; so does a gain.
+    assert int8_loss_verdict(same, many, 0.2)["reason"] is None
+    assert int8_loss_verdict(many, same, 0.005)["reason"] is None
+
+
+def test_an_int8_model_that_loses_quality_is_left_out_and_fp32_ships(
+        small_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model("pop", small_prepared)
+    # A broken quantiser: its "int8" model ranks the catalogue upside down.
+    upside_down = PopularityModel(model.n_items)
+    upside_down.scores = model.scores.clone()
+    upside_down.scores[1:] *= -1
+
+    def broken_quantize(src: Path, dst: Path) -> Path:
+        return export_onnx(upside_down, MAX_LEN, dst)
+
+    monkeypatch.setattr(parity, "quantize_int8", broken_quantize)
+    out = tmp_path / "bundle"
+    meta = write_bundle(model, _config("pop"), small_prepared, out, git_commit="abc")
+    report = meta["parity"]
+    assert report["passed"] and report["models"] == ["fp32"]
+    assert report["int8_accepted"] is False and report["int8_ndcg_loss_ci95"][0] > 0
+    assert "max_int8_ndcg_loss" in report["int8_reasons"][0]
+    assert sorted(meta["files"]) == ["histories.parquet", "items.parquet", "model.onnx",
+                                     "users.parquet"]
+    assert not (out / "model.int8.onnx").exists()
+    verify_bundle(out)  # a complete fp32 bundle
+    assert load_bundle(out, threads=1).precision == "fp32"
+    with pytest.raises(BundleError, match=r"left the int8 model out .*--precision fp32"):
+        load_bundle(out, precision="int8", threads=1)
+

@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "locally, then uploaded with a _COMPLETE manifest)")
     export.add_argument("--register", action="store_true", help="create a registry version")
     export.add_argument("--max-fp32-diff", type=float, default=1e-4)
-    export.add_argument("--max-int8-ndcg-loss", type=float, default=0.005)
+    export.add_argument("--max-int8-ndcg-loss", type=float, default=0.005,
+                        help="largest validation NDCG@10 loss of the int8 model; a larger "
+                        "loss whose 95%% interval over users lies above zero leaves the "
+                        "int8 model out of the bundle (the fp32 model still ships)")
     export.set_defaults(run=run_export)
 
     registry = sub.add_parser("registry", help="aliases and their audit trail",
@@ -76,6 +79,9 @@ def _export(args: argparse.Namespace, data: Path, out: Path, remote: str | None 
     parity = metadata["parity"]
     print(f"bundle {remote or out} verified ({len(metadata['files'])} files); parity: "
           f"{json.dumps({k: v for k, v in parity.items() if k != 'batches'})}")
+    if parity.get("int8_reasons"):
+        print("int8 model left out of the bundle (fp32 ships): "
+              + "; ".join(parity["int8_reasons"]))
     if remote:
         # Upload before registering: a registry version never names a missing upload.
         upload_folder(out, remote)

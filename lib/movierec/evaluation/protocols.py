@@ -139,12 +139,19 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
                        top_k=top_k)
 
 
-def full_ranking_ndcg(scorer: Scorer, data: SequenceData, split: str, max_len: int,
-                      batch_size: int = 256) -> float:
-    """Mean full-ranking NDCG@10 over ``split``'s users (no sampled negatives needed).
+def full_ranking_ndcg_per_user(scorer: Scorer, data: SequenceData, split: str, max_len: int,
+                               batch_size: int = 256) -> np.ndarray:
+    """Full-ranking NDCG@10 of each of ``split``'s users, in ``data.eval_users(split)`` order.
 
-    The selection metric of training, and the quality check of an export's parity report.
+    No sampled negatives are needed. Two scorers' arrays pair up user by user, which is how
+    an export's parity report tells a real int8 loss from a few users' ties flipping.
     """
     ranks = rank_users(scorer, data, split, max_len, batch_size=batch_size,
                        sampled=False).full_ranks
-    return float(ndcg_at_k(ranks, TOP_K).mean())
+    return ndcg_at_k(ranks, TOP_K)
+
+
+def full_ranking_ndcg(scorer: Scorer, data: SequenceData, split: str, max_len: int,
+                      batch_size: int = 256) -> float:
+    """Mean full-ranking NDCG@10 over ``split``'s users: the selection metric of training."""
+    return float(full_ranking_ndcg_per_user(scorer, data, split, max_len, batch_size).mean())

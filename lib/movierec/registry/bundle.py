@@ -22,11 +22,20 @@ import polars as pl
 import torch
 from torch import nn
 
-from movierec.data.columns import ITEM_COL, ITEM_IDX_COL, POSITION_COL, USER_COL, USER_IDX_COL
+from movierec.data.columns import (
+    ITEM_COL,
+    ITEM_IDX_COL,
+    POSITION_COL,
+    TEST,
+    USER_COL,
+    USER_IDX_COL,
+    VALID,
+)
 from movierec.data.dataset import load_sequences
 from movierec.data.sources import sha256_file
 from movierec.evaluation.compare import unflatten_metrics
-from movierec.export.onnx import PADDING_CEILING, ExportConfig, OrtScorer, export_and_check
+from movierec.export.onnx import PADDING_CEILING, ExportConfig, OrtScorer
+from movierec.export.parity import export_and_check
 from movierec.models import SSEPT, PopularityModel
 from movierec.registry.layout import (
     FORMAT,
@@ -40,7 +49,7 @@ from movierec.registry.layout import (
     read_verified_metadata,
 )
 from movierec.training.config import TrainConfig
-from movierec.training.loop import final_metrics
+from movierec.training.loop import evaluate_split
 from movierec.training.runner import load_run_model
 from movierec.training.tracking import configure
 from movierec.training.tracking import git_commit as current_git_commit
@@ -113,8 +122,8 @@ def write_bundle(model: nn.Module, train_config: TrainConfig, data_dir: Path, ou
                           "prepared folder the model was trained on")
     max_len = train_config.model.max_len
     if run_metrics is None:
-        valid, test = final_metrics(model, data, train_config, torch.device("cpu"))
-        run_metrics = {"valid": valid, "test": test}
+        run_metrics = {split: evaluate_split(model, data, train_config, torch.device("cpu"), split)
+                       for split in (VALID, TEST)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

@@ -69,6 +69,17 @@ def _load_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _why_int8_is_missing(meta: dict[str, Any], unlisted: list[str]) -> str:
+    """The exporter's reason for leaving the int8 model out, as a message suffix."""
+    parity = meta.get("parity")
+    if INT8_FILE not in unlisted or not isinstance(parity, dict):
+        return ""
+    if parity.get("int8_reasons"):
+        return (f": the exporter left the int8 model out ({'; '.join(parity['int8_reasons'])});"
+                " serve with --precision fp32")
+    return ": the bundle was exported without an int8 model; serve with --precision fp32"
+
+
 def read_verified_metadata(path: Path, models: Iterable[str] = (MODEL_FILE,)) -> dict[str, Any]:
     """Check a bundle's metadata and files and return the metadata.
 
@@ -84,7 +95,8 @@ def read_verified_metadata(path: Path, models: Iterable[str] = (MODEL_FILE,)) ->
     files: dict[str, Any] = meta["files"]
     unlisted = [name for name in (*models, *TABLE_FILES) if name not in files]
     if unlisted:
-        raise BundleError(f"bundle {path}: {unlisted} not listed in {METADATA_FILE} 'files'")
+        raise BundleError(f"bundle {path}: {unlisted} not listed in {METADATA_FILE} 'files'"
+                          + _why_int8_is_missing(meta, unlisted))
     for name, expected in files.items():
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..",
                                                                            METADATA_FILE):

@@ -144,13 +144,6 @@ def evaluate_split(model: nn.Module, data: SequenceData, config: TrainConfig,
     return summarize(rank_split(model, data, config, device, split), data)
 
 
-def final_metrics(model: nn.Module, data: SequenceData, config: TrainConfig,
-                  device: torch.device) -> tuple[Metrics, Metrics]:
-    """Valid and test metrics of one model, both protocols."""
-    return (evaluate_split(model, data, config, device, VALID),
-            evaluate_split(model, data, config, device, TEST))
-
-
 def _new_state() -> dict[str, Any]:
     """The loop state a checkpoint carries: phase, epoch, selection and records."""
     return {"phase": "select", "epoch": 0, "best_score": -1.0, "best_epoch": 0,

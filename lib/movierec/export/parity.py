@@ -1,0 +1,219 @@
+"""Parity of the exported ONNX models with PyTorch, and what a bundle may ship.
+
+The fp32 model is what serving runs by default, so it must reproduce PyTorch's scores
+(``ExportConfig.max_fp32_diff``) or the export fails. The int8 model is an optional speed-up
+(``movierec serve --precision int8``): when it loses more than
+``ExportConfig.max_int8_ndcg_loss`` of validation NDCG@10 *and* that loss is more than
+noise, it is left out of the bundle and the fp32 model ships alone; the report says why.
+
+Why "more than noise": the loss is a mean over validation users, and quantisation moves
+only a few users' ranks. On the reliability lab's world (108 validation users) one user's
+hit moves NDCG@10 by up to 0.009. Over 8 seeds of its model (AMD EPYC, no VNNI) the int8
+loss ranged from -0.002 to +0.008 with 7-bit weights (-0.002 to +0.006 with 8 bits), 2 to
+11 users' ranks changed, and an absolute threshold alone failed 1 of the 8 exports, which
+stopped that release although its fp32 model was exact. The loss now counts only when its
+paired 95% bootstrap interval over users also lies above zero (that seed's 7-bit model is
+still left out: +0.0077, interval +0.0001 to +0.0177; its 8-bit one, +0.0057 from -0.0000,
+would pass), and a rejected int8 model no longer stops the fp32 one.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from movierec.data.columns import VALID
+from movierec.data.dataset import SequenceData, left_pad
+from movierec.evaluation.metrics import bootstrap_ci
+from movierec.evaluation.protocols import full_ranking_ndcg_per_user
+from movierec.export.onnx import (
+    PADDING_CEILING,
+    ExportConfig,
+    ExportError,
+    OrtScorer,
+    check_runs,
+    export_onnx,
+    quantize_int8,
+)
+from movierec.training.loop import make_scorer
+
+TOP_K = 10
+
+
+def _max_abs_diff(expected: np.ndarray, got: np.ndarray) -> float:
+    """Largest |difference| over real items (column 0 excluded); inf for NaN/inf output."""
+    if got.shape != expected.shape:
+        raise ExportError(f"ONNX scores have shape {got.shape}, PyTorch {expected.shape}")
+    diff = np.abs(got[:, 1:].astype(np.float64) - expected[:, 1:])
+    if not np.all(np.isfinite(diff)):
+        return float("inf")
+    return float(diff.max()) if diff.size else 0.0
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices [B, k] of the k best real items per row (unordered)."""
+    masked = scores.astype(np.float64)
+    masked[:, 0] = -np.inf
+    return np.argpartition(-masked, k - 1, axis=1)[:, :k]
+
+
+def _top_k_overlap(expected: np.ndarray, got: np.ndarray, k: int) -> float:
+    """Mean fraction of PyTorch's top-k items that the ONNX model also puts in its top k."""
+    a, b = _top_k(expected, k), _top_k(got, k)
+    return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b, strict=True)]))
+
+
+def int8_loss_verdict(pytorch_ndcg: np.ndarray, int8_ndcg: np.ndarray,
+                      tolerance: float) -> dict[str, Any]:
+    """Whether the int8 model's NDCG@10 loss is both beyond ``tolerance`` and real.
+
+    Args:
+        pytorch_ndcg: Each validation user's NDCG@10 under PyTorch.
+        int8_ndcg: The same users' NDCG@10 under the int8 model (same order).
+        tolerance: ``ExportConfig.max_int8_ndcg_loss``.
+
+    Returns:
+        ``int8_ndcg_loss`` (mean of the per-user losses), ``int8_ndcg_loss_ci95`` (paired
+        percentile bootstrap, seeded) and ``reason`` (None when the loss is acceptable).
+    """
+    losses = np.asarray(pytorch_ndcg, np.float64) - np.asarray(int8_ndcg, np.float64)
+    loss = float(losses.mean())
+    low, high = bootstrap_ci(losses)
+    reason = None
+    if loss > tolerance and low > 0:
+        reason = (f"int8 NDCG@10 is {loss:.4f} below PyTorch's (95% interval over "
+                  f"{len(losses)} users {low:+.4f} to {high:+.4f}) > max_int8_ndcg_loss "
+                  f"{tolerance:g}")
+    return {"int8_ndcg_loss": loss, "int8_ndcg_loss_ci95": [low, high], "reason": reason}
+
+
+def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
+                  data: SequenceData, config: ExportConfig) -> dict[str, Any]:
+    """Compare the ONNX models with PyTorch on real validation histories.
+
+    Per batch size in ``config.parity_batches`` (validation users, repeated when there are
+    fewer): max |score difference| and mean top-10 overlap for fp32 and int8. Over all
+    validation users: full-ranking NDCG@10 of PyTorch, fp32 and int8, and the int8 loss's
+    paired interval.
+
+    Returns:
+        A JSON-ready dict with ``batches``, the worst-case numbers, ``ndcg@10``,
+        ``thresholds``; ``passed`` and ``reasons`` judge the fp32 model (the export fails
+        without it); ``int8_accepted`` and ``int8_reasons`` judge the int8 model;
+        ``models`` lists the precisions that pass.
+    """
+    reference = copy.deepcopy(model).cpu().eval()
+    variants: dict[str, OrtScorer] = {"fp32": OrtScorer(fp32_path)}
+    if int8_path is not None:
+        variants["int8"] = OrtScorer(int8_path)
+    max_len = variants["fp32"].max_len
+    k = min(TOP_K, data.n_items)
+    eval_users = data.eval_users(VALID)
+    if len(eval_users) == 0:
+        raise ExportError("the data has no validation users to check parity on")
+    batches: dict[str, dict[str, Any]] = {}
+    padding_ok = dict.fromkeys(variants, True)
+    for size in config.parity_batches:
+        users = np.resize(eval_users, size).astype(np.int64)
+        seqs = left_pad([data.history(int(u), VALID) for u in users], max_len)
+        with torch.no_grad():
+            expected = reference.score_all(torch.as_tensor(users),
+                                           torch.as_tensor(seqs)).float().numpy()
+        entry: dict[str, Any] = {}
+        for name, scorer in variants.items():
+            got = scorer(users, seqs)
+            entry[f"{name}_max_abs_diff"] = _max_abs_diff(expected, got)
+            entry[f"{name}_top{TOP_K}_overlap"] = _top_k_overlap(expected, got, k)
+            padding_ok[name] &= bool(np.all(got[:, 0] <= PADDING_CEILING))
+            if scorer.dynamic and name == "fp32":
+                # What serving feeds: the batch cut to its longest real sequence.
+                longest = max(1, int((seqs != 0).sum(axis=1).max()))
+                trimmed = scorer(users, seqs[:, seqs.shape[1] - longest:])
+                entry["fp32_trimmed_length"] = longest
+                entry["fp32_trimmed_max_abs_diff"] = _max_abs_diff(expected, trimmed)
+        batches[str(size)] = entry
+    per_user = {"pytorch": full_ranking_ndcg_per_user(make_scorer(reference, torch.device("cpu")),
+                                                      data, VALID, max_len)}
+    for name, scorer in variants.items():
+        per_user[name] = full_ranking_ndcg_per_user(scorer, data, VALID, max_len)
+    ndcg = {name: float(values.mean()) for name, values in per_user.items()}
+    report: dict[str, Any] = {
+        "batches": batches,
+        "validation_users": len(eval_users),
+        "ndcg@10": ndcg,
+        "fp32_ndcg_diff": ndcg["fp32"] - ndcg["pytorch"],
+        "thresholds": {"max_fp32_diff": config.max_fp32_diff,
+                       "max_int8_ndcg_loss": config.max_int8_ndcg_loss},
+    }
+    for name in variants:
+        report[f"{name}_max_abs_diff"] = max(
+            max(b[f"{name}_max_abs_diff"], b.get(f"{name}_trimmed_max_abs_diff", 0.0))
+            for b in batches.values())
+        report[f"{name}_min_top{TOP_K}_overlap"] = min(
+            b[f"{name}_top{TOP_K}_overlap"] for b in batches.values())
+    reasons = []
+    if not report["fp32_max_abs_diff"] <= config.max_fp32_diff:
+        reasons.append(f"fp32 max |score diff| {report['fp32_max_abs_diff']:.3g} > "
+                       f"max_fp32_diff {config.max_fp32_diff:g}")
+    if not padding_ok["fp32"]:
+        reasons.append(f"fp32: padding column 0 is not excluded (must be <= "
+                       f"{PADDING_CEILING:g})")
+    report["passed"] = not reasons
+    report["reasons"] = reasons
+    report["models"] = ["fp32"]
+    if "int8" in variants:
+        verdict = int8_loss_verdict(per_user["pytorch"], per_user["int8"],
+                                    config.max_int8_ndcg_loss)
+        int8_reasons = [verdict.pop("reason")] if verdict["reason"] else []
+        report.update(verdict)
+        if not np.isfinite(report["int8_max_abs_diff"]):
+            int8_reasons.append("int8 scores are not finite")
+        if not padding_ok["int8"]:
+            int8_reasons.append(f"int8: padding column 0 is not excluded (must be <= "
+                                f"{PADDING_CEILING:g})")
+        report["int8_accepted"] = not int8_reasons
+        report["int8_reasons"] = int8_reasons
+        if not int8_reasons:
+            report["models"].append("int8")
+    return report
+
+
+def export_and_check(model: nn.Module, max_len: int, folder: Path, data: SequenceData,
+                     config: ExportConfig | None = None) -> dict[str, Any]:
+    """Write ``model.onnx`` (and ``model.int8.onnx``) into ``folder`` and check parity.
+
+    An int8 model that fails its check is deleted again, so ``folder`` holds exactly the
+    models of ``report["models"]``.
+
+    Returns:
+        The parity report.
+
+    Raises:
+        ExportError: When the fp32 model fails parity; the message lists the reasons and the
+            exception's ``report`` holds all numbers. Files already written stay in
+            ``folder`` (callers build in a temporary folder).
+    """
+    config = config or ExportConfig()
+    folder = Path(folder)
+    fp32 = export_onnx(model, max_len, folder / "model.onnx", config.opset)
+    int8 = quantize_int8(fp32, folder / "model.int8.onnx") if config.quantize else None
+    broken_int8 = None
+    if int8 is not None:
+        try:
+            check_runs(int8, max_len, int(model.n_items))
+        except ExportError as error:
+            int8.unlink()
+            int8, broken_int8 = None, str(error)
+    report = parity_report(model, fp32, int8, data, config)
+    if not report["passed"]:
+        raise ExportError("ONNX parity check failed: " + "; ".join(report["reasons"]), report)
+    if broken_int8 is not None:
+        report.update(int8_accepted=False, int8_reasons=[broken_int8])
+    elif int8 is not None and not report["int8_accepted"]:
+        int8.unlink()
+    return report
