@@ -72,6 +72,7 @@ def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
         assert np.isfinite(entry["int8_max_abs_diff"])
     assert report["passed"] and report["reasons"] == []
     assert report["models"] == ["fp32", "int8"] and report["int8_reasons"] == []
+    assert "reason" not in report  # the verdict's reasons live in int8_reasons
     assert set(report["ndcg@10"]) == {"pytorch", "fp32", "int8"}
     assert abs(report["fp32_ndcg_diff"]) < 1e-9
     assert "int8_ndcg_loss" in report and report["validation_users"] == 60

@@ -169,7 +169,8 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
     if "int8" in variants:
         verdict = int8_loss_verdict(per_user["pytorch"], per_user["int8"],
                                     config.max_int8_ndcg_loss)
-        int8_reasons = [verdict.pop("reason")] if verdict["reason"] else []
+        reason = verdict.pop("reason")
+        int8_reasons = [reason] if reason else []
         report.update(verdict)
         if not np.isfinite(report["int8_max_abs_diff"]):
             int8_reasons.append("int8 scores are not finite")
