@@ -388,3 +388,18 @@ def test_an_int8_model_that_loses_quality_is_left_out_and_fp32_ships(
     with pytest.raises(BundleError, match=r"left the int8 model out .*--precision fp32"):
         load_bundle(out, precision="int8", threads=1)
 
+
+
+def test_an_int8_model_that_does_not_run_is_left_out(small_prepared: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def garbage_quantize(src: Path, dst: Path) -> Path:
+        dst.write_bytes(b"not an onnx model")
+        return dst
+
+    monkeypatch.setattr(parity, "quantize_int8", garbage_quantize)
+    data = load_sequences(small_prepared)
+    report = export_and_check(_model("sasrec", small_prepared), MAX_LEN, tmp_path, data)
+    assert report["passed"] and report["models"] == ["fp32"]
+    assert report["int8_accepted"] is False
+    assert "model.int8.onnx does not run in ONNX Runtime" in report["int8_reasons"][0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

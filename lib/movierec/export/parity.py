@@ -92,30 +92,12 @@ def int8_loss_verdict(pytorch_ndcg: np.ndarray, int8_ndcg: np.ndarray,
     return {"int8_ndcg_loss": loss, "int8_ndcg_loss_ci95": [low, high], "reason": reason}
 
 
-def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
-                  data: SequenceData, config: ExportConfig) -> dict[str, Any]:
-    """Compare the ONNX models with PyTorch on real validation histories.
-
-    Per batch size in ``config.parity_batches`` (validation users, repeated when there are
-    fewer): max |score difference| and mean top-10 overlap for fp32 and int8. Over all
-    validation users: full-ranking NDCG@10 of PyTorch, fp32 and int8, and the int8 loss's
-    paired interval.
-
-    Returns:
-        A JSON-ready dict with ``batches``, the worst-case numbers, ``ndcg@10``,
-        ``thresholds``; ``passed`` and ``reasons`` judge the fp32 model (the export fails
-        without it); ``int8_accepted`` and ``int8_reasons`` judge the int8 model;
-        ``models`` lists the precisions that pass.
-    """
-    reference = copy.deepcopy(model).cpu().eval()
-    variants: dict[str, OrtScorer] = {"fp32": OrtScorer(fp32_path)}
-    if int8_path is not None:
-        variants["int8"] = OrtScorer(int8_path)
+def _compare_batches(reference: nn.Module, variants: dict[str, OrtScorer], data: SequenceData,
+                     eval_users: np.ndarray, config: ExportConfig,
+                     ) -> tuple[dict[str, dict[str, Any]], dict[str, bool]]:
+    """Score differences and top-10 overlaps per batch size; whether column 0 stays excluded."""
     max_len = variants["fp32"].max_len
     k = min(TOP_K, data.n_items)
-    eval_users = data.eval_users(VALID)
-    if len(eval_users) == 0:
-        raise ExportError("the data has no validation users to check parity on")
     batches: dict[str, dict[str, Any]] = {}
     padding_ok = dict.fromkeys(variants, True)
     for size in config.parity_batches:
@@ -137,6 +119,33 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
                 entry["fp32_trimmed_length"] = longest
                 entry["fp32_trimmed_max_abs_diff"] = _max_abs_diff(expected, trimmed)
         batches[str(size)] = entry
+    return batches, padding_ok
+
+
+def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
+                  data: SequenceData, config: ExportConfig) -> dict[str, Any]:
+    """Compare the ONNX models with PyTorch on real validation histories.
+
+    Per batch size in ``config.parity_batches`` (validation users, repeated when there are
+    fewer): max |score difference| and mean top-10 overlap for fp32 and int8. Over all
+    validation users: full-ranking NDCG@10 of PyTorch, fp32 and int8, and the int8 loss's
+    paired interval.
+
+    Returns:
+        A JSON-ready dict with ``batches``, the worst-case numbers, ``ndcg@10``,
+        ``thresholds``; ``passed`` and ``reasons`` judge the fp32 model (the export fails
+        without it); ``int8_accepted`` and ``int8_reasons`` judge the int8 model;
+        ``models`` lists the precisions that pass.
+    """
+    reference = copy.deepcopy(model).cpu().eval()
+    variants: dict[str, OrtScorer] = {"fp32": OrtScorer(fp32_path)}
+    if int8_path is not None:
+        variants["int8"] = OrtScorer(int8_path)
+    max_len = variants["fp32"].max_len
+    eval_users = data.eval_users(VALID)
+    if len(eval_users) == 0:
+        raise ExportError("the data has no validation users to check parity on")
+    batches, padding_ok = _compare_batches(reference, variants, data, eval_users, config)
     per_user = {"pytorch": full_ranking_ndcg_per_user(make_scorer(reference, torch.device("cpu")),
                                                       data, VALID, max_len)}
     for name, scorer in variants.items():
