@@ -168,6 +168,7 @@ def work_build(workdir: Path, epochs: int) -> dict[str, Any]:
     started = time.perf_counter()
     meta = write_bundle(result.model, config, paths["data"], paths["bundle"],
                         run_metrics={"valid": result.valid, "test": result.test})
+    _require_int8(meta)
     return {"train_seconds": round(train_seconds, 1), "epochs": epochs,
             "export_seconds": round(time.perf_counter() - started, 1),
             "train_config": config.model_dump(mode="json"), "data_version": meta["data_version"],
@@ -196,10 +197,19 @@ def work_export(workdir: Path) -> dict[str, Any]:
     model.load_state_dict(torch.load(paths["weights"], map_location="cpu", weights_only=True))
     old = json.loads((paths["bundle"] / "metadata.json").read_text())
     started = time.perf_counter()
-    write_bundle(model.eval(), config, paths["data"], paths["bundle"],
-                 run_metrics=old["metrics"], git_commit=old["git_commit"],
-                 trained_at=old["trained_at"])
+    meta = write_bundle(model.eval(), config, paths["data"], paths["bundle"],
+                        run_metrics=old["metrics"], git_commit=old["git_commit"],
+                        trained_at=old["trained_at"])
+    _require_int8(meta)
     return {"export_seconds": round(time.perf_counter() - started, 1)}
+
+
+def _require_int8(meta: dict[str, Any]) -> None:
+    """Stop when the exporter left the int8 model out: the benchmark measures it too."""
+    parity = meta["parity"]
+    if "int8" not in parity["models"]:
+        raise SystemExit("the bundle has no int8 model to benchmark: "
+                         + "; ".join(parity.get("int8_reasons") or ["quantisation was off"]))
 
 
 def _eager_model(bundle: Path, weights: Path) -> tuple[Any, dict[str, Any]]:

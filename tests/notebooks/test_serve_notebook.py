@@ -56,15 +56,18 @@ def test_optimize_and_serve_notebook(tmp_path: Path, notebook_home: Path) -> Non
     bundle = home / "bundles" / "notebook"
     assert Path(results["bundle_dir"]) == bundle
     assert Path(results["data_dir"]) == home / "data" / "ml-100k"
-    assert (bundle / "model.onnx").exists() and (bundle / "model.int8.onnx").exists()
-
     parity = results["parity"]
     assert parity["passed"], parity["reasons"]
     assert parity["fp32_max_abs_diff"] < 1e-4
     assert set(parity["batches"]) == {"1", "8", "64"}
+    # int8 ships unless it failed its checks, and then the report says why.
+    shipped = "int8" in parity["models"]
+    assert shipped == (not parity["int8_reasons"])
+    assert (bundle / "model.onnx").exists()
+    assert (bundle / "model.int8.onnx").exists() == shipped
 
     latency = results["latency_ms"]
-    assert set(latency) == {"pytorch eager", "onnx fp32", "onnx int8"}
+    assert set(latency) == {"pytorch eager", "onnx fp32"} | ({"onnx int8"} if shipped else set())
     for name, per_batch in latency.items():
         assert set(per_batch) == {"1", "8", "64"}, name
         assert all(ms > 0 for ms in per_batch.values()), (name, per_batch)

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from movierec.data.dataset import load_sequences
-from movierec.export import parity
 from movierec.export.onnx import ExportConfig, ExportError, OrtScorer, export_onnx, quantize_int8
-from movierec.export.parity import export_and_check, int8_loss_verdict, parity_report
+from movierec.export.parity import export_and_check, parity_report
 from movierec.models import ModelConfig, PopularityModel, build_model
 from movierec.registry.bundle import (
     BundleError,
@@ -20,32 +19,15 @@ from movierec.registry.bundle import (
     verify_bundle,
     write_bundle,
 )
-from movierec.serving.engine import load_bundle
 from movierec.training.config import TrainConfig
-
-MAX_LEN = 12
-TINY = {"max_len": MAX_LEN, "d_item": 8, "d_user": 4, "n_blocks": 1, "dropout": 0.0}
-
-
-def _config(kind: str) -> TrainConfig:
-    if kind == "pop":
-        return TrainConfig(baseline="pop", model=ModelConfig(**TINY))
-    return TrainConfig(model=ModelConfig(kind=kind, **TINY))
-
-
-def _model(kind: str, small_prepared: Path) -> torch.nn.Module:
-    data = load_sequences(small_prepared)
-    if kind == "pop":
-        return PopularityModel(data.n_items).fit(data.train)
-    torch.manual_seed(0)
-    return build_model(_config(kind).model, data.n_users, data.n_items).eval()
+from tests.unit.export_fixtures import MAX_LEN, TINY, tiny_config, tiny_model
 
 
 @pytest.fixture(scope="module")
 def pop_bundle(small_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One written popularity bundle, copied by tests that corrupt it."""
     out = tmp_path_factory.mktemp("bundles") / "pop"
-    write_bundle(_model("pop", small_prepared), _config("pop"), small_prepared, out,
+    write_bundle(tiny_model("pop", small_prepared), tiny_config("pop"), small_prepared, out,
                  git_commit="abc")
     return out
 
@@ -59,7 +41,7 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
                                                 tmp_path: Path) -> None:
     data = load_sequences(small_prepared)
-    model = _model(kind, small_prepared)
+    model = tiny_model(kind, small_prepared)
     report = export_and_check(model, MAX_LEN, tmp_path, data, ExportConfig())
     assert set(report["batches"]) == {"1", "8", "64"}
     for entry in report["batches"].values():
@@ -94,7 +76,7 @@ def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
 
 
 def test_ort_scorer_pads_and_cuts_sequences(small_prepared: Path, tmp_path: Path) -> None:
-    model = _model("sasrec", small_prepared)
+    model = tiny_model("sasrec", small_prepared)
     scorer = OrtScorer(export_onnx(model, MAX_LEN, tmp_path / "m.onnx"))
     seqs = np.zeros((2, MAX_LEN), np.int64)
     seqs[:, -3:] = [[5, 6, 7], [8, 9, 10]]
@@ -135,7 +117,7 @@ def test_score_last_matches_score_all(kind: str, norm_first: bool, n_blocks: int
 
 def test_a_trimmed_batch_scores_like_the_padded_one(small_prepared: Path,
                                                     tmp_path: Path) -> None:
-    model = _model("sse-pt", small_prepared)
+    model = tiny_model("sse-pt", small_prepared)
     scorer = OrtScorer(export_onnx(model, MAX_LEN, tmp_path / "m.onnx"))
     seqs = np.zeros((3, MAX_LEN), np.int64)
     seqs[0, -4:], seqs[1, -1:], seqs[2, -2:] = [5, 6, 7, 8], [9], [3, 4]
@@ -151,7 +133,7 @@ def test_a_trimmed_batch_scores_like_the_padded_one(small_prepared: Path,
 
 def test_a_dynamic_model_without_recorded_max_len_is_refused(small_prepared: Path,
                                                              tmp_path: Path) -> None:
-    path = export_onnx(_model("sasrec", small_prepared), MAX_LEN, tmp_path / "m.onnx")
+    path = export_onnx(tiny_model("sasrec", small_prepared), MAX_LEN, tmp_path / "m.onnx")
     proto = onnx.load(path)
     del proto.metadata_props[:]
     onnx.save(proto, path)
@@ -161,7 +143,7 @@ def test_a_dynamic_model_without_recorded_max_len_is_refused(small_prepared: Pat
 
 def test_parity_failure_raises_with_numbers(small_prepared: Path, tmp_path: Path) -> None:
     data = load_sequences(small_prepared)
-    model = _model("sse-pt", small_prepared)
+    model = tiny_model("sse-pt", small_prepared)
     fp32 = export_onnx(model, MAX_LEN, tmp_path / "model.onnx")
     config = ExportConfig(max_fp32_diff=-1.0, max_int8_ndcg_loss=-1.0, quantize=False)
     report = parity_report(model, fp32, None, data, config)
@@ -178,7 +160,7 @@ def test_export_config_rejects_unknown_keys() -> None:
 
 
 def test_quantize_int8_keeps_the_interface(small_prepared: Path, tmp_path: Path) -> None:
-    model = _model("sse-pt", small_prepared)
+    model = tiny_model("sse-pt", small_prepared)
     fp32 = export_onnx(model, MAX_LEN, tmp_path / "model.onnx")
     int8 = quantize_int8(fp32, tmp_path / "model.int8.onnx")
     users, seqs = np.array([1, 2]), np.ones((2, MAX_LEN), np.int64)
@@ -188,7 +170,7 @@ def test_quantize_int8_keeps_the_interface(small_prepared: Path, tmp_path: Path)
 
 def test_write_and_verify_round_trip(small_prepared: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
-    metadata = write_bundle(_model("sse-pt", small_prepared), _config("sse-pt"),
+    metadata = write_bundle(tiny_model("sse-pt", small_prepared), tiny_config("sse-pt"),
                             small_prepared, out, run_id=None, git_commit="abc")
     assert verify_bundle(out) == json.loads((out / "metadata.json").read_text()) == metadata
     assert sorted(metadata["files"]) == ["histories.parquet", "items.parquet",
@@ -263,7 +245,7 @@ def test_missing_files_keys_and_strays_are_refused(pop_bundle: Path, tmp_path: P
 
 def test_failed_parity_writes_nothing_and_keeps_the_previous_bundle(
         small_prepared: Path, pop_bundle: Path, tmp_path: Path) -> None:
-    model, config = _model("sasrec", small_prepared), _config("sasrec")
+    model, config = tiny_model("sasrec", small_prepared), tiny_config("sasrec")
     failing = ExportConfig(max_fp32_diff=-1.0)
     with pytest.raises(ExportError, match="max_fp32_diff"):
         write_bundle(model, config, small_prepared, tmp_path / "new", export_config=failing)
@@ -282,16 +264,16 @@ def test_failed_parity_writes_nothing_and_keeps_the_previous_bundle(
 
 def test_write_bundle_refuses_mismatches(small_prepared: Path, tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="does not match the training config"):
-        write_bundle(_model("pop", small_prepared), _config("sse-pt"), small_prepared,
+        write_bundle(tiny_model("pop", small_prepared), tiny_config("sse-pt"), small_prepared,
                      tmp_path / "b")
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("x")
     with pytest.raises(BundleError, match="not a bundle"):
-        write_bundle(_model("pop", small_prepared), _config("pop"), small_prepared,
+        write_bundle(tiny_model("pop", small_prepared), tiny_config("pop"), small_prepared,
                      tmp_path / "precious")
     wrong = PopularityModel(10)
     with pytest.raises(BundleError, match="10 items"):
-        write_bundle(wrong, _config("pop"), small_prepared, tmp_path / "b")
+        write_bundle(wrong, tiny_config("pop"), small_prepared, tmp_path / "b")
 
 
 @pytest.mark.slow
@@ -327,7 +309,7 @@ def test_bundle_from_a_tracked_run(small_prepared: Path, tmp_path: Path) -> None
 def test_bundle_from_run_refuses_other_data(small_prepared: Path, tmp_path: Path) -> None:
     from movierec.training.runner import train_and_track
 
-    summary = train_and_track(_config("pop"), small_prepared, progress=False)
+    summary = train_and_track(tiny_config("pop"), small_prepared, progress=False)
     other = tmp_path / "other"
     shutil.copytree(small_prepared, other)
     card = json.loads((other / "dataset.json").read_text())
@@ -338,68 +320,3 @@ def test_bundle_from_run_refuses_other_data(small_prepared: Path, tmp_path: Path
     assert not (tmp_path / "b").exists()
     metadata = bundle_from_run(summary["run_id"], small_prepared, tmp_path / "pop")
     assert metadata["model_kind"] == "pop" and metadata["model_config"] == {"max_len": MAX_LEN}
-
-
-def test_int8_loss_verdict_tells_a_real_loss_from_a_few_flipped_users() -> None:
-    same = np.linspace(0.0, 1.0, 100)
-    assert int8_loss_verdict(same, same, 0.005) == {
-        "int8_ndcg_loss": 0.0, "int8_ndcg_loss_ci95": [0.0, 0.0], "reason": None}
-    # One user of 100 loses a hit: a loss of 0.01, over the tolerance but within the noise
-    # (a resample without that user, about a third of them, sees no loss at all).
-    one = same.copy()
-    one[7] -= 1.0
-    verdict = int8_loss_verdict(same, one, 0.005)
-    assert verdict["int8_ndcg_loss"] == pytest.approx(0.01)
-    assert verdict["int8_ndcg_loss_ci95"][0] == 0.0 and verdict["reason"] is None
-    # A third of the users lose half a point each: real, and beyond the tolerance.
-    many = same.copy()
-    many[::3] -= 0.5
-    verdict = int8_loss_verdict(same, many, 0.005)
-    assert verdict["int8_ndcg_loss_ci95"][0] > 0.1
-    assert "max_int8_ndcg_loss 0.005" in verdict["reason"]
-    # A real loss inside the tolerance passes; so does a gain.
-    assert int8_loss_verdict(same, many, 0.2)["reason"] is None
-    assert int8_loss_verdict(many, same, 0.005)["reason"] is None
-
-
-def test_an_int8_model_that_loses_quality_is_left_out_and_fp32_ships(
-        small_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _model("pop", small_prepared)
-    # A broken quantiser: its "int8" model ranks the catalogue upside down.
-    upside_down = PopularityModel(model.n_items)
-    upside_down.scores = model.scores.clone()
-    upside_down.scores[1:] *= -1
-
-    def broken_quantize(src: Path, dst: Path) -> Path:
-        return export_onnx(upside_down, MAX_LEN, dst)
-
-    monkeypatch.setattr(parity, "quantize_int8", broken_quantize)
-    out = tmp_path / "bundle"
-    meta = write_bundle(model, _config("pop"), small_prepared, out, git_commit="abc")
-    report = meta["parity"]
-    assert report["passed"] and report["models"] == ["fp32"]
-    assert report["int8_accepted"] is False and report["int8_ndcg_loss_ci95"][0] > 0
-    assert "max_int8_ndcg_loss" in report["int8_reasons"][0]
-    assert sorted(meta["files"]) == ["histories.parquet", "items.parquet", "model.onnx",
-                                     "users.parquet"]
-    assert not (out / "model.int8.onnx").exists()
-    verify_bundle(out)  # a complete fp32 bundle
-    assert load_bundle(out, threads=1).precision == "fp32"
-    with pytest.raises(BundleError, match=r"left the int8 model out .*--precision fp32"):
-        load_bundle(out, precision="int8", threads=1)
-
-
-
-def test_an_int8_model_that_does_not_run_is_left_out(small_prepared: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    def garbage_quantize(src: Path, dst: Path) -> Path:
-        dst.write_bytes(b"not an onnx model")
-        return dst
-
-    monkeypatch.setattr(parity, "quantize_int8", garbage_quantize)
-    data = load_sequences(small_prepared)
-    report = export_and_check(_model("sasrec", small_prepared), MAX_LEN, tmp_path, data)
-    assert report["passed"] and report["models"] == ["fp32"]
-    assert report["int8_accepted"] is False
-    assert "model.int8.onnx does not run in ONNX Runtime" in report["int8_reasons"][0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

@@ -11,9 +11,10 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``export`` and the ``registry`` group."""
     export = sub.add_parser("export", help="export a run to a verified ONNX bundle",
-                            description="Export a trained run to ONNX (fp32 and int8), check "
-                            "parity against PyTorch, write and verify a bundle; with --register "
-                            "add it to the MLflow registry as a new version.")
+                            description="Export a trained run to ONNX (fp32, and int8 when it "
+                            "passes its checks), check parity against PyTorch, write and "
+                            "verify a bundle; with --register add it to the MLflow registry "
+                            "as a new version.")
     export.add_argument("--run", dest="run_id", required=True,
                         help="MLflow run id of a training run")
     export.add_argument("--data", required=True,
@@ -77,8 +78,9 @@ def _export(args: argparse.Namespace, data: Path, out: Path, remote: str | None 
                           max_int8_ndcg_loss=args.max_int8_ndcg_loss)
     metadata = bundle_from_run(args.run_id, data, out, config)
     parity = metadata["parity"]
+    summary = {k: v for k, v in parity.items() if k not in ("batches", "int8_reasons")}
     print(f"bundle {remote or out} verified ({len(metadata['files'])} files); parity: "
-          f"{json.dumps({k: v for k, v in parity.items() if k != 'batches'})}")
+          f"{json.dumps(summary)}")
     if parity.get("int8_reasons"):
         print("int8 model left out of the bundle (fp32 ships): "
               + "; ".join(parity["int8_reasons"]))

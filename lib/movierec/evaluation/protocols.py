@@ -141,10 +141,20 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
 
 def full_ranking_ndcg_per_user(scorer: Scorer, data: SequenceData, split: str, max_len: int,
                                batch_size: int = 256) -> np.ndarray:
-    """Full-ranking NDCG@10 of each of ``split``'s users, in ``data.eval_users(split)`` order.
+    """Full-ranking NDCG@10 of each of ``split``'s users (no sampled negatives needed).
 
-    No sampled negatives are needed. Two scorers' arrays pair up user by user, which is how
-    an export's parity report tells a real int8 loss from a few users' ties flipping.
+    Two scorers' arrays pair up user by user, which is how an export's parity report tells
+    a real int8 loss from a few users' ranks flipping.
+
+    Args:
+        scorer: Maps (users, left-padded histories) to scores of all items.
+        data: The prepared sequences.
+        split: ``valid`` or ``test``.
+        max_len: Length the histories are padded / cut to.
+        batch_size: Users per scorer call.
+
+    Returns:
+        NDCG@10 per user [U], in ``data.eval_users(split)`` order.
     """
     ranks = rank_users(scorer, data, split, max_len, batch_size=batch_size,
                        sampled=False).full_ranks

@@ -20,6 +20,7 @@ would pass), and a rejected int8 model no longer stops the fp32 one.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,8 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
         A JSON-ready dict with ``batches``, the worst-case numbers, ``ndcg@10``,
         ``thresholds``; ``passed`` and ``reasons`` judge the fp32 model (the export fails
         without it); ``int8_accepted`` and ``int8_reasons`` judge the int8 model;
-        ``models`` lists the precisions that pass.
+        ``models`` lists the precisions a bundle may ship (none when fp32 fails).
+        Non-finite numbers are None (strict JSON).
     """
     reference = copy.deepcopy(model).cpu().eval()
     variants: dict[str, OrtScorer] = {"fp32": OrtScorer(fp32_path)}
@@ -165,7 +167,7 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
             for b in batches.values())
         report[f"{name}_min_top{TOP_K}_overlap"] = min(
             b[f"{name}_top{TOP_K}_overlap"] for b in batches.values())
-    reasons = []
+    reasons: list[str] = []
     if not report["fp32_max_abs_diff"] <= config.max_fp32_diff:
         reasons.append(f"fp32 max |score diff| {report['fp32_max_abs_diff']:.3g} > "
                        f"max_fp32_diff {config.max_fp32_diff:g}")
@@ -174,7 +176,7 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
                        f"{PADDING_CEILING:g})")
     report["passed"] = not reasons
     report["reasons"] = reasons
-    report["models"] = ["fp32"]
+    report["models"] = ["fp32"] if report["passed"] else []
     if "int8" in variants:
         verdict = int8_loss_verdict(per_user["pytorch"], per_user["int8"],
                                     config.max_int8_ndcg_loss)
@@ -188,9 +190,23 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
                                 f"{PADDING_CEILING:g})")
         report["int8_accepted"] = not int8_reasons
         report["int8_reasons"] = int8_reasons
-        if not int8_reasons:
+        if not int8_reasons and report["passed"]:
             report["models"].append("int8")
-    return report
+    return _finite_or_none(report)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with non-finite floats (a NaN model's score differences) as None.
+
+    The report goes into ``metadata.json``, and strict JSON has no ``Infinity``.
+    """
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def export_and_check(model: nn.Module, max_len: int, folder: Path, data: SequenceData,
@@ -211,14 +227,18 @@ def export_and_check(model: nn.Module, max_len: int, folder: Path, data: Sequenc
     config = config or ExportConfig()
     folder = Path(folder)
     fp32 = export_onnx(model, max_len, folder / "model.onnx", config.opset)
-    int8 = quantize_int8(fp32, folder / "model.int8.onnx") if config.quantize else None
-    broken_int8 = None
-    if int8 is not None:
+    int8: Path | None = None
+    broken_int8: str | None = None
+    if config.quantize:
+        path = folder / "model.int8.onnx"
         try:
+            int8 = quantize_int8(fp32, path)
             check_runs(int8, max_len, int(model.n_items))
-        except ExportError as error:
-            int8.unlink()
-            int8, broken_int8 = None, str(error)
+        except Exception as error:  # the quantiser and ONNX Runtime raise their own types
+            path.unlink(missing_ok=True)
+            int8 = None
+            broken_int8 = (str(error) if isinstance(error, ExportError)
+                           else f"int8 quantisation failed: {type(error).__name__}: {error}")
     report = parity_report(model, fp32, int8, data, config)
     if not report["passed"]:
         raise ExportError("ONNX parity check failed: " + "; ".join(report["reasons"]), report)

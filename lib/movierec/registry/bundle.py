@@ -104,7 +104,8 @@ def write_bundle(model: nn.Module, train_config: TrainConfig, data_dir: Path, ou
 
     Raises:
         BundleError: The model does not fit the data, or ``out`` is not a bundle folder.
-        ExportError: Parity failed (nothing is written to ``out``).
+        ExportError: fp32 parity failed (nothing is written to ``out``); a failed int8
+            model is only left out (``metadata['parity']['int8_reasons']``).
     """
     export_config = export_config or ExportConfig()
     data_dir, out = Path(data_dir), Path(out)

@@ -3,7 +3,8 @@
 Layout (``format`` 1)::
 
     model.onnx          fp32 scorer: users int64 [B], seqs int64 [B, max_len] -> scores [B, n+1]
-    model.int8.onnx     the same, weights dynamically quantised to int8
+    model.int8.onnx     the same, weights dynamically quantised to int8 (optional: left
+                        out when it fails its checks; ``parity.int8_reasons`` says why)
     items.parquet       the prepared folder's item table (ids, titles, genres, train_count)
     users.parquet       the prepared folder's user table (ids, demographics)
     histories.parquet   user_idx int32, items list[int32]: each user's whole known sequence
@@ -74,8 +75,9 @@ def _why_int8_is_missing(meta: dict[str, Any], unlisted: list[str]) -> str:
     parity = meta.get("parity")
     if INT8_FILE not in unlisted or not isinstance(parity, dict):
         return ""
-    if parity.get("int8_reasons"):
-        return (f": the exporter left the int8 model out ({'; '.join(parity['int8_reasons'])});"
+    reasons = parity.get("int8_reasons")
+    if isinstance(reasons, list) and reasons:
+        return (f": the exporter left the int8 model out ({'; '.join(map(str, reasons))});"
                 " serve with --precision fp32")
     return ": the bundle was exported without an int8 model; serve with --precision fp32"
 
