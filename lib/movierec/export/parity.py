@@ -124,13 +124,23 @@ def _compare_batches(reference: nn.Module, variants: dict[str, OrtScorer], data:
 
 
 def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
-                  data: SequenceData, config: ExportConfig) -> dict[str, Any]:
+                  data: SequenceData, config: ExportConfig,
+                  int8_error: str | None = None) -> dict[str, Any]:
     """Compare the ONNX models with PyTorch on real validation histories.
 
     Per batch size in ``config.parity_batches`` (validation users, repeated when there are
     fewer): max |score difference| and mean top-10 overlap for fp32 and int8. Over all
     validation users: full-ranking NDCG@10 of PyTorch, fp32 and int8, and the int8 loss's
     paired interval.
+
+    Args:
+        model: The PyTorch model the ONNX files were exported from.
+        fp32_path: The fp32 ONNX model.
+        int8_path: The int8 ONNX model; None when there is none to check.
+        data: The prepared sequences (validation users and histories).
+        config: Thresholds and batch sizes.
+        int8_error: Why the int8 model could not be built or loaded (then ``int8_path``
+            is None and the int8 model is rejected with this reason).
 
     Returns:
         A JSON-ready dict with ``batches``, the worst-case numbers, ``ndcg@10``,
@@ -192,6 +202,9 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
         report["int8_reasons"] = int8_reasons
         if not int8_reasons and report["passed"]:
             report["models"].append("int8")
+    elif int8_error is not None:
+        report["int8_accepted"] = False
+        report["int8_reasons"] = [int8_error]
     return _finite_or_none(report)
 
 
@@ -239,11 +252,9 @@ def export_and_check(model: nn.Module, max_len: int, folder: Path, data: Sequenc
             int8 = None
             broken_int8 = (str(error) if isinstance(error, ExportError)
                            else f"int8 quantisation failed: {type(error).__name__}: {error}")
-    report = parity_report(model, fp32, int8, data, config)
+    report = parity_report(model, fp32, int8, data, config, broken_int8)
     if not report["passed"]:
         raise ExportError("ONNX parity check failed: " + "; ".join(report["reasons"]), report)
-    if broken_int8 is not None:
-        report.update(int8_accepted=False, int8_reasons=[broken_int8])
-    elif int8 is not None and not report["int8_accepted"]:
+    if int8 is not None and not report["int8_accepted"]:
         int8.unlink()
     return report
