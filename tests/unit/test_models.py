@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from movierec.models import (
@@ -17,6 +18,7 @@ from movierec.models import (
     bce_loss,
     build_model,
     ce_loss,
+    mask_out_of_softmax,
     seen_items_mask,
 )
 
@@ -278,6 +280,22 @@ def test_seen_items_mask_hand_computed() -> None:
     with pytest.raises(ValueError, match="mode"):
         seen_items_mask(seqs, targets, rows, 6, "all")
 
+
+
+def test_mask_out_of_softmax_matches_masked_fill_under_cross_entropy() -> None:
+    torch.manual_seed(0)
+    weights = torch.randn(30, 12, requires_grad=True)
+    hidden = torch.randn(40, 12)
+    targets = torch.randint(0, 30, (40,))
+    seen = torch.rand(40, 30) < 0.4
+    seen[torch.arange(40), targets] = False  # a row's target is never masked
+    grads = []
+    for fill in (lambda x, m: x.masked_fill_(m, float("-inf")), mask_out_of_softmax):
+        logits = fill(hidden @ weights.T, seen)
+        assert torch.isneginf(logits[seen]).all() and torch.isfinite(logits[~seen]).all()
+        loss = F.cross_entropy(logits, targets)
+        grads.append((loss.detach(), *torch.autograd.grad(loss, weights)))
+    torch.testing.assert_close(grads[0], grads[1])
 
 # --- popularity ---------------------------------------------------------------------------
 

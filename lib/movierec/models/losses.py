@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +36,30 @@ def ce_loss(logits_all: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     return F.cross_entropy(logits, targets[keep] - 1)
 
 
+class _MaskOutOfSoftmax(torch.autograd.Function):
+    """``masked_fill_(mask, -inf)`` whose backward passes the gradient through unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(logits)
+        return logits.masked_fill_(mask, float("-inf"))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def mask_out_of_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Set ``logits`` to -inf where ``mask`` is True, in place, for a softmax that follows.
+
+    A softmax gives a -inf logit probability 0, so the cross-entropy's gradient there is
+    already exactly 0 and masking it again in backward, as ``masked_fill_`` does, is a
+    wasted pass over [N, n_items] (4% of a training step on 2 CPU cores). Only for logits
+    that go straight into a softmax: any other use would see an unmasked gradient.
+    """
+    return _MaskOutOfSoftmax.apply(logits, mask)
+
+
 def seen_items_mask(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
                     n_items: int, mode: str) -> torch.Tensor:
     """Items to leave out of the softmax of each selected position (``ce`` loss only).
@@ -56,9 +82,8 @@ def seen_items_mask(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tenso
         masked (SSE may have drawn a target that also appears in the window).
     """
     batch, length = seqs.shape
-    mask = torch.zeros(rows.shape[0], n_items, dtype=torch.bool, device=seqs.device)
     if mode == "none":
-        return mask
+        return torch.zeros(rows.shape[0], n_items, dtype=torch.bool, device=seqs.device)
     owner = rows // length
     if mode == "window":
         seen = torch.zeros(batch, n_items + 1, dtype=torch.bool, device=seqs.device)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from movierec.models.config import ModelConfig
+from movierec.models.dropout import Dropout
 
 # The reference implementation normalises with this epsilon; PyTorch's 1e-5 would change
 # nothing measurable but keeping it makes side-by-side comparisons exact.
@@ -76,8 +77,8 @@ class FeedForward(nn.Module):
     def __init__(self, width: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(width, width), nn.Dropout(dropout),
+            nn.Linear(width, width), nn.ReLU(), Dropout(dropout),
+            nn.Linear(width, width), Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,7 @@ class SSEPT(nn.Module):
         self.item_scale = math.sqrt(config.d_item)
         self.user_scale = math.sqrt(max(config.user_width, 1))
         self.position_embedding = nn.Embedding(config.max_len, width)
-        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.embedding_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(width, config.n_heads, config.dropout, config.norm_first,
                   config.dropout if config.attention_dropout is None

@@ -30,6 +30,7 @@ from movierec.models import (
     TrainingBatches,
     bce_loss,
     build_model,
+    mask_out_of_softmax,
     seen_items_mask,
 )
 from movierec.models.spectral import init_item_embeddings
@@ -72,7 +73,7 @@ class TrainingObjective(nn.Module):
         if mode != "none":
             seen = seen_items_mask(seqs, pos, real, self.model.n_items, mode)
             # In place: the product's backward needs its inputs, not this output.
-            logits = logits.masked_fill_(seen, float("-inf"))
+            logits = mask_out_of_softmax(logits, seen)
         return F.cross_entropy(logits, pos.reshape(-1)[real] - 1)
 
 

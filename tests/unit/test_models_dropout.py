@@ -1,0 +1,108 @@
+"""The model's dropout: its drop rate, its scaling, its seeding and which mask it draws."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from movierec.models import dropout as dropout_module
+from movierec.models.dropout import Dropout, keep_mask, quantised_drop_probability
+
+N = 1_000_000
+
+
+@pytest.fixture
+def lane_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every CPU take the 16-bit-lane path, whatever this machine's vendor."""
+    monkeypatch.setattr(dropout_module, "torch_mask_is_fast", lambda device: False)
+
+
+def within_five_sigma(observed: float, p: float, n: int) -> bool:
+    return abs(observed - p) <= 5 * math.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9])
+def test_drop_rate_matches_p_in_every_lane(p: float) -> None:
+    torch.manual_seed(0)
+    kept = keep_mask((N,), p)
+    target = quantised_drop_probability(p)
+    assert within_five_sigma(1 - kept.double().mean().item(), target, N)
+    # Each 64-bit draw feeds four lanes; a lane whose sign bit never varies (torch's
+    # unbounded int64 random_) would keep everything at p < 0.5.
+    for lane in range(4):
+        rate = 1 - kept.view(-1, 4)[:, lane].double().mean().item()
+        assert within_five_sigma(rate, target, N // 4), (lane, rate)
+
+
+def test_neighbouring_lanes_are_independent() -> None:
+    torch.manual_seed(1)
+    kept = keep_mask((N,), 0.5).view(-1, 2).double()
+    both = (kept[:, 0] * kept[:, 1]).mean().item()
+    assert within_five_sigma(both, 0.25, N // 2)
+
+
+def test_quantised_probability_is_within_half_a_lane_step() -> None:
+    for p in (0.0, 0.1, 0.3, 1 / 3, 0.999):
+        assert abs(quantised_drop_probability(p) - p) <= 2**-17
+
+
+def test_kept_values_are_scaled_so_the_mean_is_kept(lane_masks: None) -> None:
+    layer = Dropout(0.3).train()
+    torch.manual_seed(2)
+    out = layer(torch.ones(N))
+    scale = 1 / (1 - quantised_drop_probability(0.3))
+    assert out.unique().tolist() == pytest.approx([0.0, scale])
+    assert out.mean().item() == pytest.approx(1.0, abs=5 * math.sqrt(0.3 / 0.7 / N))
+
+
+def test_gradient_is_the_mask_times_the_scale(lane_masks: None) -> None:
+    layer = Dropout(0.4).train()
+    x = torch.randn(64, 50, requires_grad=True)
+    torch.manual_seed(3)
+    out = layer(x)
+    out.sum().backward()
+    scale = 1 / (1 - quantised_drop_probability(0.4))
+    kept = out != 0
+    torch.testing.assert_close(x.grad, kept.float() * scale)
+    torch.testing.assert_close(out, x.detach() * kept * scale)
+
+
+def test_same_seed_same_mask_other_seed_other_mask(lane_masks: None) -> None:
+    layer = Dropout(0.2).train()
+    x = torch.ones(10_000)
+    torch.manual_seed(4)
+    first = layer(x)
+    torch.manual_seed(4)
+    assert torch.equal(first, layer(x))
+    assert not torch.equal(first, layer(x))
+
+
+def test_evaluation_and_zero_rate_are_the_identity() -> None:
+    x = torch.randn(5, 7)
+    assert Dropout(0.5).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1 - 2**-20])
+def test_impossible_rates_are_rejected(p: float) -> None:
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(p)
+
+
+@pytest.mark.parametrize(("vendor", "uses_torch"), [("GenuineIntel", True),
+                                                     ("AuthenticAMD", False)])
+def test_torch_mask_only_where_it_is_vectorised(monkeypatch: pytest.MonkeyPatch,
+                                                vendor: str, uses_torch: bool) -> None:
+    monkeypatch.setattr(dropout_module, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
+    x = torch.ones(1000)
+    torch.manual_seed(5)
+    out = Dropout(0.3).train()(x)
+    torch.manual_seed(5)
+    expected = (F.dropout(x, 0.3, training=True) if uses_torch
+                else keep_mask(x.shape, 0.3).float() / (1 - quantised_drop_probability(0.3)))
+    assert torch.equal(out, expected)
+    assert dropout_module.torch_mask_is_fast(torch.device("cuda"))
