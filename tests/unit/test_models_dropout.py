@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from movierec.models import dropout as dropout_module
-from movierec.models.dropout import Dropout, keep_mask, quantised_drop_probability
+from movierec.models.dropout import (
+    Dropout,
+    keep_mask,
+    keep_threshold,
+    quantised_drop_probability,
+)
 
 N = 1_000_000
 
@@ -35,6 +40,30 @@ def test_drop_rate_matches_p_in_every_lane(p: float) -> None:
     for lane in range(4):
         rate = 1 - kept.view(-1, 4)[:, lane].double().mean().item()
         assert within_five_sigma(rate, target, N // 4), (lane, rate)
+
+
+@pytest.mark.parametrize("p", [0.0, 2**-16, 0.1, 0.3, 0.5, 0.9, 1 - 2**-16])
+def test_threshold_drops_exactly_the_quantised_share_of_lane_values(p: float) -> None:
+    lanes = torch.arange(-(2**15), 2**15, dtype=torch.int32)
+    dropped = int((lanes < keep_threshold(p)).sum())
+    assert dropped == round(p * 2**16) == quantised_drop_probability(p) * 2**16
+
+
+def test_any_shape_and_the_certain_cases() -> None:
+    torch.manual_seed(6)
+    assert keep_mask((3, 5, 7), 0.5).shape == (3, 5, 7)  # 105 lanes: not a whole draw
+    assert keep_mask((0, 4), 0.5).shape == (0, 4)
+    assert keep_mask((1000,), 0.0).all()
+    assert not keep_mask((1000,), 1.0).any()
+
+
+def test_half_precision_and_strided_inputs(lane_masks: None) -> None:
+    layer = Dropout(0.5).train()
+    x = torch.ones(40, 30, dtype=torch.bfloat16).T  # not contiguous
+    torch.manual_seed(7)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (30, 40)
+    assert set(out.unique().tolist()) <= {0.0, 2.0}
 
 
 def test_neighbouring_lanes_are_independent() -> None:

@@ -7,7 +7,8 @@ build machine that made the five dropout masks of an SSE-PT training step 14% of
 threshold, which is 3-4x cheaper there. Where PyTorch's own mask is fast (Intel CPUs with
 MKL, GPUs) it is used unchanged. Both are seeded by torch's generator, so runs stay
 deterministic under a seed; the two paths draw different masks, as PyTorch's own CPU and
-GPU paths do.
+GPU paths do. Dropout on attention weights (``ModelConfig.attention_dropout``, 0 by
+default) happens inside ``scaled_dot_product_attention`` and still uses PyTorch's mask.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from torch import nn
 LANE_BITS = 16
 LANES_PER_DRAW = 64 // LANE_BITS
 LANE_VALUES = 1 << LANE_BITS
-# One draw from this range fills all 64 bits; torch's int64 `random_()` without bounds
-# stops at 2**63 - 1, which would leave every fourth lane's sign bit at zero.
+# Draws over the whole int64 range fill all 64 bits (torch's unbounded int64 `random_()`
+# stops at 2**63 - 1, which would leave every fourth lane's sign bit at zero). With these
+# bounds torch takes a 64-bit draw modulo 2**64 - 1: the lowest value comes twice as often
+# as the others and the highest never, a bias of 2**-64. `random_(DRAW_LOW, None)` would avoid it and
+# is no faster here, but flips every draw's sign bit, so every seed's masks would change.
 DRAW_LOW, DRAW_HIGH = -(1 << 63), (1 << 63) - 1
 
 
@@ -33,22 +37,32 @@ def quantised_drop_probability(p: float) -> float:
     return round(p * LANE_VALUES) / LANE_VALUES
 
 
+def keep_threshold(p: float) -> int:
+    """The lane value from which an element is kept.
+
+    Exactly ``round(p * 2**16)`` of the 2**16 signed 16-bit values lie below it.
+    """
+    return round(p * LANE_VALUES) - LANE_VALUES // 2
+
+
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float,
               device: torch.device | str = "cpu",
               generator: torch.Generator | None = None) -> torch.Tensor:
     """Boolean mask of ``shape``, each element True (kept) with probability ``1 - p``.
 
     Each element reads one signed 16-bit lane of uniform 64-bit draws and is kept when the
-    lane is at least a threshold, so the drop probability is ``p`` rounded to a multiple
-    of 2**-16 (:func:`quantised_drop_probability`).
+    lane is at least :func:`keep_threshold`, so the drop probability is ``p`` rounded to a
+    multiple of 2**-16 (:func:`quantised_drop_probability`).
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"drop probability {p} outside [0, 1]")
+    if quantised_drop_probability(p) == 1.0:  # the threshold would not fit in 16 bits
+        return torch.zeros(shape, dtype=torch.bool, device=device)
     count = math.prod(shape)
     draws = torch.empty(-(-count // LANES_PER_DRAW), dtype=torch.int64, device=device)
     draws.random_(DRAW_LOW, DRAW_HIGH, generator=generator)
     lanes = draws.view(torch.int16)[:count].view(shape)
-    return lanes >= round(p * LANE_VALUES) - LANE_VALUES // 2
+    return lanes >= keep_threshold(p)
 
 
 @functools.cache
