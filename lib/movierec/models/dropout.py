@@ -27,8 +27,9 @@ LANE_VALUES = 1 << LANE_BITS
 # Draws over the whole int64 range fill all 64 bits (torch's unbounded int64 `random_()`
 # stops at 2**63 - 1, which would leave every fourth lane's sign bit at zero). With these
 # bounds torch takes a 64-bit draw modulo 2**64 - 1: the lowest value comes twice as often
-# as the others and the highest never, a bias of 2**-64. `random_(DRAW_LOW, None)` would avoid it and
-# is no faster here, but flips every draw's sign bit, so every seed's masks would change.
+# as the others and the highest never, a bias of 2**-64. `random_(DRAW_LOW, None)` would
+# avoid it and is no faster here, but flips every draw's sign bit: every seed's masks would
+# change.
 DRAW_LOW, DRAW_HIGH = -(1 << 63), (1 << 63) - 1
 
 
