@@ -25,9 +25,13 @@ def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str,
         lib_files: Files under ``lib/movierec`` whose sha256 pins the code that was measured
             (others may edit the library while a benchmark runs).
     """
-    model = next((ln.split(":", 1)[1].strip() for ln in
-                  Path("/proc/cpuinfo").read_text().splitlines()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo
                   if ln.startswith("model name")), platform.processor())
+    # The vendor decides which kernels PyTorch's CPU build takes (MKL's dropout masks on
+    # Intel only; movierec.models.dropout draws its own elsewhere), so results differ by it.
+    vendor = next((ln.split(":", 1)[1].strip() for ln in cpuinfo
+                   if ln.startswith("vendor_id")), None)
     mem_kib = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
                    if ln.startswith("MemTotal:"))
     versions: dict[str, str | None] = {}
@@ -40,7 +44,7 @@ def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str,
                          capture_output=True, text=True, check=False).stdout.strip()
     lib = ROOT / "lib" / "movierec"
     return {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "cpu_model": model, "memory_gib": round(mem_kib / 2**20, 1),
+            "cpu_model": model, "cpu_vendor": vendor, "memory_gib": round(mem_kib / 2**20, 1),
             "platform": platform.platform(), "python": platform.python_version(),
             "versions": versions, "git_head": git or None,
             "lib_sha256": {f: hashlib.sha256((lib / f).read_bytes()).hexdigest()[:12]

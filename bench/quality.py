@@ -22,19 +22,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from movierec.data.dataset import load_sequences
 from movierec.data.prepare import PrepareConfig, load_card, prepare
 from movierec.data.sources import RELEASES, FetchError
 from movierec.training.config import TrainConfig
 from movierec.training.loop import fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info
+
+# The library files whose sha256 the report pins (the code that was measured).
+LIB_FILES = ("training/loop.py", "models/sse_pt.py", "models/dropout.py", "models/losses.py")
 
 # Documented configurations. sse-pt-ce is TrainConfig()'s default (the best measured).
 MODELS: dict[str, dict[str, Any]] = {
@@ -183,9 +187,8 @@ def main() -> None:
         "full_ndcg@10": default["test_full_ndcg@10"][0] >= TARGETS["full_ndcg@10"],
         "default_run_seconds": default["wall_seconds"][0] <= TARGETS["default_run_seconds"]}
     report = {"dataset": args.dataset, "data_version": load_card(folder)["data_version"],
-              "machine": {"cpus": os.cpu_count(), "threads": args.threads,
-                          "python": platform.python_version(), "torch": torch.__version__,
-                          "load_average": os.getloadavg()},
+              "machine": {**machine_info(["torch", "numpy"], LIB_FILES),
+                          "threads": args.threads, "load_average": os.getloadavg()},
               "summary": summary, "references": REFERENCES.get(args.dataset, {}),
               "targets": TARGETS if args.dataset == "ml-100k" else None,
               "targets_met": met, "runs": runs, "markdown": markdown(summary)}
