@@ -26,12 +26,15 @@ def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str,
             (others may edit the library while a benchmark runs).
     """
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo
-                  if ln.startswith("model name")), platform.processor())
+
+    def field(name: str) -> str | None:
+        return next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith(name)),
+                    None)
+
+    model = field("model name") or platform.processor()
     # The vendor decides which kernels PyTorch's CPU build takes (MKL's dropout masks on
     # Intel only; movierec.models.dropout draws its own elsewhere), so results differ by it.
-    vendor = next((ln.split(":", 1)[1].strip() for ln in cpuinfo
-                   if ln.startswith("vendor_id")), None)
+    vendor = field("vendor_id")
     mem_kib = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
                    if ln.startswith("MemTotal:"))
     versions: dict[str, str | None] = {}
