@@ -15,6 +15,7 @@ from movierec.models.dropout import (
     keep_threshold,
     quantised_drop_probability,
 )
+from movierec.models.sse_pt import CausalSelfAttention
 
 N = 1_000_000
 
@@ -135,3 +136,67 @@ def test_torch_mask_only_where_it_is_vectorised(monkeypatch: pytest.MonkeyPatch,
                 else keep_mask(x.shape, 0.3).float() / (1 - quantised_drop_probability(0.3)))
     assert torch.equal(out, expected)
     assert dropout_module.torch_mask_is_fast(torch.device("cuda"))
+
+
+# --- dropout on attention weights -------------------------------------------------------
+
+def attention_inputs(width: int = 8, length: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of 3 sequences and a causal mask whose first row also hides 2 padded keys."""
+    torch.manual_seed(0)
+    x = torch.randn(3, length, width)
+    allowed = torch.ones(length, length, dtype=torch.bool).tril().repeat(3, 1, 1, 1)
+    allowed[0, 0, 2:, :2] = False
+    return x, allowed
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_written_out_attention_is_sdpa(monkeypatch: pytest.MonkeyPatch, lane_masks: None,
+                                       heads: int) -> None:
+    # With the weights' dropout made the identity, the path that draws lane masks must
+    # compute exactly what scaled_dot_product_attention does (scale, mask, heads).
+    attention = CausalSelfAttention(8, heads, dropout=0.3).train()
+    x, allowed = attention_inputs()
+    expected = attention.eval()(x, allowed)
+    monkeypatch.setattr(Dropout, "forward", lambda self, t: t)
+    torch.testing.assert_close(attention.train()(x, allowed), expected)
+
+
+def test_attention_weight_dropout_keeps_the_mean_and_the_mask(lane_masks: None) -> None:
+    attention = CausalSelfAttention(8, 2, dropout=0.5).train()
+    x, allowed = attention_inputs()
+    with torch.no_grad():
+        expected = attention.eval()(x, allowed)
+        attention.train()
+        torch.manual_seed(1)
+        draws = torch.stack([attention(x, allowed) for _ in range(4000)])
+        # Masked keys get no weight under dropout either: changing them (the first row's
+        # padded keys, and every future position) changes no output at the same seed.
+        changed = x.clone()
+        changed[0, :2] = torch.randn(2, 8)
+        torch.manual_seed(2)
+        before = attention(x, allowed)
+        torch.manual_seed(2)
+        after = attention(changed, allowed)
+    assert not torch.allclose(draws[0], expected)  # weights really are dropped
+    torch.testing.assert_close(draws.mean(0), expected, atol=0.08, rtol=0)
+    torch.testing.assert_close(after[0, 2:], before[0, 2:])
+    torch.testing.assert_close(after[1:], before[1:])
+
+
+@pytest.mark.parametrize(("fast", "sdpa_dropout"), [(True, 0.3), (False, None)])
+def test_attention_weights_take_the_lane_mask_only_where_torch_is_slow(
+        monkeypatch: pytest.MonkeyPatch, fast: bool, sdpa_dropout: float | None) -> None:
+    monkeypatch.setattr(dropout_module, "torch_mask_is_fast", lambda device: fast)
+    seen: list[float] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args: torch.Tensor, dropout_p: float = 0.0, **kwargs: torch.Tensor) -> torch.Tensor:
+        seen.append(dropout_p)
+        return sdpa(*args, dropout_p=dropout_p, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    x, allowed = attention_inputs()
+    CausalSelfAttention(8, 1, dropout=0.3).train()(x, allowed)
+    assert seen == ([] if sdpa_dropout is None else [sdpa_dropout])
+    CausalSelfAttention(8, 1, dropout=0.3).eval()(x, allowed)  # evaluation: SDPA, no dropout
+    assert seen[-1] == 0.0

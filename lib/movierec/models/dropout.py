@@ -8,7 +8,8 @@ threshold, which is 3-4x cheaper there. Where PyTorch's own mask is fast (Intel 
 MKL, GPUs) it is used unchanged. Both are seeded by torch's generator, so runs stay
 deterministic under a seed; the two paths draw different masks, as PyTorch's own CPU and
 GPU paths do. Dropout on attention weights (``ModelConfig.attention_dropout``, 0 by
-default) happens inside ``scaled_dot_product_attention`` and still uses PyTorch's mask.
+default) happens inside ``scaled_dot_product_attention`` where PyTorch's mask is fast;
+elsewhere the attention is written out so that its weights go through this module.
 """
 
 from __future__ import annotations
@@ -102,11 +103,15 @@ class Dropout(nn.Module):
         """Shown by ``print(model)``, as for ``nn.Dropout``."""
         return f"p={self.p}"
 
+    def draws_own_mask(self, device: torch.device) -> bool:
+        """Whether training draws the 16-bit-lane mask on ``device`` (False: PyTorch's or none)."""
+        return self.p > 0.0 and not torch_mask_is_fast(device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Drop and rescale ``x`` in training; the identity in evaluation."""
         if not self.training or self.p == 0.0:
             return x
-        if torch_mask_is_fast(x.device):
+        if not self.draws_own_mask(x.device):
             return F.dropout(x, self.p, training=True)
         # Rescale by the probability the lanes express, so the expectation stays exact.
         scale = 1.0 / (1.0 - quantised_drop_probability(self.p))

@@ -58,6 +58,7 @@ class CausalSelfAttention(nn.Module):
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(width, width)
         self.value = nn.Linear(width, width)
+        self.weight_dropout = Dropout(dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
@@ -65,9 +66,15 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """Attend over ``x`` [B, L, H] where ``allowed`` [B, 1, L, L] is True."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.training and self.weight_dropout.draws_own_mask(x.device):
+            # SDPA would drop weights with PyTorch's own mask, which is slow there (see
+            # models.dropout); its math path, written out, takes the cheap mask instead.
+            scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+            weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+            out = self.weight_dropout(weights) @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
         return out.transpose(1, 2).flatten(-2)
 
 
