@@ -140,13 +140,18 @@ def test_torch_mask_only_where_it_is_vectorised(monkeypatch: pytest.MonkeyPatch,
 
 # --- dropout on attention weights -------------------------------------------------------
 
-def attention_inputs(width: int = 8, length: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of 3 sequences and a causal mask whose first row also hides 2 padded keys."""
+def attention_case(heads: int, p: float, width: int = 8, length: int = 6,
+                   ) -> tuple[CausalSelfAttention, torch.Tensor, torch.Tensor]:
+    """A seeded attention module, a batch of 3 sequences and a causal mask.
+
+    In sequence 0 the first 2 keys are padding: queries 2 and later may not see them.
+    """
     torch.manual_seed(0)
+    attention = CausalSelfAttention(width, heads, dropout=p)
     x = torch.randn(3, length, width)
     allowed = torch.ones(length, length, dtype=torch.bool).tril().repeat(3, 1, 1, 1)
     allowed[0, 0, 2:, :2] = False
-    return x, allowed
+    return attention, x, allowed
 
 
 @pytest.mark.parametrize("heads", [1, 2])
@@ -154,25 +159,25 @@ def test_written_out_attention_is_sdpa(monkeypatch: pytest.MonkeyPatch, lane_mas
                                        heads: int) -> None:
     # With the weights' dropout made the identity, the path that draws lane masks must
     # compute exactly what scaled_dot_product_attention does (scale, mask, heads).
-    attention = CausalSelfAttention(8, heads, dropout=0.3).train()
-    x, allowed = attention_inputs()
+    attention, x, allowed = attention_case(heads, 0.3)
     expected = attention.eval()(x, allowed)
     monkeypatch.setattr(Dropout, "forward", lambda self, t: t)
     torch.testing.assert_close(attention.train()(x, allowed), expected)
 
 
 def test_attention_weight_dropout_keeps_the_mean_and_the_mask(lane_masks: None) -> None:
-    attention = CausalSelfAttention(8, 2, dropout=0.5).train()
-    x, allowed = attention_inputs()
+    attention, x, allowed = attention_case(2, 0.5)
     with torch.no_grad():
         expected = attention.eval()(x, allowed)
         attention.train()
         torch.manual_seed(1)
         draws = torch.stack([attention(x, allowed) for _ in range(4000)])
-        # Masked keys get no weight under dropout either: changing them (the first row's
-        # padded keys, and every future position) changes no output at the same seed.
+        # Masked keys get no weight under dropout either: at the same seed (the same
+        # masks), changing sequence 0's padded keys and sequence 1's last two positions
+        # changes no output that may not see them.
         changed = x.clone()
         changed[0, :2] = torch.randn(2, 8)
+        changed[1, 4:] = torch.randn(2, 8)
         torch.manual_seed(2)
         before = attention(x, allowed)
         torch.manual_seed(2)
@@ -180,23 +185,34 @@ def test_attention_weight_dropout_keeps_the_mean_and_the_mask(lane_masks: None) 
     assert not torch.allclose(draws[0], expected)  # weights really are dropped
     torch.testing.assert_close(draws.mean(0), expected, atol=0.08, rtol=0)
     torch.testing.assert_close(after[0, 2:], before[0, 2:])
-    torch.testing.assert_close(after[1:], before[1:])
+    torch.testing.assert_close(after[1, :4], before[1, :4])
+    torch.testing.assert_close(after[2], before[2])
+    assert not torch.allclose(after[1, 4:], before[1, 4:])  # the change did reach the model
 
 
-@pytest.mark.parametrize(("fast", "sdpa_dropout"), [(True, 0.3), (False, None)])
+@pytest.mark.parametrize(("fast", "sdpa_dropout", "lane_masks_drawn"),
+                         [(True, 0.3, 0), (False, None, 1)])
 def test_attention_weights_take_the_lane_mask_only_where_torch_is_slow(
-        monkeypatch: pytest.MonkeyPatch, fast: bool, sdpa_dropout: float | None) -> None:
+        monkeypatch: pytest.MonkeyPatch, fast: bool, sdpa_dropout: float | None,
+        lane_masks_drawn: int) -> None:
     monkeypatch.setattr(dropout_module, "torch_mask_is_fast", lambda device: fast)
     seen: list[float] = []
-    sdpa = F.scaled_dot_product_attention
+    drawn: list[tuple[int, ...]] = []
+    sdpa, draw = F.scaled_dot_product_attention, dropout_module.keep_mask
 
     def spy(*args: torch.Tensor, dropout_p: float = 0.0, **kwargs: torch.Tensor) -> torch.Tensor:
         seen.append(dropout_p)
         return sdpa(*args, dropout_p=dropout_p, **kwargs)
 
+    def counted(shape: tuple[int, ...], *args: object, **kwargs: object) -> torch.Tensor:
+        drawn.append(tuple(shape))
+        return draw(shape, *args, **kwargs)
+
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    x, allowed = attention_inputs()
-    CausalSelfAttention(8, 1, dropout=0.3).train()(x, allowed)
+    monkeypatch.setattr(dropout_module, "keep_mask", counted)
+    attention, x, allowed = attention_case(1, 0.3)
+    attention.train()(x, allowed)
     assert seen == ([] if sdpa_dropout is None else [sdpa_dropout])
-    CausalSelfAttention(8, 1, dropout=0.3).eval()(x, allowed)  # evaluation: SDPA, no dropout
+    assert drawn == [(3, 1, 6, 6)] * lane_masks_drawn  # one mask over the weights
+    attention.eval()(x, allowed)  # evaluation: SDPA, no dropout
     assert seen[-1] == 0.0
