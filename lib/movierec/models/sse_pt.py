@@ -54,7 +54,6 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, n_heads: int, dropout: float) -> None:
         super().__init__()
         self.n_heads = n_heads
-        self.dropout = dropout
         self.query = nn.Linear(width, width)
         self.key = nn.Linear(width, width)
         self.value = nn.Linear(width, width)
@@ -73,8 +72,8 @@ class CausalSelfAttention(nn.Module):
             weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
             out = self.weight_dropout(weights) @ v
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
+            p = self.weight_dropout.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
         return out.transpose(1, 2).flatten(-2)
 
 
