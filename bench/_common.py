@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without `pip install -e .`
+
+from movierec.machine import cpuinfo_field  # noqa: E402  (no torch: parents stay light)
 
 
 def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str, Any]:
@@ -25,16 +28,10 @@ def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str,
         lib_files: Files under ``lib/movierec`` whose sha256 pins the code that was measured
             (others may edit the library while a benchmark runs).
     """
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-
-    def field(name: str) -> str | None:
-        return next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith(name)),
-                    None)
-
-    model = field("model name") or platform.processor()
+    model = cpuinfo_field("model name") or platform.processor()
     # The vendor decides which kernels PyTorch's CPU build takes (MKL's dropout masks on
     # Intel only; movierec.models.dropout draws its own elsewhere), so results differ by it.
-    vendor = field("vendor_id")
+    vendor = cpuinfo_field("vendor_id")
     mem_kib = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
                    if ln.startswith("MemTotal:"))
     versions: dict[str, str | None] = {}

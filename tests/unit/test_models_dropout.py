@@ -126,7 +126,7 @@ def test_impossible_rates_are_rejected(p: float) -> None:
                                                      ("AuthenticAMD", False)])
 def test_torch_mask_only_where_it_is_vectorised(monkeypatch: pytest.MonkeyPatch,
                                                 vendor: str, uses_torch: bool) -> None:
-    monkeypatch.setattr(dropout_module, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(dropout_module, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
     x = torch.ones(1000)
     torch.manual_seed(5)

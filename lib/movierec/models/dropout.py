@@ -14,13 +14,13 @@ elsewhere the attention is written out so that its weights go through this modul
 
 from __future__ import annotations
 
-import functools
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from movierec.machine import cpu_vendor
 
 LANE_BITS = 16
 LANES_PER_DRAW = 64 // LANE_BITS
@@ -67,23 +67,11 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float,
     return lanes >= keep_threshold(p)
 
 
-@functools.cache
-def _cpu_vendor() -> str:
-    """The CPU vendor string of /proc/cpuinfo ("GenuineIntel", ...), or "" elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def torch_mask_is_fast(device: torch.device) -> bool:
     """Whether PyTorch's own dropout mask is vectorised on ``device``."""
     if device.type != "cpu":
         return True
-    return torch.backends.mkl.is_available() and _cpu_vendor() == "GenuineIntel"
+    return torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel"
 
 
 class Dropout(nn.Module):
