@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_AUTH_MODE := disabled
 DEMO_HOME ?= $(abspath .cache/demo)
 
-.PHONY: setup browser-deps pg-deps wrk-deps infra-deps check-infra test demo demo-clean bench lint format clean help
+.PHONY: setup browser-deps pg-deps wrk-deps infra-deps check-infra test demo demo-clean bench reliability lint format clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'

@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds before wrk counts a request as a timeout error")
     parser.add_argument("--service-threads", type=int,
                         help="movierec serve --threads (ONNX Runtime intra-op threads; "
-                             "default: the service's own, one per physical core)")
+                             "default: the service's own, 1)")
     parser.add_argument("--model-thread", action="store_true",
                         help="serve with movierec serve --no-model-process (the model in a "
                              "thread of the server instead of a child process)")

@@ -211,7 +211,8 @@ def run_http(args: argparse.Namespace, paths: dict[str, Path], report: dict[str,
         "servers": {name: {"description": SERVERS[name], "command": " ".join(s.cmd),
                            "ready_seconds": s.ready_seconds, "loaded": s.loaded_libs}
                     for name, s in servers.items()},
-        "settings": {"service_threads": args.service_threads or "service default (1)",
+        "settings": {"service_threads": args.service_threads
+                     or "service default (movierec serve --threads 1)",
                      "model": ("a thread of the server (--no-model-process)" if args.model_thread
                                else "a child process of the server (service default)"),
                      "physical_cores": physical_cores(),
