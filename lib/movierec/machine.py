@@ -34,6 +34,7 @@ def cpuinfo_field(name: str) -> str | None:
     return None
 
 
+@functools.cache  # asked by every dropout call in training (models.dropout)
 def cpu_vendor() -> str:
     """The CPU vendor ("GenuineIntel", "AuthenticAMD", ...), or "" where unknown."""
     return cpuinfo_field("vendor_id") or ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from movierec import machine
@@ -13,7 +15,16 @@ CPUINFO = "\n".join(
     for n in range(8)).splitlines()
 
 
-def test_fields_cores_and_a_machine_without_cpuinfo(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fresh_vendor() -> Iterator[None]:
+    """cpu_vendor is cached: clear it around a test that fakes /proc/cpuinfo."""
+    machine.cpu_vendor.cache_clear()
+    yield
+    machine.cpu_vendor.cache_clear()
+
+
+def test_fields_cores_and_a_machine_without_cpuinfo(monkeypatch: pytest.MonkeyPatch,
+                                                     fresh_vendor: None) -> None:
     monkeypatch.setattr(machine, "_cpuinfo_lines", lambda: tuple(CPUINFO))
     assert machine.cpu_vendor() == "AuthenticAMD"
     # "model" is its own field, not a prefix of "model name".
@@ -24,6 +35,8 @@ def test_fields_cores_and_a_machine_without_cpuinfo(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(machine, "_cpuinfo_lines", lambda: ())
     monkeypatch.setattr(machine.os, "cpu_count", lambda: 3)
+    assert machine.cpu_vendor() == "AuthenticAMD"  # read once per process
+    machine.cpu_vendor.cache_clear()
     assert machine.cpu_vendor() == ""
     assert machine.physical_cores() == 3
 
