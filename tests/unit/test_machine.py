@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -44,3 +48,35 @@ def test_fields_cores_and_a_machine_without_cpuinfo(monkeypatch: pytest.MonkeyPa
 def test_this_machine_answers() -> None:
     assert machine.physical_cores() >= 1
     assert isinstance(machine.cpu_vendor(), str)
+
+
+REUSE_SCRIPT = """
+import resource, sys
+import numpy as np
+from movierec import machine
+
+def faults_to_fill(mib):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    np.ones(mib << 17)  # allocated, every page written, freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+applied = machine.keep_freed_memory()
+faults_to_fill(64)
+print(applied, faults_to_fill(64), faults_to_fill(256))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="sets glibc's malloc")
+def test_freed_memory_is_reused_not_faulted_in_again() -> None:
+    def run(**env: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", REUSE_SCRIPT], capture_output=True,
+                             text=True, check=True, env={**os.environ, **env})
+        return out.stdout.split()
+
+    applied, again, larger = run()
+    assert applied == "True"
+    # 64 MiB freed and allocated again: the same pages, none faulted in anew (of 16,384).
+    assert int(again) <= 16
+    assert int(larger) > 16  # the count does see fresh memory: 256 MiB was never held
+    # The user's own malloc settings win: nothing is changed.
+    assert run(MALLOC_TRIM_THRESHOLD_="131072")[0] == "False"

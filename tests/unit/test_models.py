@@ -18,8 +18,7 @@ from movierec.models import (
     bce_loss,
     build_model,
     ce_loss,
-    mask_out_of_softmax,
-    seen_items_mask,
+    seen_items_bias,
 )
 
 N_USERS, N_ITEMS, MAX_LEN = 6, 25, 8
@@ -262,40 +261,45 @@ def test_ce_loss_hand_computed() -> None:
     assert empty.item() == 0.0
 
 
-def test_seen_items_mask_hand_computed() -> None:
+def test_seen_items_bias_hand_computed() -> None:
     seqs = torch.tensor([[0, 2, 3, 2], [1, 4, 4, 5]])
     targets = torch.tensor([[0, 3, 2, 5], [4, 4, 5, 3]])
     rows = torch.tensor([1, 2, 3, 4, 7])  # (0,1) (0,2) (0,3) (1,0) (1,3)
 
-    def items(mask: torch.Tensor) -> list[set[int]]:
-        return [{int(i) + 1 for i in row.nonzero()} for row in mask]
+    def items(bias: torch.Tensor) -> list[set[int]]:
+        assert bias.shape == (5, 6) and bias.dtype == torch.float32
+        assert torch.isneginf(bias).logical_or(bias == 0).all()  # only 0 or -inf
+        return [{int(i) + 1 for i in torch.isneginf(row).nonzero()} for row in bias]
 
     # Window: every item of the window, inputs and targets, except the row's own target.
-    assert items(seen_items_mask(seqs, targets, rows, 6, "window")) == [
+    assert items(seen_items_bias(seqs, targets, rows, 6, "window")) == [
         {2, 5}, {3, 5}, {2, 3}, {1, 3, 5}, {1, 4, 5}]
     # Prefix: only inputs up to the position (a repeat of the target stays unmasked).
-    assert items(seen_items_mask(seqs, targets, rows, 6, "prefix")) == [
+    assert items(seen_items_bias(seqs, targets, rows, 6, "prefix")) == [
         {2}, {3}, {2, 3}, {1}, {1, 4, 5}]
-    assert not seen_items_mask(seqs, targets, rows, 6, "none").any()
+    assert seen_items_bias(seqs, targets, rows, 6, "none") is None
     with pytest.raises(ValueError, match="mode"):
-        seen_items_mask(seqs, targets, rows, 6, "all")
+        seen_items_bias(seqs, targets, rows, 6, "all")
 
 
-def test_mask_out_of_softmax_matches_masked_fill_under_cross_entropy() -> None:
+def test_biased_logits_equal_masked_fill_under_cross_entropy_bit_for_bit() -> None:
     torch.manual_seed(0)
-    weights = torch.randn(30, 12, requires_grad=True)
-    hidden = torch.randn(40, 12)
+    model = build_model(ModelConfig(d_item=12, d_user=4, max_len=5), n_users=3, n_items=30)
+    hidden = torch.randn(40, 16)
     targets = torch.randint(0, 30, (40,))
     seen = torch.rand(40, 30) < 0.4
     seen[torch.arange(40), targets] = False  # a row's target is never masked
-    grads = []
-    for fill in (lambda x, m: x.masked_fill_(m, float("-inf")), mask_out_of_softmax):
-        logits = fill(hidden @ weights.T, seen)
+    bias = torch.zeros(40, 30).masked_fill_(seen, float("-inf"))
+    weights = model.item_embedding.weight
+    results = []
+    for logits in (model.next_item_logits(hidden).masked_fill(seen, float("-inf")),
+                   model.next_item_logits(hidden, bias)):
         assert torch.isneginf(logits[seen]).all() and torch.isfinite(logits[~seen]).all()
         loss = F.cross_entropy(logits, targets)
-        grads.append((loss.detach(), *torch.autograd.grad(loss, weights)))
-    # Bit for bit: the softmax already gives the masked logits a gradient of exactly 0.
-    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1], strict=True))
+        results.append((logits.detach(), loss.detach(), *torch.autograd.grad(loss, weights)))
+    # The bias enters the product (addmm) and no mask runs in backward: the softmax already
+    # gives the masked logits a gradient of exactly 0.
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
 # --- popularity ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from movierec.models.config import ModelConfig
-from movierec.models.losses import bce_loss, ce_loss, mask_out_of_softmax, seen_items_mask
+from movierec.models.losses import bce_loss, ce_loss, seen_items_bias
 from movierec.models.popularity import PopularityModel
 from movierec.models.sampling import (
     TrainingBatches,
@@ -21,9 +21,8 @@ __all__ = [
     "bce_loss",
     "build_model",
     "ce_loss",
-    "mask_out_of_softmax",
     "sample_negatives",
-    "seen_items_mask",
+    "seen_items_bias",
     "sse_corrupt",
     "training_window",
 ]

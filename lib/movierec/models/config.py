@@ -38,7 +38,7 @@ class ModelConfig(BaseModel):
             from Xavier-normal noise as the reference does.
         loss: ``"bce"`` (one sampled negative per position) or ``"ce"`` (full softmax).
         ce_mask_seen: With ``ce``, items of the training window left out of each softmax
-            (``"window"``, ``"prefix"`` or ``"none"``; see ``losses.seen_items_mask``).
+            (``"window"``, ``"prefix"`` or ``"none"``; see ``losses.seen_items_bias``).
     """
 
     model_config = ConfigDict(extra="forbid")

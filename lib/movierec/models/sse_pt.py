@@ -172,14 +172,19 @@ class SSEPT(nn.Module):
             if self.user_embedding is not None:
                 self.user_embedding.weight[0].zero_()
 
-    def next_item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def next_item_logits(self, hidden: torch.Tensor,
+                         bias: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [N, n_items] of items 1..n_items for hidden states [N, H], for softmax.
 
         The user part of every candidate is the same vector, so it shifts all logits of a row
         equally and cancels in a softmax: only the item part is computed (and no padding
-        column), which is the cheap path for the CE loss.
+        column), which is the cheap path for the CE loss. ``bias`` [N, n_items] (e.g.
+        ``losses.seen_items_bias``) is added inside the product, at no extra pass.
         """
-        return hidden[..., : self.d_item] @ self.item_embedding.weight[1:].T
+        items = self.item_embedding.weight[1:].T
+        if bias is None:
+            return hidden[..., : self.d_item] @ items
+        return torch.addmm(bias, hidden[:, : self.d_item], items)
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor | None:
         """Scaled user embeddings [B, d_user] (None for SASRec)."""

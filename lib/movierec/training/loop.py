@@ -24,14 +24,14 @@ from movierec.data.columns import TEST, VALID
 from movierec.data.dataset import SequenceData
 from movierec.evaluation.protocols import RankedUsers, full_ranking_ndcg, rank_users
 from movierec.evaluation.report import Metrics, summarize
+from movierec.machine import keep_freed_memory
 from movierec.models import (
     SSEPT,
     PopularityModel,
     TrainingBatches,
     bce_loss,
     build_model,
-    mask_out_of_softmax,
-    seen_items_mask,
+    seen_items_bias,
 )
 from movierec.models.spectral import init_item_embeddings
 from movierec.training.config import TrainConfig
@@ -68,12 +68,9 @@ class TrainingObjective(nn.Module):
         real = mask.reshape(-1).nonzero().squeeze(1)
         hidden = self.model(users, seqs)
         rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, real)
-        logits = self.model.next_item_logits(rows)
-        mode = self.model.config.ce_mask_seen
-        if mode != "none":
-            seen = seen_items_mask(seqs, pos, real, self.model.n_items, mode)
-            # In place: the product's backward needs its inputs, not this output.
-            logits = mask_out_of_softmax(logits, seen)
+        seen = seen_items_bias(seqs, pos, real, self.model.n_items,
+                               self.model.config.ce_mask_seen)
+        logits = self.model.next_item_logits(rows, seen)
         return F.cross_entropy(logits, pos.reshape(-1)[real] - 1)
 
 
@@ -342,6 +339,7 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
     ``soup_fork`` of them whose weights are averaged; ``test`` is measured on it.
     """
     hooks = hooks or LocalHooks()
+    keep_freed_memory()  # each step's large CPU tensors reuse the last step's pages
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
