@@ -58,12 +58,20 @@ def physical_cores() -> int:
 
 # glibc's mallopt parameters (malloc.h), and the settings a user can give it themselves.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_USER_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+_USER_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+# 1 GiB; glibc before 2.35 accepts an mmap threshold of at most 32 MiB on 64-bit systems,
+# which still covers ml-100k's 21 MB blocks.
+_KEEP_LIMITS = (1 << 30, 32 << 20)
+
+
+def _user_set_malloc() -> bool:
+    return any(name in os.environ for name in _USER_MALLOC_VARIABLES) or (
+        "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""))
 
 
 @functools.cache
-def keep_freed_memory(limit: int = 1 << 30) -> bool:
-    """Let glibc's malloc keep freed blocks under ``limit`` bytes for reuse, process-wide.
+def keep_freed_memory() -> int:
+    """Let glibc's malloc keep freed blocks for reuse instead of returning them, process-wide.
 
     A CPU training step allocates several [positions, n_items] float tensors (21 MB each for
     ml-100k) and frees them again. By default glibc serves such blocks with fresh ``mmap``
@@ -71,23 +79,28 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     page by page: 4 default epochs on ml-100k (2 AMD cores) took 610,000-720,000 page
     faults and 2.1-2.5 s of system time, against 127,000-141,000 and 0.6-0.8 s with the
     blocks kept, whose epochs were 6-16% shorter (medians of three paired runs). Both
-    thresholds must be set together: either alone turns off glibc's own adaptive threshold
-    and makes it worse (up to 4.2 million faults). The price is that the process keeps its
-    peak heap until it exits. Results do not change, only where memory comes from.
+    thresholds are raised together: either alone turns off glibc's own adaptive threshold
+    and makes it worse (up to 4.2 million faults). The price: up to the limit of freed
+    memory stays with the process, which ``fit`` accepts for a training run. Results do
+    not change, only where memory comes from.
 
-    Does nothing where the user set glibc's malloc variables themselves, and off glibc
-    (macOS, musl). Cached: the first call decides.
+    Does nothing where the user set glibc's malloc variables themselves (they win), and off
+    glibc (macOS, musl). Cached: the first call decides.
 
     Returns:
-        Whether the thresholds were set.
+        The limit set, in bytes: 1 GiB, or 32 MiB where glibc (before 2.35) refuses more;
+        0 where nothing was changed.
     """
-    if any(name in os.environ for name in _USER_MALLOC_SETTINGS):
-        return False
+    if _user_set_malloc():
+        return 0
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError off glibc
     except (OSError, AttributeError):
-        return False
-    # The mmap threshold first: if glibc refuses it, nothing has changed yet.
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, limit))
+        return 0
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    for limit in _KEEP_LIMITS:
+        # The mmap threshold first: where glibc refuses it, nothing has changed yet.
+        if libc.mallopt(_M_MMAP_THRESHOLD, limit):
+            return limit if libc.mallopt(_M_TRIM_THRESHOLD, limit) else 0
+    return 0

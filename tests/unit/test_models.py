@@ -282,18 +282,27 @@ def test_seen_items_bias_hand_computed() -> None:
         seen_items_bias(seqs, targets, rows, 6, "all")
 
 
-def test_biased_logits_equal_masked_fill_under_cross_entropy_bit_for_bit() -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16-autocast", "fp64"])
+def test_biased_logits_equal_masked_fill_under_cross_entropy_bit_for_bit(
+        precision: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_item=12, d_user=4, max_len=5), n_users=3, n_items=30)
     hidden = torch.randn(40, 16)
+    if precision == "fp64":  # the bias (float32, as seen_items_bias builds it) follows
+        model, hidden = model.double(), hidden.double()
+    bf16 = precision == "bf16-autocast"
     targets = torch.randint(0, 30, (40,))
     seen = torch.rand(40, 30) < 0.4
     seen[torch.arange(40), targets] = False  # a row's target is never masked
     bias = torch.zeros(40, 30).masked_fill_(seen, float("-inf"))
     weights = model.item_embedding.weight
     results = []
-    for logits in (model.next_item_logits(hidden).masked_fill(seen, float("-inf")),
-                   model.next_item_logits(hidden, bias)):
+    for with_bias in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = (model.next_item_logits(hidden, bias) if with_bias else
+                      model.next_item_logits(hidden).masked_fill(seen, float("-inf")))
+        assert logits.dtype == {"fp32": torch.float32, "bf16-autocast": torch.bfloat16,
+                                "fp64": torch.float64}[precision]
         assert torch.isneginf(logits[seen]).all() and torch.isfinite(logits[~seen]).all()
         loss = F.cross_entropy(logits, targets)
         results.append((logits.detach(), loss.detach(), *torch.autograd.grad(loss, weights)))

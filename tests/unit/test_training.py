@@ -306,7 +306,7 @@ def test_ce_objective_leaves_seen_items_out_of_the_softmax(mode: str) -> None:
     torch.testing.assert_close(got, expected)
     unmasked = ce_loss(model.training_logits_all(users, seqs), pos, pos != 0)
     assert got < unmasked  # masking removes competitors, so the loss must drop
-    got.backward()  # the in-place mask must leave a valid graph
+    got.backward()  # the bias inside the product must leave a valid graph
     assert model.item_embedding.weight.grad is not None
 
 

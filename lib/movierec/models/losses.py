@@ -44,9 +44,10 @@ def seen_items_bias(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tenso
     predicts the next one. Leaving them out aligns training with evaluation.
 
     The mask is a bias of 0 or -inf, not a boolean: ``SSEPT.next_item_logits`` adds it inside
-    the catalogue product (``addmm``), which gives exactly the logits of a ``masked_fill``
-    after the product without its slow pass over [N, n_items] (a boolean fill took 5 ms per
-    training step on 2 AMD cores, the addition under 1 ms). The gradient needs no mask: a
+    the catalogue product (``addmm`` starts from a copy of it), which gives exactly the
+    logits of a ``masked_fill`` after the product (while the product is finite) without
+    the fill's slow pass over [N, n_items] (5 ms of a training step on 2 AMD cores). The
+    gradient needs no mask: a
     softmax already gives a -inf logit a zero gradient. That holds only for a softmax
     cross-entropy whose target is never masked (its own target is always unmasked here)
     and without label smoothing, which would put a gradient on every class.
@@ -79,8 +80,7 @@ def seen_items_bias(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tenso
         first = torch.full((batch, n_items + 1), length, dtype=torch.long, device=seqs.device)
         first.scatter_reduce_(1, seqs, torch.arange(length, device=seqs.device).expand(batch, -1),
                               reduce="amin")
-        masked = first[owner, 1:] <= (rows % length)[:, None]
-        bias = torch.zeros(masked.shape, device=seqs.device).masked_fill_(masked, float("-inf"))
+        bias = torch.where(first[owner, 1:] <= (rows % length)[:, None], float("-inf"), 0.0)
     else:
         raise ValueError(f"mode must be 'none', 'prefix' or 'window', not {mode!r}")
     own = targets.reshape(-1)[rows] - 1

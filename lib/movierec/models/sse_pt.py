@@ -179,12 +179,13 @@ class SSEPT(nn.Module):
         The user part of every candidate is the same vector, so it shifts all logits of a row
         equally and cancels in a softmax: only the item part is computed (and no padding
         column), which is the cheap path for the CE loss. ``bias`` [N, n_items] (e.g.
-        ``losses.seen_items_bias``) is added inside the product, at no extra pass.
+        ``losses.seen_items_bias``) is added inside the product (``addmm``; ``hidden`` must
+        then be 2-D), instead of in a pass of its own.
         """
         items = self.item_embedding.weight[1:].T
         if bias is None:
             return hidden[..., : self.d_item] @ items
-        return torch.addmm(bias, hidden[:, : self.d_item], items)
+        return torch.addmm(bias.to(items.dtype), hidden[:, : self.d_item], items)
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor | None:
         """Scaled user embeddings [B, d_user] (None for SASRec)."""

@@ -339,12 +339,13 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
     ``soup_fork`` of them whose weights are averaged; ``test`` is measured on it.
     """
     hooks = hooks or LocalHooks()
-    keep_freed_memory()  # each step's large CPU tensors reuse the last step's pages
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     started = time.perf_counter()
     device = hooks.device(config)
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's large tensors reuse the last step's pages
     if config.baseline == "pop":
         pop = PopularityModel(data.n_items).fit(data.train).to(device)
         test_ranks = rank_split(pop, data, config, device, TEST)
