@@ -180,12 +180,16 @@ class SSEPT(nn.Module):
         equally and cancels in a softmax: only the item part is computed (and no padding
         column), which is the cheap path for the CE loss. ``bias`` [N, n_items] (e.g.
         ``losses.seen_items_bias``) is added inside the product (``addmm``; ``hidden`` must
-        then be 2-D), instead of in a pass of its own.
+        then be 2-D), instead of in a pass of its own. The bias is scratch memory: outside
+        autocast the logits are written into it, which saves copying it (3 ms of a
+        3,200-position CE step on 2 CPU cores), so pass one that is not needed again.
         """
         items = self.item_embedding.weight[1:].T
         if bias is None:
             return hidden[..., : self.d_item] @ items
-        return torch.addmm(bias.to(items.dtype), hidden[:, : self.d_item], items)
+        if torch.is_autocast_enabled(hidden.device.type):  # autocast casts out-of-place ops only
+            return torch.addmm(bias, hidden[:, : self.d_item], items)
+        return bias.to(items.dtype).addmm_(hidden[:, : self.d_item], items)
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor | None:
         """Scaled user embeddings [B, d_user] (None for SASRec)."""
