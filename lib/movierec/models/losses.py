@@ -43,14 +43,13 @@ def seen_items_bias(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tenso
     capacity on candidates that are never ranked and fights the item-item similarity that
     predicts the next one. Leaving them out aligns training with evaluation.
 
-    The mask is a bias of 0 or -inf, not a boolean: ``SSEPT.next_item_logits`` adds it inside
-    the catalogue product (``addmm`` starts from a copy of it), which gives exactly the
-    logits of a ``masked_fill`` after the product (while the product is finite) without
-    the fill's slow pass over [N, n_items] (5 ms of a training step on 2 AMD cores). The
-    gradient needs no mask: a
-    softmax already gives a -inf logit a zero gradient. That holds only for a softmax
-    cross-entropy whose target is never masked (its own target is always unmasked here)
-    and without label smoothing, which would put a gradient on every class.
+    The mask is a bias of 0 or -inf, not a boolean: ``SSEPT.next_item_logits`` accumulates
+    the catalogue product onto it (``addmm_``), which gives exactly the logits of a
+    ``masked_fill`` after the product (while the product is finite) without the fill's slow
+    pass over [N, n_items] (5 ms of a training step on 2 AMD cores). The gradient needs no
+    mask: a softmax already gives a -inf logit a zero gradient. That holds only for a
+    softmax cross-entropy whose target is never masked (its own target is always unmasked
+    here) and without label smoothing, which would put a gradient on every class.
 
     Args:
         seqs: Input windows [B, L] (0 is padding).
