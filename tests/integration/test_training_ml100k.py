@@ -33,7 +33,9 @@ def test_ray_train_two_workers_resumes_after_a_failure(small_prepared: Path) -> 
         result = fit_on_ray(config, small_prepared, workers=2, crash_once_at_epoch=1)
     finally:
         ray.shutdown()
-    # The group was restarted from the epoch-1 checkpoint and finished all three epochs.
+    # The group was restarted from the epoch-1 checkpoint (not from scratch, which would
+    # record no resume) and finished all three epochs.
+    assert result.resumes == [{"phase": "select", "epoch": 1, "branch": 0}]
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert 1 <= result.best_epoch <= 3
     # The weights that came back are the best validation epoch's, across the restart.

@@ -27,14 +27,16 @@ def tiny_data(folder: Path, train: list[list[int]], valid: list[int], test: list
 @given(st.integers(0, 10_000), st.integers(110, 160))
 def test_negatives_never_touch_a_users_items(seed: int, n_items: int) -> None:
     rng = np.random.default_rng(seed)
-    train = [sorted(rng.choice(np.arange(1, n_items + 1), size=8, replace=False).tolist())
+    # Ten distinct items per user: eight to train on, then the valid and the test item,
+    # which the negatives must avoid as well.
+    items = [rng.choice(np.arange(1, n_items + 1), size=10, replace=False).tolist()
              for _ in range(5)]
-    data = tiny_data(Path("/nonexistent"), train, [t[0] for t in train], [t[1] for t in train],
-                     n_items)
+    data = tiny_data(Path("/nonexistent"), [sorted(i[:8]) for i in items],
+                     [i[8] for i in items], [i[9] for i in items], n_items)
     users = np.arange(1, 6)
     negatives = draw_negatives(data, users, 100, seed)
     for user, row in zip(users, negatives, strict=True):
-        touched = set(train[user - 1])
+        touched = set(items[user - 1])
         assert not touched & set(row.tolist())
         assert len(set(row.tolist())) == 100  # distinct
         assert row.min() >= 1 and row.max() <= n_items

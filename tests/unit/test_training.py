@@ -12,6 +12,7 @@ from movierec.evaluation.protocols import rank_users
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import LocalHooks
 from movierec.training.loop import fit, make_scorer, training_sequences
+from movierec.training.tracking import tracked_run
 
 SMALL = {"epochs": 6, "batch_size": 32, "lr": 0.005, "threads": 1,
          "model": {"max_len": 20, "d_item": 16, "d_user": 8, "n_blocks": 1}}
@@ -22,6 +23,23 @@ def test_config_rejects_unknown_keys_at_every_level() -> None:
         TrainConfig.model_validate({"learning_rate": 0.1})
     with pytest.raises(ValueError, match="hidden_units"):
         TrainConfig.model_validate({"model": {"hidden_units": 50}})
+
+
+def test_train_flags_override_the_config_file_and_only_when_given(tmp_path: Path) -> None:
+    import argparse
+
+    from movierec.cli.train import config_from_args
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"baseline": "pop", "model": {"kind": "sasrec", "loss": "bce"}}))
+    flags = {"config": config, "model": None, "loss": None, "epochs": None, "seed": None,
+             "refit": None}
+    kept = config_from_args(argparse.Namespace(**flags))
+    assert (kept.baseline, kept.model.kind, kept.model.loss) == ("pop", "sasrec", "bce")
+    chosen = config_from_args(argparse.Namespace(**{**flags, "model": "sse-pt", "loss": "ce"}))
+    assert (chosen.baseline, chosen.model.kind, chosen.model.loss) == ("none", "sse-pt", "ce")
+    default = config_from_args(argparse.Namespace(**{**flags, "config": None}))
+    assert (default.baseline, default.model.kind) == ("none", "sse-pt")
 
 
 def test_two_runs_with_the_same_seed_are_identical(small_prepared: Path) -> None:
@@ -187,6 +205,8 @@ def test_a_crash_in_the_refit_resumes_in_the_refit(small_prepared: Path, tmp_pat
     with pytest.raises(RuntimeError, match="injected"):
         fit(config, data, _CrashInRefit(tmp_path, key), progress=False)
     resumed = fit(config, data, LocalHooks(tmp_path, resume=True), progress=False)
+    assert [r["phase"] for r in resumed.resumes] == ["refit"] and not uninterrupted.resumes
+    assert resumed.resumes[0]["branch"] == (2 if key == "refit_loss_2" else 0)
     assert [h["epoch"] for h in resumed.history] == [h["epoch"] for h in
                                                      uninterrupted.history]
     again, once = refit_losses(resumed.refit_history), refit_losses(uninterrupted.refit_history)
@@ -233,9 +253,17 @@ def test_cli_train_contract_and_mlflow_record(small_prepared: Path, tmp_path: Pa
 
 def test_evaluate_compares_runs_and_reports_cis(small_prepared: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # SASRec ranks against its own sampled negatives (eval_seed 7), and the report must too.
+    (tmp_path / "pop-config.json").write_text("{}")
+    (tmp_path / "sasrec-config.json").write_text(json.dumps({"eval_seed": 7}))
     for model in ("pop", "sasrec"):
         assert main(["train", "--data", str(small_prepared), "--model", model, "--epochs", "1",
-                     "--quiet", "--metrics-out", str(tmp_path / f"{model}.json")]) == 0
+                     "--quiet", "--metrics-out", str(tmp_path / f"{model}.json"),
+                     "--config", str(tmp_path / f"{model}-config.json")]) == 0
+    # The newest run is a tune parent (no model, no weights): the default comparison of the
+    # latest runs must skip it.
+    with tracked_run("tune", {"samples": 1}, {"kind": "tune"}):
+        pass
     capsys.readouterr()
     assert main(["evaluate", "--data", str(small_prepared), "--out", str(tmp_path / "ev")]) == 0
     table = (tmp_path / "ev" / "comparison.md").read_text()
@@ -248,6 +276,12 @@ def test_evaluate_compares_runs_and_reports_cis(small_prepared: Path, tmp_path: 
         json.loads((tmp_path / "pop.json").read_text())["test"]["full"]["ndcg@10"])
     assert "history_length" in report["slices"] and "gender" in report["slices"]
     assert "warning" not in report
+    sasrec_logged = json.loads((tmp_path / "sasrec.json").read_text())
+    sasrec_report = json.loads(
+        (tmp_path / "ev" / f"report-{sasrec_logged['run_id']}.json").read_text())
+    for protocol in ("sampled", "full"):
+        assert sasrec_report["metrics"][protocol]["ndcg@10"] == pytest.approx(
+            sasrec_logged["test"][protocol]["ndcg@10"])
     # On validation, the refit SASRec's report says its figures are optimistic.
     sasrec = json.loads((tmp_path / "sasrec.json").read_text())["run_id"]
     assert main(["evaluate", sasrec, run_id, "--data", str(small_prepared), "--split", "valid",

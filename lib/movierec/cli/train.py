@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "prepared folder; select on validation, test once; log to MLflow.")
     train.add_argument("--data", required=True,
                        help="prepared data folder or s3://BUCKET/PREFIX (cached locally)")
-    train.add_argument("--model", choices=MODEL_CHOICES, default="sse-pt")
+    train.add_argument("--model", choices=MODEL_CHOICES,
+                       help="default: the config's (sse-pt without --config)")
     train.add_argument("--loss", choices=("bce", "ce"), help="default: the config's")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end first)")
     train.add_argument("--seed", type=int)
@@ -51,7 +52,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     model = raw.setdefault("model", {})
     if args.model == "pop":
         raw["baseline"] = "pop"
-    else:
+    elif args.model is not None:
+        raw["baseline"] = "none"
         model["kind"] = args.model
     if args.loss:
         model["loss"] = args.loss

@@ -45,14 +45,19 @@ def compare_runs(run_ids: list[str], split: str = TEST) -> dict[str, Any]:
     return {"split": split, "runs": rows, "markdown": comparison_table(rows) + note}
 
 
-def evaluate_run(run_id: str, data_dir: Path, split: str = TEST, seed: int = 0) -> dict[str, Any]:
+def evaluate_run(run_id: str, data_dir: Path, split: str = TEST,
+                 seed: int | None = None) -> dict[str, Any]:
     """Reload a run's weights and compute the detailed report (CIs, slices) on ``split``.
+
+    ``seed`` is that of the sampled negatives and of the bootstrap; None takes the run's own
+    ``eval_seed``, so the report ranks against the negatives the run's logged metrics used.
 
     A refit model (``TrainConfig.refit``) learned the validation items, so its report on
     ``valid`` carries a ``warning``; the run's logged ``valid_*`` metrics are the selected
     model's and stay fair.
     """
     model, config, _, tags = load_run_model(run_id, data_dir)
+    seed = config.eval_seed if seed is None else seed
     data = load_sequences(data_dir)
     ranked = rank_users(make_scorer(model, torch.device("cpu")), data, split,
                         config.model.max_len, seed=seed)

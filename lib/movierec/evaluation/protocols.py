@@ -159,9 +159,3 @@ def full_ranking_ndcg_per_user(scorer: Scorer, data: SequenceData, split: str, m
     ranks = rank_users(scorer, data, split, max_len, batch_size=batch_size,
                        sampled=False).full_ranks
     return ndcg_at_k(ranks, TOP_K)
-
-
-def full_ranking_ndcg(scorer: Scorer, data: SequenceData, split: str, max_len: int,
-                      batch_size: int = 256) -> float:
-    """Mean full-ranking NDCG@10 over ``split``'s users: the selection metric of training."""
-    return float(full_ranking_ndcg_per_user(scorer, data, split, max_len, batch_size).mean())

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from movierec.data.columns import TEST, VALID
 from movierec.data.dataset import SequenceData
-from movierec.evaluation.protocols import RankedUsers, full_ranking_ndcg, rank_users
+from movierec.evaluation.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
+from movierec.evaluation.protocols import RankedUsers, rank_users
 from movierec.evaluation.report import Metrics, summarize
 from movierec.machine import keep_freed_memory
 from movierec.models import (
@@ -82,7 +83,9 @@ class FitResult:
     ``TrainConfig.refit`` the returned ``model`` and ``test`` are those of the refit, which
     also learned the validation items: its own validation scores would be optimistic.
     ``test_ranks`` are the per-user ranks behind ``test`` (for per-user statistics without
-    ranking again); runs on Ray return metrics only, so theirs is None.
+    ranking again); runs on Ray return metrics only, so theirs is None. ``resumes`` lists
+    where the run restarted from a checkpoint (``phase``, last finished ``epoch``, soup
+    ``branch``), one entry per restart.
     """
 
     model: nn.Module
@@ -94,6 +97,7 @@ class FitResult:
     seconds_to_best: float = 0.0
     refit_history: list[dict[str, Any]] = field(default_factory=list)
     test_ranks: RankedUsers | None = None
+    resumes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -146,7 +150,8 @@ def _new_state() -> dict[str, Any]:
     """The loop state a checkpoint carries: phase, epoch, selection and records."""
     return {"phase": "select", "epoch": 0, "best_score": -1.0, "best_epoch": 0,
             "bad_evals": 0, "best_model": None, "history": [], "best_seconds": 0.0,
-            "valid": None, "refit_history": [], "branch": 0, "trunk": None, "soup": None}
+            "valid": None, "refit_history": [], "branch": 0, "trunk": None, "soup": None,
+            "resumes": []}
 
 
 def training_sequences(data: SequenceData, refit: bool) -> PhaseSequences:
@@ -268,9 +273,7 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
                 state["trunk"] = copy.deepcopy({"model": model.state_dict(),
                                                 "optimizer": optimizer.state_dict()})
             bar.update()
-            bar.set_postfix(loss=f"{loss:.4f}", **(
-                {"branch": f"{branch + 1}/{branches}"} if branches > 1 else
-                {"valid_ndcg10": f"{state['best_score']:.4f}@{state['best_epoch']}"}))
+            bar.set_postfix(loss=f"{loss:.4f}", **_progress_fields(state, refit, branch, branches))
             checkpoint(record)
             if not refit and state["bad_evals"] >= config.patience:
                 break
@@ -286,6 +289,20 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
         model.load_state_dict({k: (v / branches).to(dtypes[k]) for k, v in state["soup"].items()})
         state.update(trunk=None, soup=None)
     bar.close()
+
+
+def _progress_fields(state: dict[str, Any], refit: bool, branch: int,
+                     branches: int) -> dict[str, str]:
+    """Progress-bar fields after an epoch: the soup branch, or the last and best validation."""
+    if refit:
+        return {"branch": f"{branch + 1}/{branches}"} if branches > 1 else {}
+    # The last evaluated epoch's score (epochs between evaluations show the previous one).
+    last = next((h["epoch_valid_ndcg_10"] for h in reversed(state["history"])
+                 if "epoch_valid_ndcg_10" in h), None)
+    if last is None:
+        return {}
+    return {"valid_ndcg10": f"{last:.4f}",
+            "valid_best": f"{state['best_score']:.4f}@{state['best_epoch']}"}
 
 
 def _train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer,
@@ -316,10 +333,13 @@ def _validate(model: nn.Module, data: SequenceData, config: TrainConfig, device:
     epoch = record["epoch"]
     if epoch % config.eval_every and epoch != config.epochs:
         return
-    score = full_ranking_ndcg(make_scorer(model, device), data, VALID, config.model.max_len,
-                              config.eval_batch_size)
-    # Named apart from the final "valid_full_ndcg_10" metric that tracking logs.
-    record["epoch_valid_ndcg_10"] = score
+    ranks = rank_users(make_scorer(model, device), data, VALID, config.model.max_len,
+                       batch_size=config.eval_batch_size, sampled=False).full_ranks
+    score = float(ndcg_at_k(ranks, 10).mean())
+    # Named apart from the final "valid_full_*" metrics that tracking logs; the same ranks
+    # give the hit rate and MRR for free (the sampled protocol is left for the end).
+    record.update(epoch_valid_ndcg_10=score, epoch_valid_hr_10=float(hit_at_k(ranks, 10).mean()),
+                  epoch_valid_mrr=float(reciprocal_rank(ranks).mean()))
     if score > state["best_score"]:
         state.update(best_score=score, best_epoch=epoch, bad_evals=0,
                      best_model=copy.deepcopy(model.state_dict()),
@@ -355,6 +375,8 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
 
     resumed = hooks.load_checkpoint()
     state = {**_new_state(), **resumed["loop"]} if resumed else _new_state()
+    if resumed:  # kept in the state, so a second crash adds to the first
+        state["resumes"] = [*state["resumes"], {k: state[k] for k in ("phase", "epoch", "branch")}]
     phase_data = training_sequences(data, refit=state["phase"] == "refit")
     model = new_model(config, data, None if resumed else phase_data[0]).to(device)
     if state["phase"] == "select":
@@ -378,4 +400,5 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
     return FitResult(model, state["best_epoch"], state["valid"], summarize(test_ranks, data),
                      history=state["history"], seconds=time.perf_counter() - started,
                      seconds_to_best=state["best_seconds"],
-                     refit_history=state["refit_history"], test_ranks=test_ranks)
+                     refit_history=state["refit_history"], test_ranks=test_ranks,
+                     resumes=state["resumes"])

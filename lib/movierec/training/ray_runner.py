@@ -102,7 +102,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"model": result.model.state_dict(), "valid": result.valid,
                         "test": result.test, "history": result.history,
-                        "refit_history": result.refit_history},
+                        "refit_history": result.refit_history, "resumes": result.resumes},
                        Path(folder) / "final.pt")
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(folder))
     else:
@@ -180,4 +180,4 @@ def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bo
                      valid=final["valid"], test=final["test"], history=final["history"],
                      seconds=time.perf_counter() - started,
                      seconds_to_best=float(result.metrics["seconds_to_best"]),
-                     refit_history=final["refit_history"])
+                     refit_history=final["refit_history"], resumes=final["resumes"])

@@ -45,7 +45,7 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
 
     Returns:
         ``{"run_id", "best_epoch", "refit_epochs", "soup_branches", "valid", "test",
-        "seconds", ...}`` as
+        "seconds", "resumes", ...}`` as
         printed by the CLI (``valid`` is the selected model's, ``test`` the final model's).
     """
     data_dir = Path(data_dir)
@@ -63,7 +63,8 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
                             "refit_epochs": result.refit_epochs,
                             "soup_branches": result.soup_branches,
                             "seconds_to_best": result.seconds_to_best,
-                            "seconds_per_epoch": result.seconds_per_epoch})
+                            "seconds_per_epoch": result.seconds_per_epoch,
+                            "resumes": len(result.resumes)})
         log_json_artifact(mlflow, "config.json", config.model_dump())
         log_json_artifact(mlflow, "dataset.json", card)
         with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +79,7 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
             "valid": result.valid, "test": result.test, "seconds": round(result.seconds, 2),
             "seconds_to_best": round(result.seconds_to_best, 2),
             "seconds_per_epoch": round(result.seconds_per_epoch, 3),
-            "data_version": card["data_version"]}
+            "resumes": result.resumes, "data_version": card["data_version"]}
 
 
 def load_run_model(run_id: str, data_dir: Path) -> tuple[torch.nn.Module, TrainConfig,

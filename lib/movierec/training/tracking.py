@@ -118,10 +118,16 @@ def load_run(run_id: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
 
 
 def search_runs(max_results: int = 50) -> list[str]:
-    """Ids of the latest finished top-level runs of the experiment, newest first."""
+    """Ids of the latest finished top-level training runs of the experiment, newest first.
+
+    Training runs are those tagged with their ``model`` (``train_and_track``); the parent
+    run of ``movierec tune`` has no model of its own and is left out.
+    """
     mlflow = configure()
+    # A LIKE on a tag matches only the runs that have the tag.
     frame = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=max_results,
-                               filter_string="attributes.status = 'FINISHED'",
+                               filter_string="attributes.status = 'FINISHED' "
+                                             "and tags.model LIKE '%'",
                                order_by=["attributes.start_time DESC"])
     if frame.empty:
         return []
