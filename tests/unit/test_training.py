@@ -7,11 +7,11 @@ import pytest
 
 from movierec.cli.main import main
 from movierec.data.dataset import load_sequences
-from movierec.evaluation.metrics import ndcg_at_k
+from movierec.evaluation.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
 from movierec.evaluation.protocols import rank_users
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import LocalHooks
-from movierec.training.loop import fit, make_scorer, training_sequences
+from movierec.training.loop import _progress_fields, fit, make_scorer, training_sequences
 from movierec.training.tracking import tracked_run
 
 SMALL = {"epochs": 6, "batch_size": 32, "lr": 0.005, "threads": 1,
@@ -66,6 +66,10 @@ def test_early_stopping_restores_the_best_validation_epoch(small_prepared: Path)
                         "valid", config.model.max_len, sampled=False)
     assert ndcg_at_k(ranked.full_ranks, 10).mean() == pytest.approx(max(scores))
     assert result.valid["full"]["ndcg@10"] == pytest.approx(max(scores))
+    # The same epoch's hit rate and MRR come from the same ranks.
+    best = result.history[result.best_epoch - 1]
+    assert best["epoch_valid_hr_10"] == pytest.approx(hit_at_k(ranked.full_ranks, 10).mean())
+    assert best["epoch_valid_mrr"] == pytest.approx(reciprocal_rank(ranked.full_ranks).mean())
 
 
 def test_in_process_resume_continues_from_the_checkpoint(small_prepared: Path,
@@ -81,6 +85,21 @@ def test_in_process_resume_continues_from_the_checkpoint(small_prepared: Path,
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     assert [h["loss"] for h in resumed.history] == pytest.approx(
         [h["loss"] for h in full.history])
+    assert resumed.resumes == [{"phase": "select", "epoch": 2, "branch": 0}]
+    assert full.resumes == []
+
+
+def test_progress_bar_shows_the_last_evaluated_and_the_best_validation_score() -> None:
+    # Evaluated every second epoch: epoch 3 shows epoch 2's score beside the best.
+    state = {"history": [{"epoch": 1, "loss": 2.0},
+                         {"epoch": 2, "loss": 1.5, "epoch_valid_ndcg_10": 0.25},
+                         {"epoch": 3, "loss": 1.2}],
+             "best_score": 0.25, "best_epoch": 2}
+    assert _progress_fields(state, False, 0, 1) == {"valid_ndcg10": "0.2500",
+                                                    "valid_best": "0.2500@2"}
+    assert _progress_fields({**state, "history": state["history"][:1]}, False, 0, 1) == {}
+    assert _progress_fields(state, True, 1, 3) == {"branch": "2/3"}
+    assert _progress_fields(state, True, 0, 1) == {"valid_best": "0.2500@2"}
 
 
 def test_refit_retrains_on_train_and_valid_for_the_selected_epochs(
@@ -237,8 +256,10 @@ def test_cli_train_contract_and_mlflow_record(small_prepared: Path, tmp_path: Pa
         (small_prepared / "dataset.json").read_text())["data_version"]
     assert run.data.tags["git_commit"]
     assert "test_full_ndcg_10" in run.data.metrics
-    history = mlflow.MlflowClient().get_metric_history(summary["run_id"], "loss")
-    assert [m.step for m in history] == [1, 2]
+    for metric in ("loss", "epoch_valid_ndcg_10", "epoch_valid_hr_10", "epoch_valid_mrr"):
+        history = mlflow.MlflowClient().get_metric_history(summary["run_id"], metric)
+        assert [m.step for m in history] == [1, 2], metric
+    assert summary["resumes"] == [] and run.data.metrics["resumes"] == 0
     # Refit by default: its epochs are logged apart from the selection's (and with a
     # soup, each branch after the first under its own key).
     assert summary["refit_epochs"] >= summary["best_epoch"] >= 1

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from movierec.data.columns import TEST, VALID
 from movierec.data.dataset import SequenceData
 from movierec.evaluation.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
-from movierec.evaluation.protocols import RankedUsers, rank_users
+from movierec.evaluation.protocols import TOP_K, RankedUsers, rank_users
 from movierec.evaluation.report import Metrics, summarize
 from movierec.machine import keep_freed_memory
 from movierec.models import (
@@ -294,15 +294,13 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
 def _progress_fields(state: dict[str, Any], refit: bool, branch: int,
                      branches: int) -> dict[str, str]:
     """Progress-bar fields after an epoch: the soup branch, or the last and best validation."""
-    if refit:
-        return {"branch": f"{branch + 1}/{branches}"} if branches > 1 else {}
+    best = {"valid_best": f"{state['best_score']:.4f}@{state['best_epoch']}"}
+    if refit:  # the refit does not validate: the selected score stays in view
+        return {"branch": f"{branch + 1}/{branches}"} if branches > 1 else best
     # The last evaluated epoch's score (epochs between evaluations show the previous one).
     last = next((h["epoch_valid_ndcg_10"] for h in reversed(state["history"])
                  if "epoch_valid_ndcg_10" in h), None)
-    if last is None:
-        return {}
-    return {"valid_ndcg10": f"{last:.4f}",
-            "valid_best": f"{state['best_score']:.4f}@{state['best_epoch']}"}
+    return {} if last is None else {"valid_ndcg10": f"{last:.4f}", **best}
 
 
 def _train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer,
@@ -335,10 +333,10 @@ def _validate(model: nn.Module, data: SequenceData, config: TrainConfig, device:
         return
     ranks = rank_users(make_scorer(model, device), data, VALID, config.model.max_len,
                        batch_size=config.eval_batch_size, sampled=False).full_ranks
-    score = float(ndcg_at_k(ranks, 10).mean())
+    score = float(ndcg_at_k(ranks, TOP_K).mean())
     # Named apart from the final "valid_full_*" metrics that tracking logs; the same ranks
     # give the hit rate and MRR for free (the sampled protocol is left for the end).
-    record.update(epoch_valid_ndcg_10=score, epoch_valid_hr_10=float(hit_at_k(ranks, 10).mean()),
+    record.update(epoch_valid_ndcg_10=score, epoch_valid_hr_10=float(hit_at_k(ranks, TOP_K).mean()),
                   epoch_valid_mrr=float(reciprocal_rank(ranks).mean()))
     if score > state["best_score"]:
         state.update(best_score=score, best_epoch=epoch, bad_evals=0,
@@ -375,7 +373,7 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
 
     resumed = hooks.load_checkpoint()
     state = {**_new_state(), **resumed["loop"]} if resumed else _new_state()
-    if resumed:  # kept in the state, so a second crash adds to the first
+    if resumed:  # saved with the next checkpoint; a crash before one is written forgets it
         state["resumes"] = [*state["resumes"], {k: state[k] for k in ("phase", "epoch", "branch")}]
     phase_data = training_sequences(data, refit=state["phase"] == "refit")
     model = new_model(config, data, None if resumed else phase_data[0]).to(device)
