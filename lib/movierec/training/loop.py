@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from movierec.data.columns import TEST, VALID
 from movierec.data.dataset import SequenceData
-from movierec.evaluation.metrics import hit_at_k, ndcg_at_k, reciprocal_rank
-from movierec.evaluation.protocols import TOP_K, RankedUsers, rank_users
+from movierec.evaluation.metrics import accuracy_per_user
+from movierec.evaluation.protocols import RankedUsers, rank_users
 from movierec.evaluation.report import Metrics, summarize
 from movierec.machine import keep_freed_memory
 from movierec.models import (
@@ -333,11 +333,12 @@ def _validate(model: nn.Module, data: SequenceData, config: TrainConfig, device:
         return
     ranks = rank_users(make_scorer(model, device), data, VALID, config.model.max_len,
                        batch_size=config.eval_batch_size, sampled=False).full_ranks
-    score = float(ndcg_at_k(ranks, TOP_K).mean())
+    per_user = accuracy_per_user(ranks)
+    score = float(per_user["ndcg@10"].mean())
     # Named apart from the final "valid_full_*" metrics that tracking logs; the same ranks
     # give the hit rate and MRR for free (the sampled protocol is left for the end).
-    record.update(epoch_valid_ndcg_10=score, epoch_valid_hr_10=float(hit_at_k(ranks, TOP_K).mean()),
-                  epoch_valid_mrr=float(reciprocal_rank(ranks).mean()))
+    record.update(epoch_valid_ndcg_10=score, epoch_valid_hr_10=float(per_user["hr@10"].mean()),
+                  epoch_valid_mrr=float(per_user["mrr"].mean()))
     if score > state["best_score"]:
         state.update(best_score=score, best_epoch=epoch, bad_evals=0,
                      best_model=copy.deepcopy(model.state_dict()),
