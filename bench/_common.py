@@ -19,6 +19,10 @@ sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without `pip instal
 
 from movierec.machine import cpuinfo_field  # noqa: E402  (no torch: parents stay light)
 
+# The /proc/cpuinfo flags that change which CPU kernels PyTorch runs.
+VECTOR_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
+                          "amx_tile", "amx_bf16"})
+
 
 def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str, Any]:
     """CPU, memory, platform, package versions, git head and the measured library files.
@@ -32,6 +36,10 @@ def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str,
     # The vendor decides which kernels PyTorch's CPU build takes (MKL's dropout masks on
     # Intel only; movierec.models.dropout draws its own elsewhere), so results differ by it.
     vendor = cpuinfo_field("vendor_id")
+    # One "model name" covers several generations ("AMD EPYC": Zen 3 and Zen 4 were both
+    # lent as that), and the vector extensions decide PyTorch's kernels and so the figures.
+    generation = "/".join(cpuinfo_field(f) or "?" for f in ("cpu family", "model"))
+    flags = set((cpuinfo_field("flags") or "").split())
     mem_kib = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
                    if ln.startswith("MemTotal:"))
     versions: dict[str, str | None] = {}
@@ -44,7 +52,9 @@ def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str,
                          capture_output=True, text=True, check=False).stdout.strip()
     lib = ROOT / "lib" / "movierec"
     return {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "cpu_model": model, "cpu_vendor": vendor, "memory_gib": round(mem_kib / 2**20, 1),
+            "cpu_model": model, "cpu_vendor": vendor, "cpu_family_model": generation,
+            "cpu_vector_flags": sorted(flags & VECTOR_FLAGS),
+            "memory_gib": round(mem_kib / 2**20, 1),
             "platform": platform.platform(), "python": platform.python_version(),
             "versions": versions, "git_head": git or None,
             "lib_sha256": {f: hashlib.sha256((lib / f).read_bytes()).hexdigest()[:12]

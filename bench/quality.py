@@ -39,8 +39,8 @@ from _common import machine_info
 
 # The library files whose sha256 the report pins (the code that was measured).
 # What decides the figures and the time: machine.py sets the allocator training runs with.
-LIB_FILES = ("training/loop.py", "models/sse_pt.py", "models/dropout.py", "models/losses.py",
-             "machine.py")
+LIB_FILES = ("training/loop.py", "training/soup.py", "models/sse_pt.py", "models/dropout.py",
+             "models/losses.py", "machine.py")
 
 # Documented configurations. sse-pt-ce is TrainConfig()'s default (the best measured).
 MODELS: dict[str, dict[str, Any]] = {

@@ -6,8 +6,9 @@ import pytest
 
 from movierec.data.dataset import load_sequences
 from movierec.training.config import TrainConfig
-from movierec.training.loop import fit, soup_plan
+from movierec.training.loop import fit
 from movierec.training.ray_runner import fit_on_ray
+from movierec.training.soup import soup_plan
 
 pytestmark = pytest.mark.slow
 

@@ -18,6 +18,7 @@ from movierec.models import (
     bce_loss,
     build_model,
     ce_loss,
+    lookahead_targets,
     seen_items_bias,
 )
 
@@ -83,6 +84,8 @@ def test_config_defaults_and_hidden() -> None:
     {"n_heads": 3},  # 100 is not divisible by 3
     {"kind": "bert4rec"},
     {"dropout": 1.0},
+    {"ce_lookahead_weight": -0.1},
+    {"loss": "bce", "ce_lookahead_weight": 0.25},  # a second cross-entropy term needs ce
 ])
 def test_config_rejects(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
@@ -280,6 +283,20 @@ def test_seen_items_bias_hand_computed() -> None:
     assert seen_items_bias(seqs, targets, rows, 6, "none") is None
     with pytest.raises(ValueError, match="mode"):
         seen_items_bias(seqs, targets, rows, 6, "all")
+
+
+def test_lookahead_targets_and_the_items_they_keep_in_the_softmax() -> None:
+    seqs = torch.tensor([[0, 2, 3, 2], [1, 4, 4, 5]])
+    targets = torch.tensor([[0, 3, 2, 5], [4, 4, 5, 3]])
+    rows = torch.tensor([1, 2, 3, 4, 7])  # (0,1) (0,2) (0,3) (1,0) (1,3)
+    after = lookahead_targets(targets, rows)
+    # The next position's target; the window's last position has none.
+    assert after.tolist() == [2, 5, 0, 4, 0]
+    bias = seen_items_bias(seqs, targets, rows, 6, "window", keep=after)
+    masked = [{int(i) + 1 for i in torch.isneginf(row).nonzero()} for row in bias]
+    # The window's items less the row's own target and the item after it (compare the
+    # window case above: {2, 5}, {3, 5}, {2, 3}, {1, 3, 5}, {1, 4, 5}).
+    assert masked == [{5}, {3}, {2, 3}, {1, 3, 5}, {1, 4, 5}]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16-autocast", "fp64"])

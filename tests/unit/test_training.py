@@ -52,6 +52,27 @@ def test_two_runs_with_the_same_seed_are_identical(small_prepared: Path) -> None
     assert [h["loss"] for h in other.history] != [h["loss"] for h in a.history]
 
 
+def test_a_run_without_final_test_never_ranks_the_test_items(
+        small_prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.training import loop
+
+    ranked_splits: list[str] = []
+    rank_split = loop.rank_split
+
+    def recording(*args: object) -> object:
+        ranked_splits.append(str(args[-1]))
+        return rank_split(*args)
+
+    monkeypatch.setattr(loop, "rank_split", recording)
+    data = load_sequences(small_prepared)
+    config = TrainConfig.model_validate({**SMALL, "epochs": 1})
+    trial = fit(config, data, progress=False, final_test=False)
+    assert trial.test == {} and trial.test_ranks is None
+    assert trial.valid["full"]["ndcg@10"] > 0 and ranked_splits == ["valid"]
+    tested = fit(config, data, progress=False)
+    assert ranked_splits == ["valid", "valid", "test"] and tested.test["full"]["ndcg@10"] > 0
+
+
 def test_early_stopping_restores_the_best_validation_epoch(small_prepared: Path) -> None:
     data = load_sequences(small_prepared)
     config = TrainConfig.model_validate({**SMALL, "epochs": 12, "patience": 2, "lr": 0.02,
@@ -365,6 +386,48 @@ def test_ce_objective_leaves_seen_items_out_of_the_softmax(mode: str) -> None:
     assert model.item_embedding.weight.grad is not None
 
 
+def test_ce_lookahead_adds_the_item_after_next_with_its_weight() -> None:
+    import torch
+
+    from movierec.models import ModelConfig, build_model
+    from movierec.training.loop import TrainingObjective
+
+    def model_with(weight: float) -> torch.nn.Module:
+        torch.manual_seed(0)  # the weight changes the loss only, not the initial weights
+        return build_model(ModelConfig(max_len=4, d_item=8, d_user=4, dropout=0.0,
+                                       ce_lookahead_weight=weight), n_users=3, n_items=10).eval()
+
+    model = model_with(0.5)
+    users = torch.tensor([1, 2])
+    seqs = torch.tensor([[0, 3, 4, 5], [1, 2, 3, 4]])
+    pos = torch.tensor([[0, 4, 5, 6], [2, 3, 4, 9]])
+    batch = {"users": users, "seqs": seqs, "pos": pos}
+    # The reference, by hand: one softmax per position over the catalogue less the window's
+    # items, where the next item and the one after it both stay in.
+    logits = model.training_logits_all(users, seqs).detach()
+    window = {0: {3, 4, 5, 6}, 1: {1, 2, 3, 4, 9}}
+    nexts, afters = [], []
+    for b in range(2):
+        for t in range(4):
+            if pos[b, t] == 0:
+                continue
+            after = int(pos[b, t + 1]) if t + 1 < 4 else 0
+            row = logits[b, t].clone()
+            for item in window[b] - {int(pos[b, t]), after}:
+                row[item] = float("-inf")
+            log_probs = torch.log_softmax(row[1:], dim=0)
+            nexts.append(-log_probs[pos[b, t] - 1])
+            if after:
+                afters.append(-log_probs[after - 1])
+    expected = torch.stack(nexts).mean() + 0.5 * torch.stack(afters).mean()
+    got = TrainingObjective(model, "ce")(batch)
+    torch.testing.assert_close(got, expected)
+    got.backward()
+    assert model.item_embedding.weight.grad is not None
+    # Without the weight the objective is the plain one, which the extra term only raises.
+    assert TrainingObjective(model_with(0.0), "ce")(batch) < got
+
+
 def test_learning_curves_show_the_refit_and_its_soup_branches() -> None:
     from movierec.evaluation.plots import plot_learning_curves, run_history
     from movierec.training.tracking import configure, log_history
@@ -389,7 +452,7 @@ def test_learning_curves_show_the_refit_and_its_soup_branches() -> None:
 
 def test_refit_keys_name_and_parse_the_soup_branches() -> None:
     from movierec.evaluation.plots import soup_branch_losses
-    from movierec.training.loop import refit_key, refit_loss_branch
+    from movierec.training.soup import refit_key, refit_loss_branch
 
     assert [refit_key("loss", b) for b in (0, 1, 12)] == ["refit_loss", "refit_loss_1",
                                                           "refit_loss_12"]

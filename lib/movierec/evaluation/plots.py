@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from movierec.training.loop import refit_key, refit_loss_branch
+from movierec.training.soup import refit_key, refit_loss_branch
 from movierec.training.tracking import configure
 
 REFIT_LOSS = refit_key("loss", 0)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from movierec.models.config import ModelConfig
-from movierec.models.losses import bce_loss, ce_loss, seen_items_bias
+from movierec.models.losses import (
+    bce_loss,
+    ce_lookahead_loss,
+    ce_loss,
+    lookahead_targets,
+    seen_items_bias,
+)
 from movierec.models.popularity import PopularityModel
 from movierec.models.sampling import (
     TrainingBatches,
@@ -20,7 +26,9 @@ __all__ = [
     "TrainingBatches",
     "bce_loss",
     "build_model",
+    "ce_lookahead_loss",
     "ce_loss",
+    "lookahead_targets",
     "sample_negatives",
     "seen_items_bias",
     "sse_corrupt",

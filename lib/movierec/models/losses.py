@@ -35,7 +35,8 @@ def ce_loss(logits_all: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
 
 
 def seen_items_bias(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
-                    n_items: int, mode: str) -> torch.Tensor | None:
+                    n_items: int, mode: str,
+                    keep: torch.Tensor | None = None) -> torch.Tensor | None:
     """Additive logit bias that leaves seen items out of each softmax (``ce`` loss only).
 
     Evaluation ranks only the items outside a user's history, and MovieLens has no repeat
@@ -58,11 +59,13 @@ def seen_items_bias(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tenso
         n_items: Catalogue size; items are 1..n_items.
         mode: ``"window"``: every item of the row's window (inputs and targets);
             ``"prefix"``: the inputs up to and including position ``t``; ``"none"``: nothing.
+        keep: Another item per row ([N], 0 for none) that stays in the softmax because the
+            row also learns it (``lookahead_targets``).
 
     Returns:
         Float bias [N, n_items] over items 1..n_items, -inf where an item is left out and 0
-        elsewhere (a position's own target is always 0: SSE may have drawn a target that
-        also appears in the window), or None for ``"none"``.
+        elsewhere (a position's own target, and its ``keep`` item, are always 0: SSE may
+        have drawn a target that also appears in the window), or None for ``"none"``.
     """
     batch, length = seqs.shape
     if mode == "none":
@@ -82,6 +85,50 @@ def seen_items_bias(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tenso
         bias = torch.where(first[owner, 1:] <= (rows % length)[:, None], float("-inf"), 0.0)
     else:
         raise ValueError(f"mode must be 'none', 'prefix' or 'window', not {mode!r}")
-    own = targets.reshape(-1)[rows] - 1
-    bias[torch.arange(rows.shape[0], device=seqs.device), own] = 0.0
+    index = torch.arange(rows.shape[0], device=seqs.device)
+    bias[index, targets.reshape(-1)[rows] - 1] = 0.0
+    if keep is not None:
+        kept = keep != 0
+        bias[index[kept], keep[kept] - 1] = 0.0
     return bias
+
+
+def lookahead_targets(targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The item after each position's target, at the loss's positions.
+
+    Args:
+        targets: Target windows [B, L] (0 is padding; position ``t``'s target is the item
+            at ``t + 1``, so the item after it is position ``t + 1``'s target).
+        rows: Flat indices (``b * L + t``) of the positions the loss uses, [N].
+
+    Returns:
+        Item ids [N], 0 where the window ends before the item after the target.
+    """
+    after = torch.zeros_like(targets)
+    after[:, :-1] = targets[:, 1:]
+    return after.reshape(-1)[rows]
+
+
+def ce_lookahead_loss(logits: torch.Tensor, targets: torch.Tensor,
+                      after: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """Cross-entropy of the next item plus ``weight`` times that of the item after it.
+
+    Both terms share one softmax per position, so the extra target costs a gather, not a
+    second pass over the catalogue. Positions whose window ends first (``after`` 0) add no
+    second term; each term is a mean over its own positions.
+
+    Args:
+        logits: [N, n_items] over items 1..n_items (the seen-item bias already added, with
+            the ``after`` items kept in: ``seen_items_bias(..., keep=after)``).
+        targets: Next items [N] in 1..n_items.
+        after: Items after them [N], 0 where there is none (None: no second term).
+        weight: Weight of the second term; 0 gives plain ``F.cross_entropy``.
+    """
+    if after is None or weight == 0:
+        return F.cross_entropy(logits, targets - 1)
+    log_probs = F.log_softmax(logits, dim=-1)
+    loss = F.nll_loss(log_probs, targets - 1)
+    has_after = after != 0
+    if has_after.any():
+        loss = loss + weight * F.nll_loss(log_probs[has_after], after[has_after] - 1)
+    return loss

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,11 +31,14 @@ from movierec.models import (
     TrainingBatches,
     bce_loss,
     build_model,
+    ce_lookahead_loss,
+    lookahead_targets,
     seen_items_bias,
 )
 from movierec.models.spectral import init_item_embeddings
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import Hooks, LocalHooks
+from movierec.training.soup import branch_seed, refit_key, refit_loss_branch, soup_plan
 
 SELECTION_METRIC = "ndcg@10"
 # What a phase trains on: each user's items and their timestamps (None without times).
@@ -69,10 +71,12 @@ class TrainingObjective(nn.Module):
         real = mask.reshape(-1).nonzero().squeeze(1)
         hidden = self.model(users, seqs)
         rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, real)
+        weight = self.model.config.ce_lookahead_weight
+        after = lookahead_targets(pos, real) if weight else None
         seen = seen_items_bias(seqs, pos, real, self.model.n_items,
-                               self.model.config.ce_mask_seen)
+                               self.model.config.ce_mask_seen, keep=after)
         logits = self.model.next_item_logits(rows, seen)
-        return F.cross_entropy(logits, pos.reshape(-1)[real] - 1)
+        return ce_lookahead_loss(logits, pos.reshape(-1)[real], after, weight)
 
 
 @dataclass
@@ -166,39 +170,6 @@ def training_sequences(data: SequenceData, refit: bool) -> PhaseSequences:
     if data.train_times is None:
         return sequences, None
     return sequences, [data.history_times(user, split) for user in users]
-
-
-def refit_key(name: str, branch: int) -> str:
-    """Record key of a refit figure (``name`` is ``loss`` or ``train_seconds``).
-
-    ``refit_<name>`` for the trunk and soup branch 0, ``refit_<name>_<b>`` for branch b:
-    tracking logs every phase and branch with epoch steps, so each needs keys of its own.
-    """
-    return f"refit_{name}_{branch}" if branch else f"refit_{name}"
-
-
-def refit_loss_branch(key: str) -> int | None:
-    """The soup branch whose loss ``key`` records (0: trunk and branch 0); None otherwise."""
-    base = refit_key("loss", 0)
-    if key == base:
-        return 0
-    suffix = key.removeprefix(f"{base}_")
-    return int(suffix) if suffix != key and suffix.isdigit() else None
-
-
-def branch_seed(seed: int, branch: int) -> int:
-    """Seed of a soup branch's batches and dropout (branch 0 keeps the run's own stream)."""
-    if branch == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, branch]).generate_state(1)[0])
-
-
-def soup_plan(config: TrainConfig, epochs: int) -> tuple[int, int]:
-    """(fork epoch, branches) of a refit of ``epochs`` epochs; (0, 1) means no soup."""
-    fork = round(config.soup_fork * epochs)
-    if config.soup_branches < 2 or not 1 <= fork < epochs:
-        return 0, 1
-    return fork, config.soup_branches
 
 
 def new_model(config: TrainConfig, data: SequenceData,
@@ -347,8 +318,17 @@ def _validate(model: nn.Module, data: SequenceData, config: TrainConfig, device:
         state["bad_evals"] += 1
 
 
+def _final_test(model: nn.Module, data: SequenceData, config: TrainConfig,
+                device: torch.device, wanted: bool) -> tuple[Metrics, RankedUsers | None]:
+    """The test metrics and per-user ranks of the final model; ({}, None) when not wanted."""
+    if not wanted:
+        return {}, None
+    ranks = rank_split(model, data, config, device, TEST)
+    return summarize(ranks, data), ranks
+
+
 def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, final_test: bool = True) -> FitResult:
     """Train, select on validation, optionally refit on train + valid, then test once.
 
     Selection: epochs on the training sequences with validation every ``eval_every``,
@@ -356,6 +336,8 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
     Refit (``config.refit``): a fresh model with the same seed trained on train + valid
     items for the selected number of epochs, forked into ``soup_branches`` branches at
     ``soup_fork`` of them whose weights are averaged; ``test`` is measured on it.
+    ``final_test`` False leaves the test items alone (``test`` is empty): tuning trials are
+    judged on validation, and their test scores would only tempt someone to look.
     """
     hooks = hooks or LocalHooks()
     if config.threads:
@@ -367,10 +349,9 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
         keep_freed_memory()  # each step's large tensors reuse the last step's pages
     if config.baseline == "pop":
         pop = PopularityModel(data.n_items).fit(data.train).to(device)
-        test_ranks = rank_split(pop, data, config, device, TEST)
-        return FitResult(pop, 0, evaluate_split(pop, data, config, device, VALID),
-                         summarize(test_ranks, data), seconds=time.perf_counter() - started,
-                         test_ranks=test_ranks)
+        test, test_ranks = _final_test(pop, data, config, device, final_test)
+        return FitResult(pop, 0, evaluate_split(pop, data, config, device, VALID), test,
+                         seconds=time.perf_counter() - started, test_ranks=test_ranks)
 
     resumed = hooks.load_checkpoint()
     state = {**_new_state(), **resumed["loop"]} if resumed else _new_state()
@@ -395,8 +376,8 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
     if state["phase"] == "refit":
         _train_phase(config, data, hooks, model, phase_data, device, state, resumed, started,
                      progress)
-    test_ranks = rank_split(model, data, config, device, TEST)
-    return FitResult(model, state["best_epoch"], state["valid"], summarize(test_ranks, data),
+    test, test_ranks = _final_test(model, data, config, device, final_test)
+    return FitResult(model, state["best_epoch"], state["valid"], test,
                      history=state["history"], seconds=time.perf_counter() - started,
                      seconds_to_best=state["best_seconds"],
                      refit_history=state["refit_history"], test_ranks=test_ranks,

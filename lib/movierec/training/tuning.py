@@ -77,7 +77,7 @@ class TuneHooks(LocalHooks):
 def _trial(sample: dict[str, Any], base: dict[str, Any], data_dir: str) -> None:
     torch.set_num_threads(1)
     config = apply_sample(TrainConfig.model_validate(base), sample)
-    fit(config, load_sequences(Path(data_dir)), TuneHooks(), progress=False)
+    fit(config, load_sequences(Path(data_dir)), TuneHooks(), progress=False, final_test=False)
 
 
 def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig,
