@@ -10,6 +10,10 @@ computed once per run, on the final model. Run: ``make bench`` or
 
     .venv/bin/python bench/quality.py --dataset ml-100k --seeds 0,1,2
 
+The JSON is rewritten after every run, so a killed run keeps the runs it finished, and
+``--resume`` adds only the missing (model, seed) runs to it. It refuses when the earlier
+runs were measured with other library code, another CPU or other data.
+
 Peer references (measured on the same machine, split and evaluator; see issue 3) are
 recorded next to the results, with the targets and whether they were met. On ml-1m (where
 GroupLens cannot be reached, ``--source ml-1m.zip``) the published SASRec and SSE-PT sampled
@@ -35,7 +39,7 @@ from movierec.training.config import TrainConfig
 from movierec.training.loop import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info
+from _common import machine_info, write_json
 
 # The library files whose sha256 the report pins (the code that was measured).
 # What decides the figures and the time: machine.py sets the allocator training runs with.
@@ -156,6 +160,45 @@ def markdown(summary: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
+def build_report(dataset: str, folder: Path, threads: int, runs: list[dict]) -> dict[str, Any]:
+    """The JSON report of ``runs``: machine, summary, references and the targets' verdict."""
+    summary = summarize(runs)
+    default = summary.get("sse-pt-ce")
+    met = None if default is None or dataset != "ml-100k" else {
+        "sampled_ndcg@10": default["test_sampled_ndcg@10"][0] >= TARGETS["sampled_ndcg@10"],
+        "full_ndcg@10": default["test_full_ndcg@10"][0] >= TARGETS["full_ndcg@10"],
+        "default_run_seconds": default["wall_seconds"][0] <= TARGETS["default_run_seconds"]}
+    return {"dataset": dataset, "data_version": load_card(folder)["data_version"],
+            "machine": {**machine_info(["torch", "numpy"], LIB_FILES),
+                        "threads": threads, "load_average": os.getloadavg()},
+            "summary": summary, "references": REFERENCES.get(dataset, {}),
+            "targets": TARGETS if dataset == "ml-100k" else None,
+            "targets_met": met, "runs": runs, "markdown": markdown(summary)}
+
+
+# What must match for runs of an earlier report to be kept by --resume (git_head may move
+# with documentation commits; these decide the figures and the times).
+SAME_MEASUREMENT = ("cpu_model", "cpu_family_model", "cpu_vector_flags", "versions",
+                    "lib_sha256", "threads")
+
+
+def resumable_runs(out: Path, report: dict[str, Any]) -> list[dict]:
+    """The runs of the report at ``out``, if it measured what ``report`` would measure.
+
+    Raises:
+        SystemExit: When the earlier runs were made on other code, another CPU or data.
+    """
+    earlier = json.loads(out.read_text())
+    differ = [key for key in SAME_MEASUREMENT
+              if earlier["machine"].get(key) != report["machine"].get(key)]
+    if earlier["data_version"] != report["data_version"]:
+        differ.append("data_version")
+    if differ:
+        raise SystemExit(f"bench/quality.py: --resume: the runs in {out} were measured with "
+                         f"other {', '.join(differ)}; write to a new --out instead")
+    return earlier["runs"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k", choices=sorted(RELEASES))
@@ -168,36 +211,34 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, help="cap epochs (smoke runs only)")
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in --out (same code, CPU and data) and "
+                        "add the ones it lacks")
     args = parser.parse_args()
     try:
         folder = prepared_folder(args.dataset, args.workdir, args.source)
     except FetchError as error:
         raise SystemExit(f"bench/quality.py: {error}") from None
-    runs = []
+    runs: list[dict] = []
+    if args.resume and args.out.exists():
+        runs = resumable_runs(args.out, build_report(args.dataset, folder, args.threads, []))
     for name in args.models.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
+            if any(r["model"] == name and r["seed"] == seed for r in runs):
+                continue
             runs.append(run_one(name, seed, folder, args.threads, args.max_epochs))
             last = runs[-1]
             print(f"{name} seed {seed}: best epoch {last['best_epoch']}, test sampled "
                   f"{last['test']['sampled']['ndcg@10']:.4f} full "
                   f"{last['test']['full']['ndcg@10']:.4f}, {last['wall_seconds']:.0f} s",
                   flush=True)
-    summary = summarize(runs)
-    default = summary.get("sse-pt-ce")
-    met = None if default is None or args.dataset != "ml-100k" else {
-        "sampled_ndcg@10": default["test_sampled_ndcg@10"][0] >= TARGETS["sampled_ndcg@10"],
-        "full_ndcg@10": default["test_full_ndcg@10"][0] >= TARGETS["full_ndcg@10"],
-        "default_run_seconds": default["wall_seconds"][0] <= TARGETS["default_run_seconds"]}
-    report = {"dataset": args.dataset, "data_version": load_card(folder)["data_version"],
-              "machine": {**machine_info(["torch", "numpy"], LIB_FILES),
-                          "threads": args.threads, "load_average": os.getloadavg()},
-              "summary": summary, "references": REFERENCES.get(args.dataset, {}),
-              "targets": TARGETS if args.dataset == "ml-100k" else None,
-              "targets_met": met, "runs": runs, "markdown": markdown(summary)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+            # Written after every run: a killed run of an hour keeps what it finished.
+            write_json(build_report(args.dataset, folder, args.threads, runs), args.out)
+    report = build_report(args.dataset, folder, args.threads, runs)
+    write_json(report, args.out)
     args.out.with_suffix(".md").write_text(report["markdown"] + "\n")
     print(report["markdown"])
+    met = report["targets_met"]
     for name, figures in report["references"].items():
         print(f"reference {name}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
     if met is not None:
@@ -205,7 +246,6 @@ def main() -> None:
     else:
         print("targets: set for ml-100k only" if args.dataset != "ml-100k"
               else "targets: judged on sse-pt-ce, which this run left out")
-
 
 if __name__ == "__main__":
     main()
