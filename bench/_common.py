@@ -19,9 +19,11 @@ sys.path.insert(0, str(ROOT / "lib"))  # run from a checkout without `pip instal
 
 from movierec.machine import cpuinfo_field  # noqa: E402  (no torch: parents stay light)
 
-# The /proc/cpuinfo flags that change which CPU kernels PyTorch runs.
-VECTOR_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
-                          "amx_tile", "amx_bf16"})
+# /proc/cpuinfo flags of the vector and matrix extensions that PyTorch's CPU kernels (ATen's
+# dispatch, oneDNN, MKL) choose by; not the whole rule, enough to tell machines apart.
+VECTOR_FLAGS = frozenset({
+    "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+    "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8"})
 
 
 def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str, Any]:

@@ -133,6 +133,11 @@ def per_user_ndcg(ranked: RankedUsers | None) -> dict[str, list[float]]:
             "full": np.round(ndcg_at_k(ranked.full_ranks, 10), 6).tolist()}
 
 
+# The library files whose sha256 the report pins: the training code a variant can change.
+NESTED_LIB_FILES = ("training/loop.py", "training/soup.py", "models/sampling.py",
+                    "models/losses.py", "models/config.py")
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     """``NAME=JSON`` into its name and its ``TrainConfig`` overrides (validated here)."""
     name, sep, raw = text.partition("=")
@@ -158,6 +163,9 @@ def main() -> None:
     variants = dict(args.variant)
     data = shift_back(load_sequences(prepared_folder("ml-100k", args.workdir)),
                       args.workdir / "ml-100k-shifted")
+    # Read before the first run: the library may be edited while this process trains with
+    # the code it imported.
+    machine = machine_info(["torch"], NESTED_LIB_FILES)
     runs = json.loads(args.out.read_text())["runs"] if args.resume and args.out.exists() else []
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, overrides in variants.items():
@@ -186,7 +194,7 @@ def main() -> None:
     summary = summarize_runs(runs, names)
     report = {"split": "nested: pseudo-test = valid item; the test item is not read",
               "variants": variants, "baseline": names[0],
-              "machine": machine_info(["torch"], ["training/loop.py", "models/sampling.py"]),
+              "machine": machine,
               "summary": summary, "runs": runs, "markdown": markdown(summary, names[0])}
     write_json(report, args.out)
     args.out.with_suffix(".md").write_text(report["markdown"] + "\n")

@@ -160,7 +160,17 @@ def markdown(summary: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(dataset: str, folder: Path, threads: int, runs: list[dict]) -> dict[str, Any]:
+def measured_machine(threads: int) -> dict[str, Any]:
+    """The machine and the library code measured, read once before the first run.
+
+    Read at the start, not when the report is written: the library files may be edited
+    while a run of an hour goes on, and the process keeps the code it imported.
+    """
+    return {**machine_info(["torch", "numpy"], LIB_FILES), "threads": threads}
+
+
+def build_report(dataset: str, folder: Path, machine: dict[str, Any],
+                 runs: list[dict]) -> dict[str, Any]:
     """The JSON report of ``runs``: machine, summary, references and the targets' verdict."""
     summary = summarize(runs)
     default = summary.get("sse-pt-ce")
@@ -169,8 +179,7 @@ def build_report(dataset: str, folder: Path, threads: int, runs: list[dict]) -> 
         "full_ndcg@10": default["test_full_ndcg@10"][0] >= TARGETS["full_ndcg@10"],
         "default_run_seconds": default["wall_seconds"][0] <= TARGETS["default_run_seconds"]}
     return {"dataset": dataset, "data_version": load_card(folder)["data_version"],
-            "machine": {**machine_info(["torch", "numpy"], LIB_FILES),
-                        "threads": threads, "load_average": os.getloadavg()},
+            "machine": {**machine, "load_average": os.getloadavg()},
             "summary": summary, "references": REFERENCES.get(dataset, {}),
             "targets": TARGETS if dataset == "ml-100k" else None,
             "targets_met": met, "runs": runs, "markdown": markdown(summary)}
@@ -219,9 +228,10 @@ def main() -> None:
         folder = prepared_folder(args.dataset, args.workdir, args.source)
     except FetchError as error:
         raise SystemExit(f"bench/quality.py: {error}") from None
+    machine = measured_machine(args.threads)
     runs: list[dict] = []
     if args.resume and args.out.exists():
-        runs = resumable_runs(args.out, build_report(args.dataset, folder, args.threads, []))
+        runs = resumable_runs(args.out, build_report(args.dataset, folder, machine, []))
     for name in args.models.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             if any(r["model"] == name and r["seed"] == seed for r in runs):
@@ -233,8 +243,8 @@ def main() -> None:
                   f"{last['test']['full']['ndcg@10']:.4f}, {last['wall_seconds']:.0f} s",
                   flush=True)
             # Written after every run: a killed run of an hour keeps what it finished.
-            write_json(build_report(args.dataset, folder, args.threads, runs), args.out)
-    report = build_report(args.dataset, folder, args.threads, runs)
+            write_json(build_report(args.dataset, folder, machine, runs), args.out)
+    report = build_report(args.dataset, folder, machine, runs)
     write_json(report, args.out)
     args.out.with_suffix(".md").write_text(report["markdown"] + "\n")
     print(report["markdown"])

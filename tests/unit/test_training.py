@@ -71,6 +71,9 @@ def test_a_run_without_final_test_never_ranks_the_test_items(
     assert trial.valid["full"]["ndcg@10"] > 0 and ranked_splits == ["valid"]
     tested = fit(config, data, progress=False)
     assert ranked_splits == ["valid", "valid", "test"] and tested.test["full"]["ndcg@10"] > 0
+    popularity = fit(TrainConfig(baseline="pop"), data, progress=False, final_test=False)
+    assert popularity.test == {} and popularity.test_ranks is None
+    assert ranked_splits[3:] == ["valid"]
 
 
 def test_early_stopping_restores_the_best_validation_epoch(small_prepared: Path) -> None:
@@ -334,100 +337,6 @@ def test_evaluate_compares_runs_and_reports_cis(small_prepared: Path, tmp_path: 
     assert "warning" in reports[sasrec] and "warning" not in reports[run_id]
 
 
-def test_fast_ce_objective_equals_the_full_catalogue_reference() -> None:
-    import torch
-
-    from movierec.models import ModelConfig, build_model, ce_loss
-    from movierec.training.loop import TrainingObjective
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(max_len=6, d_item=8, d_user=4, loss="ce", dropout=0.0,
-                                    ce_mask_seen="none"), n_users=5, n_items=20).eval()
-    users = torch.tensor([1, 2, 3])
-    seqs = torch.tensor([[0, 0, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 7, 8]])
-    pos = torch.tensor([[0, 0, 4, 5, 6, 9], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 8, 10]])
-    fast = TrainingObjective(model, "ce")({"users": users, "seqs": seqs, "pos": pos})
-    # The reference scores [e_item ; e_user] over the whole catalogue; the user term is the
-    # same for every candidate of a row, so it must cancel in the softmax.
-    reference = ce_loss(model.training_logits_all(users, seqs), pos, pos != 0)
-    torch.testing.assert_close(fast, reference)
-
-
-@pytest.mark.parametrize("mode", ["window", "prefix"])
-def test_ce_objective_leaves_seen_items_out_of_the_softmax(mode: str) -> None:
-    import torch
-
-    from movierec.models import ModelConfig, build_model, ce_loss
-    from movierec.training.loop import TrainingObjective
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(max_len=4, d_item=8, d_user=4, loss="ce", dropout=0.0,
-                                    ce_mask_seen=mode), n_users=3, n_items=10).eval()
-    users = torch.tensor([1, 2])
-    seqs = torch.tensor([[0, 3, 4, 5], [1, 2, 3, 4]])
-    pos = torch.tensor([[0, 4, 5, 6], [2, 3, 4, 9]])
-    # The reference: the full catalogue with the seen items set to -inf by hand.
-    logits = model.training_logits_all(users, seqs).clone()
-    window = {0: {3, 4, 5, 6}, 1: {1, 2, 3, 4, 9}}
-    for b in range(2):
-        for t in range(4):
-            if pos[b, t] == 0:
-                continue
-            seen = (window[b] if mode == "window"
-                    else {int(i) for i in seqs[b, : t + 1] if i != 0})
-            for item in seen - {int(pos[b, t])}:
-                logits[b, t, item] = float("-inf")
-    expected = ce_loss(logits, pos, pos != 0)
-    got = TrainingObjective(model, "ce")({"users": users, "seqs": seqs, "pos": pos})
-    torch.testing.assert_close(got, expected)
-    unmasked = ce_loss(model.training_logits_all(users, seqs), pos, pos != 0)
-    assert got < unmasked  # masking removes competitors, so the loss must drop
-    got.backward()  # the bias inside the product must leave a valid graph
-    assert model.item_embedding.weight.grad is not None
-
-
-def test_ce_lookahead_adds_the_item_after_next_with_its_weight() -> None:
-    import torch
-
-    from movierec.models import ModelConfig, build_model
-    from movierec.training.loop import TrainingObjective
-
-    def model_with(weight: float) -> torch.nn.Module:
-        torch.manual_seed(0)  # the weight changes the loss only, not the initial weights
-        return build_model(ModelConfig(max_len=4, d_item=8, d_user=4, dropout=0.0,
-                                       ce_lookahead_weight=weight), n_users=3, n_items=10).eval()
-
-    model = model_with(0.5)
-    users = torch.tensor([1, 2])
-    seqs = torch.tensor([[0, 3, 4, 5], [1, 2, 3, 4]])
-    pos = torch.tensor([[0, 4, 5, 6], [2, 3, 4, 9]])
-    batch = {"users": users, "seqs": seqs, "pos": pos}
-    # The reference, by hand: one softmax per position over the catalogue less the window's
-    # items, where the next item and the one after it both stay in.
-    logits = model.training_logits_all(users, seqs).detach()
-    window = {0: {3, 4, 5, 6}, 1: {1, 2, 3, 4, 9}}
-    nexts, afters = [], []
-    for b in range(2):
-        for t in range(4):
-            if pos[b, t] == 0:
-                continue
-            after = int(pos[b, t + 1]) if t + 1 < 4 else 0
-            row = logits[b, t].clone()
-            for item in window[b] - {int(pos[b, t]), after}:
-                row[item] = float("-inf")
-            log_probs = torch.log_softmax(row[1:], dim=0)
-            nexts.append(-log_probs[pos[b, t] - 1])
-            if after:
-                afters.append(-log_probs[after - 1])
-    expected = torch.stack(nexts).mean() + 0.5 * torch.stack(afters).mean()
-    got = TrainingObjective(model, "ce")(batch)
-    torch.testing.assert_close(got, expected)
-    got.backward()
-    assert model.item_embedding.weight.grad is not None
-    # Without the weight the objective is the plain one, which the extra term only raises.
-    assert TrainingObjective(model_with(0.0), "ce")(batch) < got
-
-
 def test_learning_curves_show_the_refit_and_its_soup_branches() -> None:
     from movierec.evaluation.plots import plot_learning_curves, run_history
     from movierec.training.tracking import configure, log_history
@@ -448,22 +357,6 @@ def test_learning_curves_show_the_refit_and_its_soup_branches() -> None:
     assert styles == ["-", "--", ":", ":"]  # selection, refit, two branches
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["sse-pt",
                                                                         "sse-pt refit"]
-
-
-def test_refit_keys_name_and_parse_the_soup_branches() -> None:
-    from movierec.evaluation.plots import soup_branch_losses
-    from movierec.training.soup import refit_key, refit_loss_branch
-
-    assert [refit_key("loss", b) for b in (0, 1, 12)] == ["refit_loss", "refit_loss_1",
-                                                          "refit_loss_12"]
-    assert refit_key("train_seconds", 2) == "refit_train_seconds_2"
-    for branch in (0, 1, 12):
-        assert refit_loss_branch(refit_key("loss", branch)) == branch
-    for other in ("loss", "refit_loss_", "refit_loss_x", "refit_train_seconds_2"):
-        assert refit_loss_branch(other) is None
-    # Branch order, not string order (10 after 2); branch 0 is the dashed refit line.
-    assert soup_branch_losses(["refit_loss_10", "refit_loss", "refit_loss_2", "loss"]) == [
-        "refit_loss_2", "refit_loss_10"]
 
 
 def test_tie_shuffling_trains_on_the_datas_timestamps(small_prepared: Path) -> None:

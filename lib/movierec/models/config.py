@@ -93,17 +93,21 @@ class ModelConfig(BaseModel):
         "one, with this weight on its cross-entropy (the same softmax; that item stays in "
         "it), since items rated in the same second come in the file's order. Off by "
         "default: 0.25 raised validation NDCG@10 of the selection run on 3 seeds (sampled "
-        "+0.004, full +0.0015), but on the nested split (bench/nested.py, 5 seeds) the "
+        "+0.004, full +0.0016), but on the nested split (bench/nested.py, 5 seeds) the "
         "pseudo-test gains were within noise (sampled +0.0012 ± 0.0035, full +0.0008 ± "
         "0.0020; both 95% intervals over users span zero), for 31% more epochs")
 
     @model_validator(mode="after")
-    def _check_widths(self) -> ModelConfig:
+    def _check_loss_options(self) -> ModelConfig:
         if self.ce_lookahead_weight and self.loss != "ce":
             raise ValueError(
                 f"ce_lookahead_weight={self.ce_lookahead_weight} needs loss='ce' "
                 f"(it weights a second cross-entropy term), not loss={self.loss!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_widths(self) -> ModelConfig:
         if self.kind == "sse-pt" and self.d_user < 1:
             raise ValueError(
                 f"d_user={self.d_user}: SSE-PT needs a positive user width "

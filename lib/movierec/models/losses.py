@@ -86,10 +86,10 @@ def seen_items_bias(seqs: torch.Tensor, targets: torch.Tensor, rows: torch.Tenso
     else:
         raise ValueError(f"mode must be 'none', 'prefix' or 'window', not {mode!r}")
     index = torch.arange(rows.shape[0], device=seqs.device)
-    bias[index, targets.reshape(-1)[rows] - 1] = 0.0
-    if keep is not None:
-        kept = keep != 0
-        bias[index[kept], keep[kept] - 1] = 0.0
+    own = targets.reshape(-1)[rows]
+    bias[index, own - 1] = 0.0
+    if keep is not None:  # rows without a kept item clear their own target again
+        bias[index, torch.where(keep != 0, keep, own) - 1] = 0.0
     return bias
 
 
@@ -113,9 +113,10 @@ def ce_lookahead_loss(logits: torch.Tensor, targets: torch.Tensor,
                       after: torch.Tensor | None, weight: float) -> torch.Tensor:
     """Cross-entropy of the next item plus ``weight`` times that of the item after it.
 
-    Both terms share one softmax per position, so the extra target costs a gather, not a
-    second pass over the catalogue. Positions whose window ends first (``after`` 0) add no
-    second term; each term is a mean over its own positions.
+    Both terms share one log-softmax per position (in float32 at least, as
+    ``F.cross_entropy`` computes under autocast). Positions whose window ends first
+    (``after`` 0) add no second term; each term is a mean over its own positions. Written
+    without boolean indexing, so a GPU step does not wait on the host.
 
     Args:
         logits: [N, n_items] over items 1..n_items (the seen-item bias already added, with
@@ -126,9 +127,10 @@ def ce_lookahead_loss(logits: torch.Tensor, targets: torch.Tensor,
     """
     if after is None or weight == 0:
         return F.cross_entropy(logits, targets - 1)
-    log_probs = F.log_softmax(logits, dim=-1)
-    loss = F.nll_loss(log_probs, targets - 1)
-    has_after = after != 0
-    if has_after.any():
-        loss = loss + weight * F.nll_loss(log_probs[has_after], after[has_after] - 1)
-    return loss
+    log_probs = F.log_softmax(logits, dim=-1,
+                              dtype=torch.promote_types(logits.dtype, torch.float32))
+    present = after != 0
+    # Rows without an item after gather a stand-in (item 1, maybe -inf) that `where` drops.
+    picked = log_probs.gather(1, (after - 1).clamp(min=0)[:, None]).squeeze(1)
+    after_loss = -torch.where(present, picked, 0.0).sum() / present.sum().clamp(min=1)
+    return F.nll_loss(log_probs, targets - 1) + weight * after_loss

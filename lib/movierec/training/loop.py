@@ -87,7 +87,8 @@ class FitResult:
     ``TrainConfig.refit`` the returned ``model`` and ``test`` are those of the refit, which
     also learned the validation items: its own validation scores would be optimistic.
     ``test_ranks`` are the per-user ranks behind ``test`` (for per-user statistics without
-    ranking again); runs on Ray return metrics only, so theirs is None. ``resumes`` lists
+    ranking again); runs on Ray return metrics only, so theirs is None. With
+    ``fit(final_test=False)`` ``test`` is empty and ``test_ranks`` None. ``resumes`` lists
     where the run restarted from a checkpoint (``phase``, last finished ``epoch``, soup
     ``branch``), one entry per restart.
     """

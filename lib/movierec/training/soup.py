@@ -6,9 +6,12 @@ need not import the trainer.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from movierec.training.config import TrainConfig
+if TYPE_CHECKING:  # a type only: readers of the records need not import torch
+    from movierec.training.config import TrainConfig
 
 
 def refit_key(name: str, branch: int) -> str:
