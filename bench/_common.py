@@ -63,6 +63,35 @@ def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str,
                            for f in lib_files}}
 
 
+# What must match for runs of an earlier report to be kept by --resume (git_head may move
+# with documentation commits; these decide the figures and the times).
+SAME_MEASUREMENT = ("cpu_model", "cpu_family_model", "cpu_vector_flags", "versions",
+                    "lib_sha256", "threads")
+
+
+def resumable_runs(out: Path, machine: dict[str, Any], data_version: str | None) -> list[dict]:
+    """The runs of the report at ``out``, if it measured what this process would measure.
+
+    Args:
+        out: An earlier report with ``machine`` and ``runs`` (and ``data_version`` when the
+            benchmark records one).
+        machine: This process's ``machine_info`` (with ``threads`` where the report has it).
+        data_version: The data this process trains on (None: not compared).
+
+    Raises:
+        SystemExit: When the earlier runs were made on other code, another CPU or data.
+    """
+    earlier = json.loads(out.read_text())
+    differ = [key for key in SAME_MEASUREMENT
+              if earlier.get("machine", {}).get(key) != machine.get(key)]
+    if data_version is not None and earlier.get("data_version") != data_version:
+        differ.append("data_version")
+    if differ:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: --resume: the runs in {out} were "
+                         f"measured with other {', '.join(differ)}; write to a new --out")
+    return earlier["runs"]
+
+
 def write_json(report: dict[str, Any], out: Path) -> None:
     """Write atomically (``*.tmp`` then rename) so a killed run leaves the last good file."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json
+from _common import machine_info, resumable_runs, write_json
 from quality import prepared_folder
 
 from movierec.data.dataset import SequenceData, load_sequences
@@ -158,7 +158,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/nested.json"))
     parser.add_argument("--resume", action="store_true",
-                        help="keep the runs already in --out and add the ones it lacks")
+                        help="keep the runs already in --out (same code, CPU and threads) and add "
+                        "the ones it lacks")
     args = parser.parse_args()
     variants = dict(args.variant)
     data = shift_back(load_sequences(prepared_folder("ml-100k", args.workdir)),
@@ -166,7 +167,8 @@ def main() -> None:
     # Read before the first run: the library may be edited while this process trains with
     # the code it imported.
     machine = machine_info(["torch"], NESTED_LIB_FILES)
-    runs = json.loads(args.out.read_text())["runs"] if args.resume and args.out.exists() else []
+    machine = {**machine, "threads": args.threads}
+    runs = resumable_runs(args.out, machine, None) if args.resume and args.out.exists() else []
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, overrides in variants.items():
             if any(r["seed"] == seed and r["variant"] == name for r in runs):
@@ -189,7 +191,7 @@ def main() -> None:
                   f"{result.test['sampled']['ndcg@10']:.4f} full "
                   f"{result.test['full']['ndcg@10']:.4f}, {runs[-1]['wall_seconds']:.0f} s",
                   flush=True)
-            write_json({"runs": runs}, args.out)  # a crash keeps the finished runs
+            write_json({"machine": machine, "runs": runs}, args.out)  # a crash keeps them
     names = list(variants)
     summary = summarize_runs(runs, names)
     report = {"split": "nested: pseudo-test = valid item; the test item is not read",

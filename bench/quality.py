@@ -39,7 +39,7 @@ from movierec.training.config import TrainConfig
 from movierec.training.loop import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json
+from _common import machine_info, resumable_runs, write_json
 
 # The library files whose sha256 the report pins (the code that was measured).
 # What decides the figures and the time: machine.py sets the allocator training runs with.
@@ -185,29 +185,6 @@ def build_report(dataset: str, folder: Path, machine: dict[str, Any],
             "targets_met": met, "runs": runs, "markdown": markdown(summary)}
 
 
-# What must match for runs of an earlier report to be kept by --resume (git_head may move
-# with documentation commits; these decide the figures and the times).
-SAME_MEASUREMENT = ("cpu_model", "cpu_family_model", "cpu_vector_flags", "versions",
-                    "lib_sha256", "threads")
-
-
-def resumable_runs(out: Path, report: dict[str, Any]) -> list[dict]:
-    """The runs of the report at ``out``, if it measured what ``report`` would measure.
-
-    Raises:
-        SystemExit: When the earlier runs were made on other code, another CPU or data.
-    """
-    earlier = json.loads(out.read_text())
-    differ = [key for key in SAME_MEASUREMENT
-              if earlier["machine"].get(key) != report["machine"].get(key)]
-    if earlier["data_version"] != report["data_version"]:
-        differ.append("data_version")
-    if differ:
-        raise SystemExit(f"bench/quality.py: --resume: the runs in {out} were measured with "
-                         f"other {', '.join(differ)}; write to a new --out instead")
-    return earlier["runs"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k", choices=sorted(RELEASES))
@@ -231,7 +208,7 @@ def main() -> None:
     machine = measured_machine(args.threads)
     runs: list[dict] = []
     if args.resume and args.out.exists():
-        runs = resumable_runs(args.out, build_report(args.dataset, folder, machine, []))
+        runs = resumable_runs(args.out, machine, load_card(folder)["data_version"])
     for name in args.models.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             if any(r["model"] == name and r["seed"] == seed for r in runs):
