@@ -26,13 +26,19 @@ VECTOR_FLAGS = frozenset({
     "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8"})
 
 
-def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str, Any]:
+def machine_info(packages: Iterable[str], lib_files: Iterable[str],
+                 threads: int | None = None) -> dict[str, Any]:
     """CPU, memory, platform, package versions, git head and the measured library files.
+
+    Call it once, before the first run, not when the report is written: the library files
+    may be edited while an hour-long benchmark goes on with the code it imported.
 
     Args:
         packages: Distributions whose versions to record (None when not installed).
         lib_files: Files under ``lib/movierec`` whose sha256 pins the code that was measured
             (others may edit the library while a benchmark runs).
+        threads: The torch threads the runs use, recorded as ``threads`` when given (a
+            ``--resume`` keeps only runs made with as many).
     """
     model = cpuinfo_field("model name") or platform.processor()
     # The vendor decides which kernels PyTorch's CPU build takes (MKL's dropout masks on
@@ -53,7 +59,7 @@ def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str,
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, check=False).stdout.strip()
     lib = ROOT / "lib" / "movierec"
-    return {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+    info = {"cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "cpu_model": model, "cpu_vendor": vendor, "cpu_family_model": generation,
             "cpu_vector_flags": sorted(flags & VECTOR_FLAGS),
             "memory_gib": round(mem_kib / 2**20, 1),
@@ -61,6 +67,7 @@ def machine_info(packages: Iterable[str], lib_files: Iterable[str]) -> dict[str,
             "versions": versions, "git_head": git or None,
             "lib_sha256": {f: hashlib.sha256((lib / f).read_bytes()).hexdigest()[:12]
                            for f in lib_files}}
+    return info if threads is None else {**info, "threads": threads}
 
 
 # What must match for runs of an earlier report to be kept by --resume (git_head may move

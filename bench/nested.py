@@ -164,10 +164,7 @@ def main() -> None:
     variants = dict(args.variant)
     data = shift_back(load_sequences(prepared_folder("ml-100k", args.workdir)),
                       args.workdir / "ml-100k-shifted")
-    # Read before the first run: the library may be edited while this process trains with
-    # the code it imported.
-    machine = machine_info(["torch"], NESTED_LIB_FILES)
-    machine = {**machine, "threads": args.threads}
+    machine = machine_info(["torch"], NESTED_LIB_FILES, args.threads)
     runs = resumable_runs(args.out, machine, None) if args.resume and args.out.exists() else []
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, overrides in variants.items():

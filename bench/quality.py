@@ -160,15 +160,6 @@ def markdown(summary: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def measured_machine(threads: int) -> dict[str, Any]:
-    """The machine and the library code measured, read once before the first run.
-
-    Read at the start, not when the report is written: the library files may be edited
-    while a run of an hour goes on, and the process keeps the code it imported.
-    """
-    return {**machine_info(["torch", "numpy"], LIB_FILES), "threads": threads}
-
-
 def build_report(dataset: str, folder: Path, machine: dict[str, Any],
                  runs: list[dict]) -> dict[str, Any]:
     """The JSON report of ``runs``: machine, summary, references and the targets' verdict."""
@@ -205,7 +196,7 @@ def main() -> None:
         folder = prepared_folder(args.dataset, args.workdir, args.source)
     except FetchError as error:
         raise SystemExit(f"bench/quality.py: {error}") from None
-    machine = measured_machine(args.threads)
+    machine = machine_info(["torch", "numpy"], LIB_FILES, args.threads)
     runs: list[dict] = []
     if args.resume and args.out.exists():
         runs = resumable_runs(args.out, machine, load_card(folder)["data_version"])
