@@ -133,9 +133,11 @@ def per_user_ndcg(ranked: RankedUsers | None) -> dict[str, list[float]]:
             "full": np.round(ndcg_at_k(ranked.full_ranks, 10), 6).tolist()}
 
 
-# The library files whose sha256 the report pins: the training code a variant can change.
+# The library files whose sha256 the report pins: the training and scoring code a variant
+# can change.
 NESTED_LIB_FILES = ("training/loop.py", "training/soup.py", "models/sampling.py",
-                    "models/losses.py", "models/config.py")
+                    "models/losses.py", "models/config.py", "evaluation/protocols.py",
+                    "data/tie_orders.py")
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:

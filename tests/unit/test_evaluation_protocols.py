@@ -69,3 +69,33 @@ def test_full_ranking_masks_history_but_not_the_target(tmp_path: Path) -> None:
     # history is now [1, 2, 3]; item 5 ties with the target 4: pessimistic rank 1.
     assert test.full_ranks.tolist() == [1]
     assert test.top_k[0, :3].tolist() in ([4, 5, 6], [5, 4, 6])
+
+
+def test_tie_orders_score_a_tied_history_end_by_all_of_its_items(tmp_path: Path) -> None:
+    """A model that reads only the newest item, and histories whose last items are tied."""
+    n_items = 8
+    data = tiny_data(tmp_path, [[6, 1, 3], [1, 2, 3], [4, 5, 6]], [2, 4, 7], [8, 8, 8], n_items)
+    data.train_times = [np.array([], dtype=np.int64), np.array([10, 20, 20]),
+                        np.array([10, 20, 30]), np.array([10, 10, 10])]
+    data.valid_time = np.array([0, 40, 40, 40])
+    calls: list[int] = []
+
+    def newest_item_likes_the_next(users: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+        calls.append(len(users))
+        scores = np.zeros((len(users), n_items + 1))
+        scores[np.arange(len(users)), seqs[:, -1] + 1] = 1.0  # item i predicts item i + 1
+        return scores
+
+    plain = rank_users(newest_item_likes_the_next, data, "valid", max_len=5, sampled=False)
+    averaged = rank_users(newest_item_likes_the_next, data, "valid", max_len=5,
+                          sampled=False, tie_orders=8)
+    # User 1 ends in (1, 3), tied. Plain scoring reads 3 and backs 4 alone, so the target
+    # 2 ties with 4 other zeros (pessimistic rank 4); over both orders 2 and 4 get 0.5.
+    assert plain.full_ranks.tolist() == [4, 0, 0]
+    assert averaged.full_ranks.tolist() == [1, 0, 0]
+    assert calls[-1] == 3 + 1 + 2  # the three histories, then user 1's and user 3's copies
+    # Without timestamps a history is scored as it is.
+    data.train_times = None
+    unknown = rank_users(newest_item_likes_the_next, data, "valid", max_len=5,
+                         sampled=False, tie_orders=8)
+    assert unknown.full_ranks.tolist() == [4, 0, 0] and calls[-1] == 3

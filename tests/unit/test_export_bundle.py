@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from movierec.data.dataset import load_sequences
+from movierec.data.tie_orders import trailing_tie_length
 from movierec.export.onnx import ExportConfig, ExportError, OrtScorer, export_onnx, quantize_int8
 from movierec.export.parity import export_and_check, parity_report
 from movierec.models import ModelConfig, PopularityModel, build_model
@@ -19,6 +20,7 @@ from movierec.registry.bundle import (
     verify_bundle,
     write_bundle,
 )
+from movierec.registry.layout import bundle_tie_orders
 from movierec.training.config import TrainConfig
 from tests.unit.export_fixtures import MAX_LEN, TINY, tiny_config, tiny_model
 
@@ -193,6 +195,13 @@ def test_write_and_verify_round_trip(small_prepared: Path, tmp_path: Path) -> No
     row = histories.filter(pl.col("user_idx") == 1)["items"].to_list()[0]
     assert row == [*data.train[1].tolist(), int(data.valid_item[1]), int(data.test_item[1])]
     assert histories.height == data.n_users
+    # tie_tail: the newest items that share the newest timestamp, which the service needs.
+    inter = pl.read_parquet(small_prepared / "interactions.parquet")
+    for user, tail in histories.select("user_idx", "tie_tail").iter_rows():
+        times = inter.filter(pl.col("user_idx") == user).sort("position")["timestamp"]
+        assert tail == trailing_tie_length(times.to_numpy())
+    assert bundle_tie_orders(metadata) == metadata["model_config"]["tie_orders"] == 1
+    assert bundle_tie_orders({"model_config": {"max_len": 5}}) == 1  # pop, older bundles
     assert pl.read_parquet(out / "items.parquet").equals(
         pl.read_parquet(small_prepared / "items.parquet"))
     assert pl.read_parquet(out / "users.parquet").equals(

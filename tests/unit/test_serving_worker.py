@@ -35,17 +35,21 @@ histories = st.lists(st.integers(1, 10**6), max_size=30).map(lambda h: np.array(
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 10**6), histories, st.integers(0, 100),
-                          st.sampled_from(["none", "history", "other"]), histories),
-                min_size=1, max_size=20))
+                          st.sampled_from(["none", "history", "other"]), histories,
+                          st.integers(0, 40)),
+                min_size=1, max_size=20), st.booleans())
 def test_a_batch_survives_the_wire(rows: list[tuple[int, np.ndarray, int, str,
-                                                    np.ndarray]]) -> None:
+                                                    np.ndarray, int]], with_ties: bool) -> None:
     users = np.array([row[0] for row in rows], np.int64)
     seqs = [row[1] for row in rows]
     excludes = [None if how == "none" else seq if how == "history" else other
-                for (_, seq, _, how, other) in rows]
-    got_users, got_seqs, got_ks, got_excludes = decode_batch(
-        encode_batch(users, seqs, [row[2] for row in rows], excludes))
+                for (_, seq, _, how, other, _) in rows]
+    ties = [row[5] for row in rows]
+    got_users, got_seqs, got_ks, got_excludes, got_ties = decode_batch(
+        encode_batch(users, seqs, [row[2] for row in rows], excludes,
+                     ties if with_ties else None))
     assert got_users.tolist() == users.tolist() and got_ks == [row[2] for row in rows]
+    assert got_ties == (ties if with_ties else [0] * len(rows))
     for seq, exclude, got_seq, got_exclude in zip(seqs, excludes, got_seqs, got_excludes,
                                                   strict=True):
         assert got_seq.tolist() == seq.tolist()

@@ -60,7 +60,7 @@ def evaluate_run(run_id: str, data_dir: Path, split: str = TEST,
     seed = config.eval_seed if seed is None else seed
     data = load_sequences(data_dir)
     ranked = rank_users(make_scorer(model, torch.device("cpu")), data, split,
-                        config.model.max_len, seed=seed)
+                        config.model.max_len, seed=seed, tie_orders=config.model.tie_orders)
     report = {"run_id": run_id, "model": tags.get("model"),
               **detailed_report(ranked, data, split, seed=seed)}
     if split == VALID and config.baseline == "none" and config.refit:

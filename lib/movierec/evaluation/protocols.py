@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from movierec.data.dataset import SequenceData, left_pad
+from movierec.data.tie_orders import expand_orders, mean_over_owners, trailing_tie_length
 from movierec.evaluation.metrics import ndcg_at_k, pessimistic_ranks
 
 # (users [B], left-padded sequences [B, L]) -> scores of every item [B, n_items + 1].
@@ -93,7 +94,7 @@ def fixed_negatives(data: SequenceData, split: str, seed: int, n: int = N_NEGATI
 
 
 def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, seed: int = 0,
-               batch_size: int = 256, sampled: bool = True) -> RankedUsers:
+               batch_size: int = 256, sampled: bool = True, tie_orders: int = 1) -> RankedUsers:
     """Score every user with a target in ``split`` and rank the target both ways.
 
     Args:
@@ -104,6 +105,9 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
         seed: Seed of the sampled negatives.
         batch_size: Users per scorer call.
         sampled: Also compute the sampled protocol (needs the fixed negatives).
+        tie_orders: Score a history that ends in items of one timestamp as the mean over up
+            to this many orders of them (``data.tie_orders``; 1 or data without timestamps:
+            each history as it is).
     """
     users = data.eval_users(split)
     targets = data.targets(split)[users]
@@ -116,10 +120,16 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
     # columns then does far less work (results are written back in user order).
     lengths = np.array([min(len(data.history(int(u), split)), max_len) for u in users])
     by_length = np.argsort(lengths, kind="stable")
+    ties = np.array([trailing_tie_length(data.history_times(int(u), split)) for u in users]
+                    if tie_orders > 1 else np.zeros(len(users)), dtype=np.int64)
     for start in range(0, len(users), batch_size):
         rows = by_length[start:start + batch_size]
         histories = [data.history(int(u), split) for u in users[rows]]
-        scores = np.asarray(scorer(users[rows], left_pad(histories, max_len)), dtype=np.float64)
+        inputs, owner = expand_orders(histories, ties[rows], tie_orders, max_len)
+        scores = np.asarray(scorer(users[rows][owner], left_pad(inputs, max_len)),
+                            dtype=np.float64)
+        if len(owner) > len(rows):  # the mean over each history's orders
+            scores = mean_over_owners(scores, owner, len(rows))
         row_ids = np.arange(scores.shape[0])
         positive = scores[row_ids, targets[rows]]
         if negatives is not None:

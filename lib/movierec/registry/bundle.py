@@ -27,6 +27,7 @@ from movierec.data.columns import (
     ITEM_IDX_COL,
     POSITION_COL,
     TEST,
+    TIMESTAMP_COL,
     USER_COL,
     USER_IDX_COL,
     VALID,
@@ -44,6 +45,7 @@ from movierec.registry.layout import (
     METADATA_FILE,
     MODEL_FILE,
     NAME,
+    TIE_TAIL_COL,
     USERS_FILE,
     BundleError,
     read_verified_metadata,
@@ -60,15 +62,24 @@ REQUIRED_COLUMNS = {ITEMS_FILE: (ITEM_IDX_COL, ITEM_COL), USERS_FILE: (USER_IDX_
 
 
 def write_histories(interactions: Path, users: pl.DataFrame, path: Path) -> None:
-    """Every user's whole sequence (train + valid + test item_idx, oldest first)."""
-    inter = pl.read_parquet(interactions, columns=[USER_IDX_COL, ITEM_IDX_COL, POSITION_COL])
+    """Every user's whole sequence (train + valid + test item_idx, oldest first).
+
+    ``tie_tail`` is how many of its newest items share its newest timestamp, which the
+    service needs to score the sequence over their orders (``data.tie_orders``); positions
+    follow time, so those are all the items of that timestamp.
+    """
+    inter = pl.read_parquet(interactions,
+                            columns=[USER_IDX_COL, ITEM_IDX_COL, POSITION_COL, TIMESTAMP_COL])
+    newest = pl.col(TIMESTAMP_COL) == pl.col(TIMESTAMP_COL).last()
     sequences = (inter.sort([USER_IDX_COL, POSITION_COL])
                  .group_by(USER_IDX_COL, maintain_order=True)
-                 .agg(pl.col(ITEM_IDX_COL).cast(pl.Int32).alias("items")))
+                 .agg(pl.col(ITEM_IDX_COL).cast(pl.Int32).alias("items"),
+                      newest.sum().cast(pl.Int32).alias(TIE_TAIL_COL)))
     table = (users.select(pl.col(USER_IDX_COL).cast(pl.Int32))
              .join(sequences.with_columns(pl.col(USER_IDX_COL).cast(pl.Int32)),
                    on=USER_IDX_COL, how="left")
-             .with_columns(pl.col("items").fill_null(pl.lit([], dtype=pl.List(pl.Int32))))
+             .with_columns(pl.col("items").fill_null(pl.lit([], dtype=pl.List(pl.Int32))),
+                           pl.col(TIE_TAIL_COL).fill_null(0))
              .sort(USER_IDX_COL))
     table.write_parquet(path)
 

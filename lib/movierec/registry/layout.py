@@ -7,7 +7,9 @@ Layout (``format`` 1)::
                         out when it fails its checks; ``parity.int8_reasons`` says why)
     items.parquet       the prepared folder's item table (ids, titles, genres, train_count)
     users.parquet       the prepared folder's user table (ids, demographics)
-    histories.parquet   user_idx int32, items list[int32]: each user's whole known sequence
+    histories.parquet   user_idx int32, items list[int32]: each user's whole known sequence;
+                        tie_tail int32: how many of its newest items share one timestamp
+                        (bundles written before it lack it, and their service reads 0)
     metadata.json       model, data and run identity, metrics, parity report, sha256 of files
 
 ``read_verified_metadata`` checks what can be checked without loading a model (metadata,
@@ -31,6 +33,7 @@ MODEL_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 MODEL_FILES: dict[str, str] = {"fp32": MODEL_FILE, "int8": INT8_FILE}
 ITEMS_FILE, USERS_FILE, HISTORIES_FILE = "items.parquet", "users.parquet", "histories.parquet"
 TABLE_FILES = (ITEMS_FILE, USERS_FILE, HISTORIES_FILE)
+TIE_TAIL_COL = "tie_tail"
 REQUIRED_KEYS = ("format", "name", "model_kind", "max_len", "n_users", "n_items",
                  "data_version", "git_commit", "run_id", "trained_at", "metrics", "parity",
                  "files")
@@ -117,3 +120,12 @@ def read_verified_metadata(path: Path, models: Iterable[str] = (MODEL_FILE,)) ->
     if extra:
         raise BundleError(f"bundle {path}: holds files the metadata does not list: {extra}")
     return meta
+
+
+def bundle_tie_orders(meta: dict[str, Any]) -> int:
+    """How many orders of a history's tied newest items the model is scored over.
+
+    ``model_config.tie_orders`` (``data.tie_orders``); 1 for bundles written before it, so
+    they are served as they were evaluated.
+    """
+    return int((meta.get("model_config") or {}).get("tie_orders", 1))

@@ -39,7 +39,7 @@ from movierec.serving.feedback import (
     FeedbackWriteError,
     open_store,
 )
-from movierec.serving.history import OnlineHistory, resolve_history
+from movierec.serving.history import OnlineHistory, resolve_history, resolve_ties
 from movierec.serving.logs import configure_logging
 from movierec.serving.metrics import ServingMetrics
 from movierec.serving.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
@@ -115,10 +115,12 @@ class ServingState:
         catalog = bundle.catalog
         user_idx = catalog.user_idx_by_id.get(user_id) if user_id is not None else None
         unknown: list[int] = []
+        ties = 0  # a sequence sent in the request comes without times
         if sequence is not None:
             history, unknown = catalog.to_indices(sequence)
         else:
             history = resolve_history(catalog, self.online, user_id)
+            ties = resolve_ties(catalog, self.online, user_id)
         if unknown:
             self.metrics.unknown_items.inc(len(unknown))
         self.metrics.sequence_length.observe(history.size)
@@ -129,7 +131,7 @@ class ServingState:
         else:
             fallback = None if user_idx is not None else "no_user_embedding"
             best, values = await self.batcher.top_k(bundle.model, user_idx or 0, history, k,
-                                                    exclude)
+                                                    exclude, ties)
         if fallback is not None:
             self.metrics.fallbacks.labels(kind=fallback).inc()
         self.metrics.recommended_popularity.observe_many(catalog.popularity_pct[best])

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from movierec.registry.layout import (
     MODEL_FILES,
+    TIE_TAIL_COL,
     BundleError,
     Precision,
     read_verified_metadata,
@@ -54,7 +55,8 @@ class Catalog:
     """
 
     def __init__(self, items: pl.DataFrame, users: pl.DataFrame,
-                 histories: dict[int, np.ndarray], n_items: int) -> None:
+                 histories: dict[int, np.ndarray], n_items: int,
+                 tie_tails: dict[int, int] | None = None) -> None:
         size = n_items + 1
         idx = items["item_idx"].to_numpy().astype(np.int64)
         if idx.size and (idx.min() < 1 or idx.max() > n_items):
@@ -87,6 +89,8 @@ class Catalog:
         self.user_idx_by_id: dict[int, int] = dict(
             zip(users["user_id"].to_list(), users["user_idx"].to_list(), strict=True))
         self.histories = histories
+        # user_idx -> how many of the stored history's newest items share one timestamp.
+        self.tie_tails = tie_tails or {}
 
     def to_indices(self, movie_ids: list[int]) -> tuple[np.ndarray, list[int]]:
         """Map MovieLens ids to item indices, keeping order; return (indices, unknown ids)."""
@@ -108,15 +112,27 @@ class Catalog:
         return movie
 
 
-def _read_histories(path: Path) -> dict[int, np.ndarray]:
-    """``histories.parquet`` as user_idx -> int64 array of item indices, oldest first."""
-    table = pq.read_table(path, columns=["user_idx", "items"])
+def _read_histories(path: Path) -> tuple[dict[int, np.ndarray], dict[int, int]]:
+    """``histories.parquet`` as two maps from user_idx.
+
+    Returns:
+        The int64 item indices of each user, oldest first, and each user's ``tie_tail``
+        where above 1 (empty for bundles written before that column).
+    """
+    columns = pq.read_schema(path).names
+    table = pq.read_table(path, columns=["user_idx", "items",
+                                         *([TIE_TAIL_COL] if TIE_TAIL_COL in columns else [])])
     users = table.column("user_idx").to_numpy()
     lists = table.column("items").combine_chunks()
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
     parts = np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
-    return {int(user): part for user, part in zip(users, parts, strict=True)}
+    histories = {int(user): part for user, part in zip(users, parts, strict=True)}
+    if TIE_TAIL_COL not in columns:
+        return histories, {}
+    tails = pc.fill_null(table.column(TIE_TAIL_COL), 0).to_numpy(zero_copy_only=False)
+    return histories, {int(user): int(tail) for user, tail in zip(users, tails, strict=True)
+                       if tail > 1}
 
 
 def load_catalog(path: Path, meta: dict[str, Any]) -> Catalog:
@@ -128,7 +144,7 @@ def load_catalog(path: Path, meta: dict[str, Any]) -> Catalog:
     try:
         items = pl.read_parquet(path / "items.parquet")
         users = pl.read_parquet(path / "users.parquet")
-        histories = _read_histories(path / "histories.parquet")
+        histories, tie_tails = _read_histories(path / "histories.parquet")
     except (OSError, pl.exceptions.PolarsError, KeyError, ValueError) as exc:
         raise BundleError(f"bundle {path}: cannot read its tables ({exc})") from exc
     for name, frame, cols in (
@@ -150,4 +166,4 @@ def load_catalog(path: Path, meta: dict[str, Any]) -> Catalog:
         if hist.size and (hist.min() < 1 or hist.max() > n_items):
             raise BundleError(f"bundle {path}: histories.parquet user_idx {user} holds an "
                               f"item index outside 1..{n_items}")
-    return Catalog(items, users, histories, n_items)
+    return Catalog(items, users, histories, n_items, tie_tails)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
+from movierec.data.tie_orders import expand_orders, mean_over_owners
 from movierec.export.runtime import (
     Device,
     SeqsAxisError,
@@ -30,6 +31,7 @@ from movierec.export.runtime import (
     select_providers,
     session_options,
 )
+from movierec.registry.layout import bundle_tie_orders
 from movierec.serving.catalog import MODEL_FILES, BundleError, Catalog, Precision, load_catalog
 from movierec.serving.catalog import verify_bundle as verify_bundle_files
 from movierec.serving.history import DemoUser, pick_demo_users
@@ -61,8 +63,13 @@ class Ranker(Protocol):
         """Whether the model can still answer."""
 
     def rank(self, users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
-             excludes: Sequence[np.ndarray | None]) -> list[Ranked]:
-        """Each row's top ``ks[row]`` item indices (best first) and scores."""
+             excludes: Sequence[np.ndarray | None],
+             ties: Sequence[int] | None = None) -> list[Ranked]:
+        """Each row's top ``ks[row]`` item indices (best first) and scores.
+
+        ``ties`` (None: none) is how many of each history's newest items share one
+        timestamp; the model scores such a history over their orders.
+        """
 
     def close(self) -> None:
         """Release the model (a no-op in process)."""
@@ -74,12 +81,16 @@ class OnnxModel:
     A graph with a dynamic ``seqs`` length (current exports) gets each batch left padded
     only to its longest sequence, which costs a fraction of ``max_len`` for most users
     (attention is quadratic in the length); an older fixed-width graph gets ``max_len``.
+    ``tie_orders`` is the bundle's (``registry.layout.bundle_tie_orders``): a history whose newest
+    items share one timestamp is scored as the mean over up to that many of their orders,
+    as the model was evaluated.
     """
 
     def __init__(self, path: Path, max_len: int, n_items: int, threads: int | None = None,
-                 device: Device = "cpu") -> None:
+                 device: Device = "cpu", tie_orders: int = 1) -> None:
         self.max_len = max_len
         self.n_items = n_items
+        self.tie_orders = tie_orders
         try:
             self.session = ort.InferenceSession(str(path), session_options(threads),
                                                 providers=select_providers(device))
@@ -151,10 +162,25 @@ class OnnxModel:
         """Always True: the session lives in this process."""
         return True
 
+    def scores(self, users: np.ndarray, histories: Sequence[np.ndarray],
+               ties: Sequence[int] | None = None) -> np.ndarray:
+        """:meth:`run`, each history averaged over the orders of its ``ties`` newest items.
+
+        The reordered copies go to ONNX Runtime with the batch (``data.tie_orders``).
+        """
+        if ties is None or self.tie_orders < 2:
+            return self.run(users, list(histories))
+        inputs, owner = expand_orders(histories, ties, self.tie_orders, self.max_len)
+        scores = self.run(np.asarray(users)[owner], inputs)
+        if len(owner) == len(histories):
+            return scores
+        return mean_over_owners(scores, owner, len(histories))
+
     def rank(self, users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
-             excludes: Sequence[np.ndarray | None]) -> list[Ranked]:
-        """:meth:`run`, then each row's top ``ks[row]`` (see :func:`top_k_rows`)."""
-        return top_k_rows(self.run(users, list(histories)), ks, excludes)
+             excludes: Sequence[np.ndarray | None],
+             ties: Sequence[int] | None = None) -> list[Ranked]:
+        """:meth:`scores`, then each row's top ``ks[row]`` (see :func:`top_k_rows`)."""
+        return top_k_rows(self.scores(users, histories, ties), ks, excludes)
 
     def close(self) -> None:
         """Nothing to release: the session goes with the object."""
@@ -214,7 +240,7 @@ def load_bundle(path: Path, precision: Precision = "fp32", threads: int | None =
     catalog = load_catalog(path, meta)
     warm_item = int(catalog.popularity_order[0]) if catalog.popularity_order.size else 0
     args = (path / MODEL_FILES[precision], int(meta["max_len"]), int(meta["n_items"]),
-            threads, device)
+            threads, device, bundle_tie_orders(meta))
     model: Ranker
     if isolate:
         model = ModelProcess(*args, warm_item=warm_item)  # loads and warms up in the child
@@ -236,6 +262,7 @@ class _Job:
     enqueued: float
     k: int  # ranked by the model (thread or process), with the rest of the batch
     exclude: np.ndarray | None
+    ties: int  # the history's newest items that share one timestamp
 
 
 class MicroBatcher:
@@ -290,18 +317,19 @@ class MicroBatcher:
         self._executor.shutdown(wait=False)
 
     async def top_k(self, model: Ranker, user: int, seq: np.ndarray, k: int,
-                    exclude: np.ndarray | None) -> Ranked:
+                    exclude: np.ndarray | None, ties: int = 0) -> Ranked:
         """:func:`top_k` of one request's scores, ranked with its batch.
 
         The ranking runs with the model, vectorised over the batch, which spares the
-        event loop (which every request needs) one ranking per request.
+        event loop (which every request needs) one ranking per request. ``ties``: how
+        many of ``seq``'s newest items share one timestamp (0: unknown).
         """
-        return await self._submit(model, user, seq, k, exclude)
+        return await self._submit(model, user, seq, k, exclude, ties)
 
     async def _submit(self, model: Ranker, user: int, seq: np.ndarray, k: int,
-                      exclude: np.ndarray | None) -> Ranked:
+                      exclude: np.ndarray | None, ties: int) -> Ranked:
         loop = asyncio.get_running_loop()
-        job = _Job(model, user, seq, loop.create_future(), loop.time(), k, exclude)
+        job = _Job(model, user, seq, loop.create_future(), loop.time(), k, exclude, ties)
         self._pending[model] = self._pending.get(model, 0) + 1
         try:
             if not self.running or self._queue is None:
@@ -327,7 +355,7 @@ class MicroBatcher:
         """
         started = time.perf_counter()
         batch = (np.asarray([j.user for j in jobs], dtype=np.int64), [j.seq for j in jobs],
-                 [j.k for j in jobs], [j.exclude for j in jobs])
+                 [j.k for j in jobs], [j.exclude for j in jobs], [j.ties for j in jobs])
         if isinstance(model, ModelProcess):
             ranked = await model.rank_async(*batch)
         else:

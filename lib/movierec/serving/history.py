@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from movierec.data.tie_orders import trailing_tie_length
 from movierec.serving.catalog import Catalog
 
 IGNORED_GENRES = frozenset({"unknown", "(no genres listed)", ""})
@@ -48,8 +49,26 @@ class OnlineHistory:
         """The user's online watches as MovieLens ids, oldest first."""
         return [movie for _, _, movie in self._watches.get(user_id, ())]
 
+    def timestamps(self, user_id: int) -> list[int]:
+        """The times of :meth:`movies`, in the same order."""
+        return [timestamp for timestamp, _, _ in self._watches.get(user_id, ())]
+
     def __len__(self) -> int:
         return sum(len(events) for events in self._watches.values())
+
+
+def _recent_online(catalog: Catalog, online: OnlineHistory,
+                   user_id: int) -> tuple[list[int], list[int]]:
+    """The user's online watches of known movies as (item indices, times), oldest first.
+
+    Only the last watch of each item is kept (the one that moves it to the history's end).
+    """
+    known = [(catalog.idx_by_movie.get(movie), timestamp) for movie, timestamp
+             in zip(online.movies(user_id), online.timestamps(user_id), strict=True)]
+    known = [(item, timestamp) for item, timestamp in known if item is not None]
+    last = {item: position for position, (item, _) in enumerate(known)}
+    kept = [pair for position, pair in enumerate(known) if last[pair[0]] == position]
+    return [item for item, _ in kept], [timestamp for _, timestamp in kept]
 
 
 def resolve_history(catalog: Catalog, online: OnlineHistory, user_id: int | None) -> np.ndarray:
@@ -71,18 +90,30 @@ def resolve_history(catalog: Catalog, online: OnlineHistory, user_id: int | None
         return np.zeros(0, dtype=np.int64)
     user_idx = catalog.user_idx_by_id.get(user_id)
     stored = catalog.histories.get(user_idx, None) if user_idx is not None else None
-    online_idx, _ = catalog.to_indices(online.movies(user_id))
+    recent, _ = _recent_online(catalog, online, user_id)
     base = stored if stored is not None and stored.size else np.zeros(0, dtype=np.int64)
-    if online_idx.size == 0:
+    if not recent:
         return base
-    # Keep the last occurrence of every item; drop stored copies of online items.
-    last: dict[int, int] = {}
-    for position, item in enumerate(online_idx.tolist()):
-        last[item] = position
-    recent = [item for position, item in enumerate(online_idx.tolist()) if last[item] == position]
+    # Drop stored copies of online items: their last occurrence is the online one.
     if base.size:
         base = base[~np.isin(base, np.asarray(recent, dtype=np.int64))]
     return np.concatenate([base, np.asarray(recent, dtype=np.int64)])
+
+
+def resolve_ties(catalog: Catalog, online: OnlineHistory, user_id: int | None) -> int:
+    """How many of :func:`resolve_history`'s newest items share one timestamp.
+
+    From the online watches when there are any (a watch that shares the newest stored
+    item's second is not counted: the bundle holds no stored times), else the bundle's
+    ``tie_tail``; 0 for anonymous users and bundles without it.
+    """
+    if user_id is None:
+        return 0
+    _, times = _recent_online(catalog, online, user_id)
+    if times:
+        return trailing_tie_length(times)
+    user_idx = catalog.user_idx_by_id.get(user_id)
+    return catalog.tie_tails.get(user_idx, 0) if user_idx is not None else 0
 
 
 @dataclass(frozen=True)

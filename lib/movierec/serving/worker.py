@@ -47,27 +47,32 @@ class ModelProcessError(RuntimeError):
 
 
 def encode_batch(users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
-                 excludes: Sequence[np.ndarray | None]) -> bytes:
-    """One message: ``[n, users, ks, history lengths, exclusion codes, histories, excludes]``.
+                 excludes: Sequence[np.ndarray | None],
+                 ties: Sequence[int] | None = None) -> bytes:
+    """One int64 message: a header of ``n`` and five ``n``-long blocks, then the arrays.
 
-    An exclusion code is :data:`NO_EXCLUDE`, :data:`EXCLUDE_HISTORY` (the row's history
-    itself, sent once) or the length of an explicit exclusion array.
+    The blocks are ``users, ks, history lengths, exclusion codes, ties``, and the arrays
+    the histories, then the explicit exclusions. An exclusion code is :data:`NO_EXCLUDE`,
+    :data:`EXCLUDE_HISTORY` (the row's history itself, sent once) or the length of an
+    explicit exclusion array; ``ties`` (None: 0) is each history's tied newest items
+    (``OnnxModel.scores``).
     """
     codes = [NO_EXCLUDE if seen is None else EXCLUDE_HISTORY if seen is history else seen.size
              for history, seen in zip(histories, excludes, strict=True)]
     header = np.array([len(histories), *np.asarray(users).tolist(), *ks,
-                       *(h.size for h in histories), *codes], dtype="<i8")
+                       *(h.size for h in histories), *codes,
+                       *(ties if ties is not None else [0] * len(histories))], dtype="<i8")
     extra = [seen for seen, code in zip(excludes, codes, strict=True) if code >= 0]
     return np.concatenate([header, *histories, *extra], dtype="<i8").tobytes()  # type: ignore[misc]
 
 
 def decode_batch(message: bytes) -> tuple[np.ndarray, list[np.ndarray], list[int],
-                                          list[np.ndarray | None]]:
+                                          list[np.ndarray | None], list[int]]:
     """The inverse of :func:`encode_batch` (arrays are read-only views of ``message``)."""
     data = np.frombuffer(message, dtype="<i8")
     n = int(data[0])
-    users, ks, lengths, codes = (data[1 + i * n:1 + (i + 1) * n] for i in range(4))
-    position = 1 + 4 * n
+    users, ks, lengths, codes, ties = (data[1 + i * n:1 + (i + 1) * n] for i in range(5))
+    position = 1 + 5 * n
     histories = []
     for length in lengths.tolist():
         histories.append(data[position:position + length])
@@ -81,7 +86,7 @@ def decode_batch(message: bytes) -> tuple[np.ndarray, list[np.ndarray], list[int
         else:
             excludes.append(data[position:position + code])
             position += code
-    return users, histories, ks.tolist(), excludes
+    return users, histories, ks.tolist(), excludes, ties.tolist()
 
 
 def encode_ranked(ranked: Sequence[Ranked]) -> bytes:
@@ -105,14 +110,14 @@ def decode_ranked(message: bytes) -> list[Ranked]:
 
 
 def _serve(path: str, max_len: int, n_items: int, threads: int | None, device: Device,
-           warm_item: int, conns: list[Connection]) -> None:
+           tie_orders: int, warm_item: int, conns: list[Connection]) -> None:
     """The child process: load, warm up, then rank batches until every pipe is closed."""
     from movierec.serving.engine import OnnxModel  # noqa: PLC0415 - engine imports us
 
     # Ctrl-C reaches the whole process group; the server shuts the child down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        model = OnnxModel(Path(path), max_len, n_items, threads, device)
+        model = OnnxModel(Path(path), max_len, n_items, threads, device, tie_orders)
         model.warm_up(warm_item)
     except Exception as exc:  # reported to the parent, which raises it as a BundleError
         conns[0].send_bytes(_FAILED + str(exc).encode())
@@ -165,7 +170,7 @@ class ModelProcess:
     """
 
     def __init__(self, path: Path, max_len: int, n_items: int, threads: int | None = None,
-                 device: Device = "cpu", warm_item: int = 0) -> None:
+                 device: Device = "cpu", tie_orders: int = 1, warm_item: int = 0) -> None:
         """Start the child and wait until it has loaded and warmed up the model.
 
         Raises:
@@ -179,7 +184,8 @@ class ModelProcess:
             _widen(ours)
         fds = [theirs.fileno() for _, theirs in pairs]
         spec = {"path": str(path), "max_len": max_len, "n_items": n_items, "threads": threads,
-                "device": device, "warm_item": warm_item, "fds": fds}
+                "device": device, "tie_orders": tie_orders, "warm_item": warm_item,
+                "fds": fds}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "movierec.serving.worker", json.dumps(spec)], pass_fds=fds,
             env=_child_environment())
@@ -223,13 +229,14 @@ class ModelProcess:
         return self._process.pid
 
     def rank(self, users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
-             excludes: Sequence[np.ndarray | None]) -> list[Ranked]:
+             excludes: Sequence[np.ndarray | None],
+             ties: Sequence[int] | None = None) -> list[Ranked]:
         """Each row's top ``ks[row]`` items, as ``OnnxModel.rank`` computes them.
 
         Raises:
             ModelProcessError: The child is gone or failed this batch.
         """
-        message = encode_batch(users, histories, ks, excludes)
+        message = encode_batch(users, histories, ks, excludes, ties)
         conn = self._free.get()
         try:
             conn.send_bytes(message)
@@ -243,7 +250,8 @@ class ModelProcess:
         return decode_ranked(reply[1:])
 
     async def rank_async(self, users: np.ndarray, histories: Sequence[np.ndarray],
-                         ks: Sequence[int], excludes: Sequence[np.ndarray | None]) -> list[Ranked]:
+                         ks: Sequence[int], excludes: Sequence[np.ndarray | None],
+                         ties: Sequence[int] | None = None) -> list[Ranked]:
         """:meth:`rank` from the event loop, which itself waits for the reply.
 
         No thread between the loop and the child: the reply wakes the loop directly, one
@@ -255,7 +263,7 @@ class ModelProcess:
         loop = asyncio.get_running_loop()
         if self._slots is None:  # made here, inside the serving loop
             self._slots = asyncio.Semaphore(SLOTS)
-        message = encode_batch(users, histories, ks, excludes)
+        message = encode_batch(users, histories, ks, excludes, ties)
         async with self._slots:  # first come, first served among event-loop callers
             try:
                 conn = self._free.get_nowait()
@@ -304,7 +312,7 @@ def main(spec_json: str) -> None:
     """Entry point of the child: ``python -m movierec.serving.worker SPEC_JSON``."""
     spec = json.loads(spec_json)
     _serve(spec["path"], spec["max_len"], spec["n_items"], spec["threads"], spec["device"],
-           spec["warm_item"], [Connection(fd) for fd in spec["fds"]])
+           spec["tie_orders"], spec["warm_item"], [Connection(fd) for fd in spec["fds"]])
 
 
 if __name__ == "__main__":

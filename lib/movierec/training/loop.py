@@ -142,7 +142,8 @@ def rank_split(model: nn.Module, data: SequenceData, config: TrainConfig,
                device: torch.device, split: str) -> RankedUsers:
     """Each user's ranks of their ``split`` item (``valid`` or ``test``), both protocols."""
     return rank_users(make_scorer(model, device), data, split, config.model.max_len,
-                      seed=config.eval_seed, batch_size=config.eval_batch_size)
+                      seed=config.eval_seed, batch_size=config.eval_batch_size,
+                      tie_orders=config.model.tie_orders)
 
 
 def evaluate_split(model: nn.Module, data: SequenceData, config: TrainConfig,
