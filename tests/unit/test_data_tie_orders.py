@@ -45,6 +45,12 @@ def test_expand_orders_clips_the_run_to_the_window_the_model_reads() -> None:
         assert sorted(row[3:].tolist()) == [4, 5, 6]
 
 
+def test_a_window_of_zero_or_one_leaves_nothing_to_reorder() -> None:
+    for window in (0, 1):
+        rows, owner = expand_orders([np.arange(1, 5)], [4], max_orders=8, window=window)
+        assert len(rows) == 1 and owner.tolist() == [0]
+
+
 def test_max_orders_one_or_no_ties_leave_the_histories_alone() -> None:
     histories = [np.array([1, 2]), np.array([3, 4, 5])]
     for lengths, max_orders in (([2, 3], 1), ([1, 0], 8)):
@@ -59,6 +65,9 @@ def test_mean_over_owners_averages_each_history_s_rows() -> None:
     np.testing.assert_allclose(mean, [[2.0, 1.0], [3.0, 3.0]])
     np.testing.assert_array_equal(mean_over_owners(scores[:2], np.array([0, 1]), 2),
                                   scores[:2])
+    # Copies in any order after the originals (expand_orders keeps them together).
+    mixed = mean_over_owners(scores[[0, 1, 2, 4, 3]], np.array([0, 1, 0, 1, 0]), 2)
+    np.testing.assert_allclose(mixed, [[2.0, 1.0], [3.0, 3.0]])
 
 
 def test_a_last_item_model_scores_a_tied_run_by_all_of_its_items() -> None:

@@ -17,7 +17,12 @@ from onnx import TensorProto, helper, numpy_helper
 from movierec.serving.app import ServeSettings, create_app
 from movierec.serving.catalog import BundleError, load_catalog, verify_bundle
 from movierec.serving.engine import load_bundle, top_k
-from movierec.serving.history import OnlineHistory, pick_demo_users, resolve_history
+from movierec.serving.history import (
+    OnlineHistory,
+    pick_demo_users,
+    resolve_history,
+    resolve_ties,
+)
 
 GENRES = ("Action", "Comedy", "Drama", "Horror")
 N_ITEMS, N_USERS, MAX_LEN = 40, 12, 8
@@ -91,9 +96,11 @@ def make_bundle(folder: Path, seed: int = 0, run_id: str = "run-a") -> Path:
     pl.DataFrame({"user_idx": users, "user_id": [user_id(u) for u in users]}).write_parquet(
         folder / "users.parquet")
     hist = _histories()
-    pl.DataFrame({"user_idx": users, "items": [hist[u] for u in users]},
-                 schema={"user_idx": pl.Int32, "items": pl.List(pl.Int32)}).write_parquet(
-        folder / "histories.parquet")
+    pl.DataFrame({"user_idx": users, "items": [hist[u] for u in users],
+                  # every third user's two newest items share one timestamp
+                  "tie_tail": [min(len(hist[u]), 2 if u % 3 == 0 else 1) for u in users]},
+                 schema={"user_idx": pl.Int32, "items": pl.List(pl.Int32),
+                         "tie_tail": pl.Int32}).write_parquet(folder / "histories.parquet")
     files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted(folder.iterdir()) if p.name != "metadata.json"}
     meta = {"format": 1, "name": "movierec", "model_kind": "tiny", "max_len": MAX_LEN,
@@ -208,6 +215,35 @@ def test_online_history_orders_by_time_and_dedupes(bundle_dir: Path) -> None:
     assert len(online.movies(user_id(2))) == 3
     assert resolve_history(catalog, online, None).size == 0
     assert resolve_history(catalog, online, 5).size == 0  # unknown user, no watches
+
+
+def test_newest_ties_come_from_the_bundle_or_the_online_watches(bundle_dir: Path) -> None:
+    catalog = load_catalog(bundle_dir, verify_bundle(bundle_dir))
+    online = OnlineHistory(max_per_user=10)
+    assert resolve_ties(catalog, online, user_id(3)) == 2  # the bundle's tie_tail
+    assert resolve_ties(catalog, online, user_id(1)) == 0  # no tie
+    assert resolve_ties(catalog, online, None) == resolve_ties(catalog, online, 5) == 0
+    online.add(user_id(3), movie_id(30), 50)  # one online watch ends the stored tie
+    assert resolve_ties(catalog, online, user_id(3)) == 1
+    online.add(user_id(1), movie_id(31), 50)
+    online.add(user_id(1), movie_id(32), 50)
+    online.add(user_id(1), 999_999, 50)  # unknown to this bundle: not in the history
+    assert resolve_ties(catalog, online, user_id(1)) == 2
+    online.add(user_id(1), movie_id(31), 60)  # a re-watch moves 31 after 32: no tie left
+    assert resolve_history(catalog, online, user_id(1))[-2:].tolist() == [32, 31]
+    assert resolve_ties(catalog, online, user_id(1)) == 1
+
+
+def test_a_bundle_without_tie_tails_reads_none(fresh_bundle: Path) -> None:
+    table = pl.read_parquet(fresh_bundle / "histories.parquet").drop("tie_tail")
+    table.write_parquet(fresh_bundle / "histories.parquet")
+    meta = json.loads((fresh_bundle / "metadata.json").read_text())
+    meta["files"]["histories.parquet"] = hashlib.sha256(
+        (fresh_bundle / "histories.parquet").read_bytes()).hexdigest()
+    (fresh_bundle / "metadata.json").write_text(json.dumps(meta))
+    catalog = load_catalog(fresh_bundle, verify_bundle(fresh_bundle))
+    assert catalog.tie_tails == {}
+    assert resolve_ties(catalog, OnlineHistory(max_per_user=3), user_id(3)) == 0
 
 
 def test_demo_users_have_different_tastes(bundle_dir: Path) -> None:

@@ -25,7 +25,7 @@ from movierec.serving.engine import (
     top_k_rows,
 )
 from movierec.serving.metrics import ServingMetrics
-from tests.unit.test_serving_bundle import MAX_LEN, N_ITEMS, make_bundle
+from tests.unit.test_serving_bundle import MAX_LEN, N_ITEMS, make_bundle, rewrite_metadata
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +294,35 @@ def test_top_k_skips_padding_seen_and_non_finite_and_breaks_ties_by_index() -> N
     assert best.tolist() == [3, 4, 1] and values.tolist() == [3.0, 3.0, 1.0]
     assert scores[2] != scores[2] and scores[0] == 9.0  # the caller's row is not modified
     assert top_k(scores, 10)[0].tolist() == [3, 4, 7, 1]
+
+
+def test_tied_newest_items_are_scored_over_their_orders(tmp_path: Path) -> None:
+    folder = make_bundle(tmp_path / "a")
+    rewrite_metadata(folder, model_config={"max_len": MAX_LEN, "tie_orders": 8})
+    loaded = load_bundle(folder, threads=1)
+    model = loaded.model
+    assert isinstance(model, OnnxModel) and model.tie_orders == 8
+    users, seqs = np.array([1, 2]), [np.array([1, 2, 3]), np.array([4, 5])]
+    # The tiny model sums its inputs, so every order scores alike and so does their mean;
+    # the child process (ties sent over its pipe) answers as the model in this process.
+    np.testing.assert_allclose(model.scores(users, seqs, [3, 2]), model.run(users, seqs),
+                               rtol=1e-5, atol=1e-5)
+    isolated = load_bundle(folder, threads=1, isolate=True)
+    try:
+        for (items, _), (want, _) in zip(
+                isolated.model.rank(users, seqs, [5, 5], [None, seqs[1]], [3, 2]),
+                model.rank(users, seqs, [5, 5], [None, seqs[1]], [3, 2]), strict=True):
+            assert items.tolist() == want.tolist()
+    finally:
+        isolated.model.close()
+
+    def newest_item_only(users: np.ndarray, sequences: list[np.ndarray]) -> np.ndarray:
+        return np.eye(N_ITEMS + 1)[[seq[-1] for seq in sequences]]
+
+    model.run = newest_item_only  # type: ignore[method-assign]
+    averaged = model.scores(users, seqs, [3, 0])
+    np.testing.assert_allclose(averaged[0, 1:4], [1 / 3] * 3)  # each tied item last once
+    np.testing.assert_array_equal(averaged[1], newest_item_only(users, seqs)[1])  # no tie
+    (first, values), _ = model.rank(users, seqs, [2, 2], [None, None], [3, 0])
+    assert first.tolist() == [1, 2] and np.allclose(values, 1 / 3)
+    assert model.scores(users, seqs, None)[0, 3] == 1.0  # no ties given: as it is

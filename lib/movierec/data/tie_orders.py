@@ -19,10 +19,14 @@ import numpy as np
 
 
 def trailing_tie_length(times: np.ndarray | Sequence[int] | None) -> int:
-    """How many of a history's newest items share its newest timestamp (1: no tie).
+    """How many of a history's newest items share its newest timestamp.
 
     Args:
-        times: The history's timestamps, oldest first (None or empty: unknown, 0).
+        times: The history's timestamps, oldest first.
+
+    Returns:
+        The length of that run: 1 when the newest item has a second of its own, 0 when
+        ``times`` is None or empty. Below 2 there is nothing to reorder.
     """
     if times is None or len(times) == 0:
         return 0
@@ -51,7 +55,7 @@ def expand_orders(histories: Sequence[np.ndarray], tie_lengths: Sequence[int] | 
     """
     expanded, owner = list(histories), list(range(len(histories)))
     for row, (history, ties) in enumerate(zip(histories, tie_lengths, strict=True)):
-        k = min(int(ties), len(history), window or len(history))
+        k = min(int(ties), len(history), len(history) if window is None else window)
         orders = min(k, max_orders)
         if orders < 2:
             continue
@@ -63,15 +67,23 @@ def expand_orders(histories: Sequence[np.ndarray], tie_lengths: Sequence[int] | 
 
 
 def mean_over_owners(scores: np.ndarray, owner: np.ndarray, n_rows: int) -> np.ndarray:
-    """Average the score rows of each original history ([R, C] -> [n_rows, C], float64).
+    """Average the score rows of each original history.
 
-    ``owner`` is laid out as :func:`expand_orders` returns it: the ``n_rows`` originals
-    first, then each history's reordered copies next to each other.
+    Args:
+        scores: Scores of the histories :func:`expand_orders` returned, [R, C].
+        owner: The index of each row's original, [R]; the first ``n_rows`` are the
+            originals themselves (``0..n_rows - 1``), the copies may follow in any order.
+        n_rows: The number of original histories.
+
+    Returns:
+        [n_rows, C] float64: each original's mean over its own row and its copies.
     """
     total = scores[:n_rows].astype(np.float64)
     copies = owner[n_rows:]
     if copies.size:
-        starts = np.flatnonzero(np.r_[True, copies[1:] != copies[:-1]])
-        total[copies[starts]] += np.add.reduceat(scores[n_rows:].astype(np.float64), starts,
-                                                 axis=0)
+        order = np.argsort(copies, kind="stable")  # each history's copies next to each other
+        grouped = copies[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        total[grouped[starts]] += np.add.reduceat(
+            scores[n_rows:][order].astype(np.float64), starts, axis=0)
     return total / np.bincount(owner, minlength=n_rows)[:, None]

@@ -107,6 +107,8 @@ class ModelConfig(BaseModel):
         "timestamp is scored as the mean of the scores of up to this many orders of those "
         "items, their cyclic rotations, so that each comes last once; 1 scores the history "
         "as it is. Their order in the data is the file's. Needs the histories' timestamps. "
+        "The copies are scored with their batch, so an evaluation batch can grow to this "
+        "many times eval_batch_size rows (lower it for large catalogues). "
         "Off by default: 8 raised validation NDCG@10 of the selection run on 3 seeds "
         "(sampled +0.008, full +0.005), and on the nested split (bench/nested.py, 5 seeds, "
         "5/5 won on both) pseudo-test sampled +0.0063 ± 0.0009 and full +0.0043 ± 0.0010, "
