@@ -170,6 +170,7 @@ def work_latency(workdir: Path, seconds_per_cell: float) -> dict[str, Any]:
     import torch
 
     from movierec.export.onnx import ort_session
+    from movierec.registry.layout import bundle_tie_orders
     from movierec.serving.catalog import load_catalog
     from movierec.serving.engine import OnnxModel
 
@@ -181,7 +182,8 @@ def work_latency(workdir: Path, seconds_per_cell: float) -> dict[str, Any]:
     sessions = {"onnx_fp32": ort_session(paths["bundle"] / "model.onnx", threads=1),
                 "onnx_int8": ort_session(paths["bundle"] / "model.int8.onnx", threads=1)}
     max_len = int(meta["max_len"])
-    served = OnnxModel(paths["bundle"] / "model.onnx", max_len, int(meta["n_items"]), threads=1)
+    served = OnnxModel(paths["bundle"] / "model.onnx", max_len, int(meta["n_items"]), threads=1,
+                       tie_orders=bundle_tie_orders(meta))
     users_all = np.array(sorted(catalog.histories), dtype=np.int64)
     rng = np.random.default_rng(0)
 
@@ -195,7 +197,8 @@ def work_latency(workdir: Path, seconds_per_cell: float) -> dict[str, Any]:
             return call
         if impl == "onnx_fp32_served":  # the service's call: unpadded histories in
             histories = [catalog.histories[int(u)] for u in users]
-            return lambda: served.run(users, histories)
+            ties = [catalog.tie_tails.get(int(u), 0) for u in users]
+            return lambda: served.scores(users, histories, ties)
         session = sessions[impl]
         feeds = {"users": users, "seqs": seqs}
         return lambda: session.run(["scores"], feeds)[0]

@@ -339,3 +339,31 @@ def test_batch_histogram_renders_like_a_prometheus_histogram() -> None:
     lines = [line for line in generate_latest(theirs).decode().splitlines()
              if not line.startswith(("popularity_created", "# "))]
     assert generate_latest(ours).decode().splitlines()[2:] == lines
+
+
+def test_recommend_sends_the_stored_tie_only_when_the_model_uses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.serving.batcher import MicroBatcher
+    from tests.unit.test_serving_bundle import rewrite_metadata
+
+    sent: list[int] = []
+    original = MicroBatcher.top_k
+
+    async def spy(self: MicroBatcher, model: object, user: int, seq: np.ndarray, k: int,
+                  exclude: np.ndarray | None, ties: int = 0) -> object:
+        sent.append(ties)
+        return await original(self, model, user, seq, k, exclude, ties)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MicroBatcher, "top_k", spy)
+    plain = make_bundle(tmp_path / "plain")
+    with make_client(plain, tmp_path / "a") as client:
+        assert client.post("/recommend", json={"user_id": user_id(3)}).status_code == 200
+    tied = make_bundle(tmp_path / "tied")
+    rewrite_metadata(tied, model_config={"tie_orders": 8})
+    with make_client(tied, tmp_path / "b") as client:
+        for body in ({"user_id": user_id(3)}, {"user_id": user_id(1)},
+                     {"user_id": user_id(3), "sequence": [movie_id(1), movie_id(2)]}):
+            assert client.post("/recommend", json=body).status_code == 200
+    # user 3's stored history ends in two tied items (make_bundle); a sent sequence has no
+    # times, and a bundle scored without tie orders is not asked for them
+    assert sent == [0, 2, 0, 0]

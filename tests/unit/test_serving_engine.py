@@ -15,10 +15,10 @@ import onnx
 import pytest
 
 from movierec.export.runtime import MAX_LEN_KEY
+from movierec.serving.batcher import MicroBatcher
 from movierec.serving.catalog import BundleError
 from movierec.serving.engine import (
     LoadedBundle,
-    MicroBatcher,
     OnnxModel,
     load_bundle,
     top_k,
@@ -326,3 +326,17 @@ def test_tied_newest_items_are_scored_over_their_orders(tmp_path: Path) -> None:
     (first, values), _ = model.rank(users, seqs, [2, 2], [None, None], [3, 0])
     assert first.tolist() == [1, 2] and np.allclose(values, 1 / 3)
     assert model.scores(users, seqs, None)[0, 3] == 1.0  # no ties given: as it is
+
+    async def through_the_batcher() -> list[tuple[np.ndarray, np.ndarray]]:
+        batcher = MicroBatcher(max_batch_size=8, max_queue_delay_ms=20)
+        await batcher.start()
+        try:
+            return list(await asyncio.gather(
+                batcher.top_k(model, 1, seqs[0], 3, None, ties=3),
+                batcher.top_k(model, 1, seqs[0], 3, None)))
+        finally:
+            await batcher.stop()
+
+    (tied, tied_values), (plain, plain_values) = asyncio.run(through_the_batcher())
+    assert tied.tolist() == [1, 2, 3] and np.allclose(tied_values, 1 / 3)
+    assert plain.tolist()[0] == 3 and plain_values[0] == 1.0

@@ -28,9 +28,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from movierec import __version__
 from movierec.serving.admin import ReloadManager, admin_router
+from movierec.serving.batcher import MicroBatcher
 from movierec.serving.catalog import BundleError, Catalog
 from movierec.serving.drift import DriftGauges
-from movierec.serving.engine import LoadedBundle, MicroBatcher, load_bundle, top_k
+from movierec.serving.engine import LoadedBundle, load_bundle, top_k
 from movierec.serving.errors import validation_error_handler
 from movierec.serving.feedback import (
     FeedbackEvent,
@@ -120,7 +121,8 @@ class ServingState:
             history, unknown = catalog.to_indices(sequence)
         else:
             history = resolve_history(catalog, self.online, user_id)
-            ties = resolve_ties(catalog, self.online, user_id)
+            if bundle.tie_orders > 1:  # the model scores tied newest items over their orders
+                ties = resolve_ties(catalog, self.online, user_id)
         if unknown:
             self.metrics.unknown_items.inc(len(unknown))
         self.metrics.sequence_length.observe(history.size)

@@ -1,24 +1,16 @@
-"""ONNX Runtime inference: bundle loading with warm-up, and an asyncio micro-batcher.
+"""ONNX Runtime inference: the model of a bundle, and bundle loading with warm-up.
 
-Requests wait at most ``max_queue_delay_ms`` for company, up to ``max_batch_size`` of them
-go to the model together (ONNX Runtime in a worker thread, or in a child process through
-one: :mod:`movierec.serving.worker`), which scores and ranks every row, and each request
-gets its own top k back. Each queued request carries the model it
-was admitted with, so a bundle swap never mixes models inside one batch and never fails a
-request in flight.
+The model runs in this process (:class:`OnnxModel`) or in a child process
+(:mod:`movierec.serving.worker`); :mod:`movierec.serving.batcher` hands it batches.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -35,44 +27,13 @@ from movierec.registry.layout import bundle_tie_orders
 from movierec.serving.catalog import MODEL_FILES, BundleError, Catalog, Precision, load_catalog
 from movierec.serving.catalog import verify_bundle as verify_bundle_files
 from movierec.serving.history import DemoUser, pick_demo_users
-from movierec.serving.metrics import ServingMetrics
-from movierec.serving.ranking import Ranked, top_k, top_k_rows
+from movierec.serving.ranking import Ranked, Ranker, top_k, top_k_rows
 from movierec.serving.worker import ModelProcess
 
-log = logging.getLogger("movierec.serving")
-__all__ = ["LoadedBundle", "MicroBatcher", "OnnxModel", "Ranked", "Ranker", "load_bundle", "top_k",
-           "top_k_rows"]
-# Batches handed to the model at once: one running, the next formed and waiting (the
-# model process has one pipe for each: worker.SLOTS).
-# While a batch runs, the next one waits for company in steps this long, re-checking
-# whether the model has become idle (then it goes at once).
-IDLE_POLL_S = 0.00025
-PIPELINE_DEPTH = 2
+__all__ = ["LoadedBundle", "OnnxModel", "Ranked", "Ranker", "load_bundle", "top_k", "top_k_rows"]
 # A length group of a batch takes sequences down to this fraction of its longest one
 # (measured on ml-100k, max_len 200, batches of 8-32: 0.7 beat 0.3, 0.5 and 0.85).
 GROUP_RATIO = 0.7
-
-
-class Ranker(Protocol):
-    """What serving needs from a model: rank a batch; an in-process or a child-process one."""
-
-    providers: list[str]
-
-    @property
-    def alive(self) -> bool:
-        """Whether the model can still answer."""
-
-    def rank(self, users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
-             excludes: Sequence[np.ndarray | None],
-             ties: Sequence[int] | None = None) -> list[Ranked]:
-        """Each row's top ``ks[row]`` item indices (best first) and scores.
-
-        ``ties`` (None: none) is how many of each history's newest items share one
-        timestamp; the model scores such a history over their orders.
-        """
-
-    def close(self) -> None:
-        """Release the model (a no-op in process)."""
 
 
 class OnnxModel:
@@ -81,13 +42,13 @@ class OnnxModel:
     A graph with a dynamic ``seqs`` length (current exports) gets each batch left padded
     only to its longest sequence, which costs a fraction of ``max_len`` for most users
     (attention is quadratic in the length); an older fixed-width graph gets ``max_len``.
-    ``tie_orders`` is the bundle's (``registry.layout.bundle_tie_orders``): a history whose newest
-    items share one timestamp is scored as the mean over up to that many of their orders,
-    as the model was evaluated.
+    ``tie_orders`` is the bundle's (``registry.layout.bundle_tie_orders``): a history whose
+    newest items share one timestamp is scored as the mean over up to that many of their
+    orders, as the model was evaluated.
     """
 
     def __init__(self, path: Path, max_len: int, n_items: int, threads: int | None = None,
-                 device: Device = "cpu", tie_orders: int = 1) -> None:
+                 device: Device = "cpu", *, tie_orders: int = 1) -> None:
         self.max_len = max_len
         self.n_items = n_items
         self.tie_orders = tie_orders
@@ -174,7 +135,8 @@ class OnnxModel:
         scores = self.run(np.asarray(users)[owner], inputs)
         if len(owner) == len(histories):
             return scores
-        return mean_over_owners(scores, owner, len(histories))
+        # In the model's precision: top_k_rows partitions float32 twice as fast as float64.
+        return mean_over_owners(scores, owner, len(histories)).astype(scores.dtype)
 
     def rank(self, users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
              excludes: Sequence[np.ndarray | None],
@@ -215,6 +177,7 @@ class LoadedBundle:
     catalog: Catalog
     model: Ranker  # an OnnxModel unless loaded with ``isolate``
     demo_users: list[DemoUser]
+    tie_orders: int = 1  # the model scores tied newest items over this many orders
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -240,188 +203,15 @@ def load_bundle(path: Path, precision: Precision = "fp32", threads: int | None =
     catalog = load_catalog(path, meta)
     warm_item = int(catalog.popularity_order[0]) if catalog.popularity_order.size else 0
     args = (path / MODEL_FILES[precision], int(meta["max_len"]), int(meta["n_items"]),
-            threads, device, bundle_tie_orders(meta))
+            threads, device)
+    tie_orders = bundle_tie_orders(meta)
     model: Ranker
-    if isolate:
-        model = ModelProcess(*args, warm_item=warm_item)  # loads and warms up in the child
+    if isolate:  # loads and warms up in the child
+        model = ModelProcess(*args, tie_orders=tie_orders, warm_item=warm_item)
     else:
-        model = in_process = OnnxModel(*args)
+        model = in_process = OnnxModel(*args, tie_orders=tie_orders)
         in_process.warm_up(warm_item)
     reported = version or str(meta.get("version") or meta.get("run_id") or "unversioned")
     return LoadedBundle(path=Path(path), meta=meta, precision=precision, version=reported,
                         alias=alias or "", catalog=catalog, model=model,
-                        demo_users=pick_demo_users(catalog))
-
-
-@dataclass
-class _Job:
-    model: Ranker
-    user: int
-    seq: np.ndarray
-    future: asyncio.Future[Ranked]
-    enqueued: float
-    k: int  # ranked by the model (thread or process), with the rest of the batch
-    exclude: np.ndarray | None
-    ties: int  # the history's newest items that share one timestamp
-
-
-class MicroBatcher:
-    """Groups concurrent requests into one ONNX Runtime call.
-
-    ``max_batch_size=1`` disables batching (each request runs alone, without the queue).
-    Until :meth:`start` runs (or after :meth:`stop`), requests run alone as well.
-
-    Batches are pipelined: while one runs in ONNX Runtime, the next one is formed (and
-    may wait for company) and handed over, so the model does not sit idle while
-    the event loop collects requests.
-    """
-
-    def __init__(self, max_batch_size: int = 32, max_queue_delay_ms: float = 2.0,
-                 metrics: ServingMetrics | None = None) -> None:
-        self.max_batch_size = max_batch_size
-        self.max_delay = max_queue_delay_ms / 1000.0
-        self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._taken: list[_Job] = []  # jobs out of the queue, not yet handed over
-        self._slots: asyncio.Semaphore | None = None  # batches in flight: running + next
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._pending: dict[Ranker, int] = {}  # requests not yet answered, by model
-
-    @property
-    def running(self) -> bool:
-        """Whether the batching loop runs."""
-        return self._task is not None and not self._task.done()
-
-    async def start(self) -> None:
-        """Start the batching loop on the running event loop."""
-        if self.max_batch_size > 1 and not self.running:
-            self._queue = asyncio.Queue()
-            self._slots = asyncio.Semaphore(PIPELINE_DEPTH)
-            self._task = asyncio.create_task(self._loop(), name="movierec-batcher")
-
-    async def stop(self) -> None:
-        """Stop the loop; queued requests fail with a clear error."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        left = list(self._taken)
-        while self._queue is not None and not self._queue.empty():
-            left.append(self._queue.get_nowait())
-        for job in left:
-            if not job.future.done():
-                job.future.set_exception(RuntimeError("server is shutting down"))
-        self._executor.shutdown(wait=False)
-
-    async def top_k(self, model: Ranker, user: int, seq: np.ndarray, k: int,
-                    exclude: np.ndarray | None, ties: int = 0) -> Ranked:
-        """:func:`top_k` of one request's scores, ranked with its batch.
-
-        The ranking runs with the model, vectorised over the batch, which spares the
-        event loop (which every request needs) one ranking per request. ``ties``: how
-        many of ``seq``'s newest items share one timestamp (0: unknown).
-        """
-        return await self._submit(model, user, seq, k, exclude, ties)
-
-    async def _submit(self, model: Ranker, user: int, seq: np.ndarray, k: int,
-                      exclude: np.ndarray | None, ties: int) -> Ranked:
-        loop = asyncio.get_running_loop()
-        job = _Job(model, user, seq, loop.create_future(), loop.time(), k, exclude, ties)
-        self._pending[model] = self._pending.get(model, 0) + 1
-        try:
-            if not self.running or self._queue is None:
-                return (await self._rank(model, [job], None))[0]
-            await self._queue.put(job)
-            return await job.future
-        finally:
-            left = self._pending.pop(model) - 1
-            if left:
-                self._pending[model] = left
-
-    async def drained(self, model: Ranker, poll_s: float = 0.05) -> None:
-        """Wait until no request admitted with ``model`` is still waiting for an answer."""
-        while model in self._pending:
-            await asyncio.sleep(poll_s)
-
-    async def _rank(self, model: Ranker, jobs: list[_Job],
-                    executor: ThreadPoolExecutor | None) -> list[Ranked]:
-        """Score and rank a batch (ranking is one vectorised pass over its rows).
-
-        A model process is driven from the event loop itself (no thread between them); an
-        in-process model runs in ``executor`` (None: the loop's default pool).
-        """
-        started = time.perf_counter()
-        batch = (np.asarray([j.user for j in jobs], dtype=np.int64), [j.seq for j in jobs],
-                 [j.k for j in jobs], [j.exclude for j in jobs], [j.ties for j in jobs])
-        if isinstance(model, ModelProcess):
-            ranked = await model.rank_async(*batch)
-        else:
-            ranked = await asyncio.get_running_loop().run_in_executor(executor, model.rank,
-                                                                      *batch)
-        if self.metrics is not None:
-            self.metrics.inference_latency.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(jobs))
-        return ranked
-
-    async def _loop(self) -> None:
-        assert self._queue is not None and self._slots is not None
-        queue, slots = self._queue, self._slots
-        loop = asyncio.get_running_loop()
-        held: _Job | None = None
-        while True:
-            await slots.acquire()  # at most PIPELINE_DEPTH batches handed over at once
-            first = held if held is not None else await queue.get()
-            held = None
-            batch = [first]
-            self._taken = batch
-            deadline = loop.time() + self.max_delay
-            while len(batch) < self.max_batch_size:
-                try:
-                    job = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    if not self._in_flight:
-                        break  # the model is idle: waiting for company would only add latency
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:  # short waits, so a batch that finishes ends the wait early
-                        job = await asyncio.wait_for(queue.get(), min(remaining, IDLE_POLL_S))
-                    except TimeoutError:
-                        continue
-                if job.model is not first.model:  # a swap happened: this job starts the next
-                    held = job
-                    self._taken = [*batch, job]
-                    break
-                batch.append(job)
-            task = loop.create_task(self._execute(batch, loop))
-            self._in_flight.add(task)
-            task.add_done_callback(self._batch_done)
-            self._taken = [held] if held is not None else []
-
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        if self._slots is not None:
-            self._slots.release()
-
-    async def _execute(self, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
-        live = [job for job in batch if not job.future.done()]  # skip cancelled requests
-        if not live:
-            return
-        now = loop.time()
-        if self.metrics is not None:
-            for job in live:
-                self.metrics.queue_wait.observe(now - job.enqueued)
-        try:
-            results = await self._rank(live[0].model, live, self._executor)
-        except Exception as exc:
-            log.exception("inference failed for a batch of %d", len(live))
-            for job in live:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
-        for job, result in zip(live, results, strict=True):
-            if not job.future.done():
-                job.future.set_result(result)
+                        demo_users=pick_demo_users(catalog), tie_orders=tie_orders)

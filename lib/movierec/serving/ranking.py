@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 Ranked = tuple[np.ndarray, np.ndarray]  # item indices (best first) and their scores
+
+
+class Ranker(Protocol):
+    """What serving needs from a model: rank a batch; an in-process or a child-process one."""
+
+    providers: list[str]
+
+    @property
+    def alive(self) -> bool:
+        """Whether the model can still answer."""
+
+    def rank(self, users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
+             excludes: Sequence[np.ndarray | None],
+             ties: Sequence[int] | None = None) -> list[Ranked]:
+        """Each row's top ``ks[row]`` item indices (best first) and scores.
+
+        ``ties`` (None: none) is how many of each history's newest items share one
+        timestamp; the model scores such a history over their orders.
+        """
+
+    def close(self) -> None:
+        """Release the model (a no-op in process)."""
 
 
 def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray,

@@ -117,7 +117,7 @@ def _serve(path: str, max_len: int, n_items: int, threads: int | None, device: D
     # Ctrl-C reaches the whole process group; the server shuts the child down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        model = OnnxModel(Path(path), max_len, n_items, threads, device, tie_orders)
+        model = OnnxModel(Path(path), max_len, n_items, threads, device, tie_orders=tie_orders)
         model.warm_up(warm_item)
     except Exception as exc:  # reported to the parent, which raises it as a BundleError
         conns[0].send_bytes(_FAILED + str(exc).encode())
@@ -170,7 +170,7 @@ class ModelProcess:
     """
 
     def __init__(self, path: Path, max_len: int, n_items: int, threads: int | None = None,
-                 device: Device = "cpu", tie_orders: int = 1, warm_item: int = 0) -> None:
+                 device: Device = "cpu", *, tie_orders: int = 1, warm_item: int = 0) -> None:
         """Start the child and wait until it has loaded and warmed up the model.
 
         Raises:
