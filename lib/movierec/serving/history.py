@@ -105,7 +105,10 @@ def resolve_ties(catalog: Catalog, online: OnlineHistory, user_id: int | None) -
 
     From the online watches when there are any (a watch that shares the newest stored
     item's second is not counted: the bundle holds no stored times), else the bundle's
-    ``tie_tail``; 0 for anonymous users and bundles without it.
+    ``tie_tail``. 0 or 1 both mean "score the history as it is": 0 for anonymous users,
+    bundles without ``tie_tail`` and stored histories without a tie. Online watches of
+    one second arrive in the client's order, which tie orders average away like the
+    file's order of MovieLens ratings.
     """
     if user_id is None:
         return 0
