@@ -15,13 +15,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from movierec.serving.app import ServeSettings, create_app
-from movierec.serving.catalog import BundleError, load_catalog, verify_bundle
+from movierec.serving.catalog import BundleError, Catalog, load_catalog, verify_bundle
 from movierec.serving.engine import load_bundle, top_k
 from movierec.serving.history import (
     OnlineHistory,
     pick_demo_users,
     resolve_history,
-    resolve_ties,
+    resolve_history_ties,
 )
 
 GENRES = ("Action", "Comedy", "Drama", "Horror")
@@ -220,6 +220,12 @@ def test_online_history_orders_by_time_and_dedupes(bundle_dir: Path) -> None:
 def test_newest_ties_come_from_the_bundle_or_the_online_watches(bundle_dir: Path) -> None:
     catalog = load_catalog(bundle_dir, verify_bundle(bundle_dir))
     online = OnlineHistory(max_per_user=10)
+
+    def resolve_ties(catalog: Catalog, online: OnlineHistory, user: int | None) -> int:
+        history, ties = resolve_history_ties(catalog, online, user)
+        assert history.tolist() == resolve_history(catalog, online, user).tolist()
+        return ties
+
     assert resolve_ties(catalog, online, user_id(3)) == 2  # the bundle's tie_tail
     assert resolve_ties(catalog, online, user_id(1)) == 0  # no tie
     assert resolve_ties(catalog, online, None) == resolve_ties(catalog, online, 5) == 0
@@ -243,7 +249,7 @@ def test_a_bundle_without_tie_tails_reads_none(fresh_bundle: Path) -> None:
     (fresh_bundle / "metadata.json").write_text(json.dumps(meta))
     catalog = load_catalog(fresh_bundle, verify_bundle(fresh_bundle))
     assert catalog.tie_tails == {}
-    assert resolve_ties(catalog, OnlineHistory(max_per_user=3), user_id(3)) == 0
+    assert resolve_history_ties(catalog, OnlineHistory(max_per_user=3), user_id(3))[1] == 0
 
 
 def test_demo_users_have_different_tastes(bundle_dir: Path) -> None:

@@ -40,7 +40,7 @@ from movierec.serving.feedback import (
     FeedbackWriteError,
     open_store,
 )
-from movierec.serving.history import OnlineHistory, resolve_history, resolve_ties
+from movierec.serving.history import OnlineHistory, resolve_history, resolve_history_ties
 from movierec.serving.logs import configure_logging
 from movierec.serving.metrics import ServingMetrics
 from movierec.serving.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
@@ -120,9 +120,7 @@ class ServingState:
         if sequence is not None:
             history, unknown = catalog.to_indices(sequence)
         else:
-            history = resolve_history(catalog, self.online, user_id)
-            if bundle.tie_orders > 1:  # the model scores tied newest items over their orders
-                ties = resolve_ties(catalog, self.online, user_id)
+            history, ties = resolve_history_ties(catalog, self.online, user_id)
         if unknown:
             self.metrics.unknown_items.inc(len(unknown))
         self.metrics.sequence_length.observe(history.size)
@@ -132,8 +130,9 @@ class ServingState:
             best, values = top_k(catalog.train_count, k, exclude)
         else:
             fallback = None if user_idx is not None else "no_user_embedding"
+            # Only a model scored over tie orders is told about ties.
             best, values = await self.batcher.top_k(bundle.model, user_idx or 0, history, k,
-                                                    exclude, ties)
+                                                    exclude, ties if bundle.tie_orders > 1 else 0)
         if fallback is not None:
             self.metrics.fallbacks.labels(kind=fallback).inc()
         self.metrics.recommended_popularity.observe_many(catalog.popularity_pct[best])

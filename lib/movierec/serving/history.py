@@ -72,11 +72,25 @@ def _recent_online(catalog: Catalog, online: OnlineHistory,
 
 
 def resolve_history(catalog: Catalog, online: OnlineHistory, user_id: int | None) -> np.ndarray:
-    """The item indices a user has watched, oldest first: stored history, then online watches.
+    """The item indices a user has watched, oldest first (:func:`resolve_history_ties`)."""
+    return resolve_history_ties(catalog, online, user_id)[0]
 
-    An online watch of an item that is already in the history moves it to the end (a bundle
-    trained on the feedback already holds those watches; MovieLens has one rating per movie).
-    Online watches of movies this bundle does not know are skipped.
+
+def resolve_history_ties(catalog: Catalog, online: OnlineHistory,
+                         user_id: int | None) -> tuple[np.ndarray, int]:
+    """A user's history, oldest first, and how many of its newest items share one second.
+
+    The history is the stored one, then the online watches. An online watch of an item
+    that is already in the history moves it to the end (a bundle trained on the feedback
+    already holds those watches; MovieLens has one rating per movie). Online watches of
+    movies this bundle does not know are skipped.
+
+    The tie count comes from the online watches when there are any (a watch that shares
+    the newest stored item's second is not counted: the bundle holds no stored times),
+    else from the bundle's ``tie_tail``. 0 or 1 both mean "score the history as it is": 0
+    for anonymous users, bundles without ``tie_tail`` and stored histories without a tie.
+    Online watches of one second arrive in the client's order, which tie orders average
+    away like the file's order of MovieLens ratings.
 
     Args:
         catalog: The served bundle's catalogue.
@@ -84,39 +98,21 @@ def resolve_history(catalog: Catalog, online: OnlineHistory, user_id: int | None
         user_id: MovieLens user id, or None for an anonymous request.
 
     Returns:
-        int64 item indices (possibly empty).
+        int64 item indices (possibly empty), and the tie count.
     """
     if user_id is None:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), 0
     user_idx = catalog.user_idx_by_id.get(user_id)
     stored = catalog.histories.get(user_idx, None) if user_idx is not None else None
-    recent, _ = _recent_online(catalog, online, user_id)
+    recent, times = _recent_online(catalog, online, user_id)
     base = stored if stored is not None and stored.size else np.zeros(0, dtype=np.int64)
     if not recent:
-        return base
+        return base, catalog.tie_tails.get(user_idx, 0) if user_idx is not None else 0
     # Drop stored copies of online items: their last occurrence is the online one.
     if base.size:
         base = base[~np.isin(base, np.asarray(recent, dtype=np.int64))]
-    return np.concatenate([base, np.asarray(recent, dtype=np.int64)])
-
-
-def resolve_ties(catalog: Catalog, online: OnlineHistory, user_id: int | None) -> int:
-    """How many of :func:`resolve_history`'s newest items share one timestamp.
-
-    From the online watches when there are any (a watch that shares the newest stored
-    item's second is not counted: the bundle holds no stored times), else the bundle's
-    ``tie_tail``. 0 or 1 both mean "score the history as it is": 0 for anonymous users,
-    bundles without ``tie_tail`` and stored histories without a tie. Online watches of
-    one second arrive in the client's order, which tie orders average away like the
-    file's order of MovieLens ratings.
-    """
-    if user_id is None:
-        return 0
-    _, times = _recent_online(catalog, online, user_id)
-    if times:
-        return trailing_tie_length(times)
-    user_idx = catalog.user_idx_by_id.get(user_id)
-    return catalog.tie_tails.get(user_idx, 0) if user_idx is not None else 0
+    return (np.concatenate([base, np.asarray(recent, dtype=np.int64)]),
+            trailing_tie_length(times))
 
 
 @dataclass(frozen=True)
