@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import random
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -22,6 +24,11 @@ import numpy as np
 T = TypeVar("T")
 
 MAX_ERROR_SAMPLES = 5  # distinct error messages kept for the report
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL_PORTS = (32768, 60999)  # Linux's default, when the file cannot be read
+FREE_PORT_SPAN = 10_000  # free_port draws from this many ports below the ephemeral range
+FREE_PORT_TRIES = 200
+_handed_out: set[int] = set()  # ports free_port already returned in this process
 
 
 @dataclass
@@ -147,11 +154,49 @@ def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel draws outgoing connections' local ports from (Linux's file)."""
+    try:
+        low, high = EPHEMERAL_RANGE_FILE.read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return DEFAULT_EPHEMERAL_PORTS
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free now (the OS picks it; another process could take it later)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free now, for a server that will bind it a little later.
+
+    A port the OS picks with ``bind(0)`` lies in its ephemeral range, and any client's
+    ``connect()`` may take it before the server starts (a lifecycle test lost its MLflow
+    server that way: "address already in use"). So the port is drawn from the
+    ``FREE_PORT_SPAN`` ports just below that range, which the kernel never hands out by
+    itself, and never twice in one process. Another process could still take it on purpose.
+
+    Raises:
+        OSError: No port of that span could be bound in ``FREE_PORT_TRIES`` draws.
+    """
+    low = _ephemeral_ports()[0]
+    first = max(low - FREE_PORT_SPAN, 1024)
+    if first >= low:  # an ephemeral range that starts at the bottom: let the OS pick
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+    # SystemRandom: training seeds the random module, and two seeded processes would then
+    # draw the same ports.
+    draw = random.SystemRandom()
+    for _ in range(FREE_PORT_TRIES):
+        port = draw.randrange(first, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free TCP port among {FREE_PORT_TRIES} tries in {first}-{low - 1} "
+                  f"on {host}")
 
 
 def wait_ready(base_url: str, timeout: float = 60.0,

@@ -50,6 +50,21 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+def _last_error(log: Path, tail: int = 20) -> str:
+    """The last line that names an error among a log's last ``tail`` lines, else its last.
+
+    A server that fails to bind logs the error and then its shutdown, so the last line
+    alone would only say that it shut down.
+    """
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()
+                 if line.strip()][-tail:]
+    except OSError:
+        return "no log"
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["empty log"])[-1]
+
+
 class LocalPlatform:
     """Everything on this machine; state and logs under ``$MOVIEREC_HOME/platform``."""
 
@@ -75,12 +90,12 @@ class LocalPlatform:
                 handle.write(secrets.token_urlsafe(32))
         return path.read_text().strip()
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> int:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         with (self.folder / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True, env={**os.environ, **env})
         (self.folder / f"{name}.pid").write_text(str(process.pid))
-        return process.pid
+        return process
 
     def _mlflow_healthy(self) -> bool:
         try:
@@ -92,13 +107,14 @@ class LocalPlatform:
         """Start MLflow and the supervisor (if needed) and reconcile stages with aliases."""
         self.folder.mkdir(parents=True, exist_ok=True)
         started = []
+        mlflow: subprocess.Popen | None = None
         if not _alive(_read_pid(self.folder / "mlflow.pid")):
             if self._mlflow_healthy():
                 raise RuntimeError(f"port {self.config.mlflow_port} already serves an MLflow "
                                    "this platform did not start; stop it or choose "
                                    "another --mlflow-port")
             db = self.home / "mlflow.db"
-            self._spawn("mlflow", [
+            mlflow = self._spawn("mlflow", [
                 str(Path(sys.executable).with_name("mlflow")), "server",
                 "--backend-store-uri", f"sqlite:///{db}",
                 "--default-artifact-root", str(self.home / "mlartifacts"),
@@ -107,6 +123,12 @@ class LocalPlatform:
             started.append("mlflow")
         deadline = time.monotonic() + MLFLOW_START_TIMEOUT_S
         while not self._mlflow_healthy():
+            if mlflow is not None and mlflow.poll() is not None:
+                # E.g. its port was taken: say so now, not after the whole timeout.
+                raise RuntimeError(f"MLflow exited with code {mlflow.returncode} before it "
+                                   f"answered on port {self.config.mlflow_port}: "
+                                   f"{_last_error(self.folder / 'mlflow.log')} (see "
+                                   f"{self.folder / 'mlflow.log'})")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"MLflow did not start within {MLFLOW_START_TIMEOUT_S:g} s: "
                                    f"see {self.folder / 'mlflow.log'}")
