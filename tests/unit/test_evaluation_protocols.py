@@ -94,6 +94,12 @@ def test_tie_orders_score_a_tied_history_end_by_all_of_its_items(tmp_path: Path)
     assert plain.full_ranks.tolist() == [4, 0, 0]
     assert averaged.full_ranks.tolist() == [1, 0, 0]
     assert calls[-1] == 3 + 1 + 2  # the three histories, then user 1's and user 3's copies
+    # batch_size caps the histories per call: 8 orders each leave room for one user.
+    calls.clear()
+    capped = rank_users(newest_item_likes_the_next, data, "valid", max_len=5,
+                        sampled=False, tie_orders=8, batch_size=8)
+    assert calls == [1 + 1, 1, 1 + 2]  # users 1, 2, 3, each with its copies
+    assert capped.full_ranks.tolist() == averaged.full_ranks.tolist()
     # Without timestamps a history is scored as it is.
     data.train_times = None
     unknown = rank_users(newest_item_likes_the_next, data, "valid", max_len=5,

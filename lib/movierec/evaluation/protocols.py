@@ -103,7 +103,8 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
         split: ``valid`` (history = train) or ``test`` (history = train + valid item).
         max_len: Length the histories are padded / cut to.
         seed: Seed of the sampled negatives.
-        batch_size: Users per scorer call.
+        batch_size: Histories per scorer call at most: users per call, each with up to
+            ``tie_orders`` orders of its history.
         sampled: Also compute the sampled protocol (needs the fixed negatives).
         tie_orders: Score a history that ends in items of one timestamp as the mean over up
             to this many orders of them (``data.tie_orders``; 1 or data without timestamps:
@@ -122,8 +123,11 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
     by_length = np.argsort(lengths, kind="stable")
     ties = np.array([trailing_tie_length(data.history_times(int(u), split)) for u in users]
                     if tie_orders > 1 else np.zeros(len(users)), dtype=np.int64)
-    for start in range(0, len(users), batch_size):
-        rows = by_length[start:start + batch_size]
+    # Each user may bring tie_orders histories: fewer users per call keep the scorer's
+    # input (and its [rows, n_items] scores) within batch_size rows.
+    users_per_call = max(1, batch_size // max(1, tie_orders))
+    for start in range(0, len(users), users_per_call):
+        rows = by_length[start:start + users_per_call]
         histories = [data.history(int(u), split) for u in users[rows]]
         inputs, owner = expand_orders(histories, ties[rows], tie_orders, max_len)
         scores = np.asarray(scorer(users[rows][owner], left_pad(inputs, max_len)),

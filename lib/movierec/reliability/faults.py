@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 
-from movierec.reliability.harness import FaultSizes, Lab, http_ok, wait_until
+from movierec.polling import http_ok, wait_until
+from movierec.reliability.harness import FaultSizes, Lab
 from movierec.reliability.service import stored_markers
 from movierec.reliability.storage_faults import disk_full_feedback, kill_during_feedback_burst
 from movierec.reliability.training_faults import kill_training_mid_run

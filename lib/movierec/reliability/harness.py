@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from movierec.lifecycle.config import PlatformConfig, Stage
+from movierec.polling import http_ok, poll, wait_until
 from movierec.serving.loadtest import free_port
 
 # MLflow's client retries a refused connection for minutes by default; a fault scenario
@@ -107,38 +108,14 @@ def kill9_group(pid: int) -> None:
 
 def reap(pid: int, timeout: float = 10.0) -> None:
     """Collect a killed child of this process, so its pid no longer looks alive."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def collected() -> bool:
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return  # not our child: its parent reaps it
-        if done:
-            return
-        time.sleep(0.05)
+            return True  # not our child: its parent reaps it
+        return done != 0
 
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               every: float = 0.05) -> float:
-    """Poll ``check`` until true; return the seconds it took.
-
-    Raises:
-        TimeoutError: Naming ``what`` when it did not happen in time.
-    """
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(every)
-    return time.monotonic() - started
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    """Whether ``GET url`` answers 200."""
-    try:
-        return httpx.get(url, timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
+    poll(collected, timeout, every=0.05)
 
 
 @dataclass

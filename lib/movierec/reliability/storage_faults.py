@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from movierec.polling import poll
 from movierec.reliability.harness import FaultSizes
 from movierec.reliability.service import ServiceProcess, stored_markers
 
@@ -78,10 +79,8 @@ def kill_during_feedback_burst(bundle: Path, workdir: Path, sizes: FaultSizes) -
     try:
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 60
-        while (sum(len(s.acked) for s in senders) < sizes.feedback_min_acked
-               and time.monotonic() < deadline):
-            time.sleep(0.01)
+        poll(lambda: sum(len(s.acked) for s in senders) >= sizes.feedback_min_acked, 60,
+             every=0.01)
         service.kill9()  # the senders are still sending
         for sender in senders:
             sender.stop.set()
@@ -169,22 +168,14 @@ def disk_full_feedback(bundle: Path, workdir: Path, sizes: FaultSizes) -> dict[s
             handle.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - FREE_AFTER_FILL))
         sender = _Sender(service.url, sizes.feedback_batch * 10, 10**9)
         started = time.monotonic()
-        full_at = None
         with httpx.Client(base_url=service.url, timeout=10.0) as client:
-            while time.monotonic() - started < 60:
-                status = sender.send_once(client)
-                if status != 200:
-                    full_at = time.monotonic()
-                    break
+            full = poll(lambda: sender.send_once(client) != 200, 60, every=0.0)
+            full_at = time.monotonic() if full else None
             refused = [sender.send_once(client) for _ in range(3)]  # still full: 503 each
             filler.unlink()
             freed_at = time.monotonic()
-            recovered_at = None
-            while time.monotonic() - freed_at < 30:
-                if sender.send_once(client) == 200:
-                    recovered_at = time.monotonic()
-                    break
-                time.sleep(0.1)
+            recovered = poll(lambda: sender.send_once(client) == 200, 30, every=0.1)
+            recovered_at = time.monotonic() if recovered else None
             for _ in range(3):  # and it keeps working
                 sender.send_once(client)
         service.stop()

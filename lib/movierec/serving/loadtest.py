@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
+from movierec.polling import poll
+
 T = TypeVar("T")
 
 MAX_ERROR_SAMPLES = 5  # distinct error messages kept for the report
@@ -213,22 +215,29 @@ def wait_ready(base_url: str, timeout: float = 60.0,
         RuntimeError: The server exited before it was ready.
         TimeoutError: It was not ready within ``timeout`` seconds.
     """
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if alive is not None and not alive():
-            raise RuntimeError(f"the service at {base_url} exited before it was ready")
+    last = ["no answer"]
+
+    def ready_body() -> dict[str, Any] | None:
         try:
             response = httpx.get(f"{base_url}/ready", timeout=2.0)
         except httpx.TransportError as error:
-            last = f"{type(error).__name__}"
-        else:
-            if response.status_code == 200:
-                return dict(response.json())
-            last = f"HTTP {response.status_code} {response.text[:200]}"
-        time.sleep(0.2)
-    raise TimeoutError(f"{base_url}/ready did not answer 200 within {timeout:g} s (last: "
-                       f"{last}); check the service log")
+            last[0] = type(error).__name__
+            return None
+        if response.status_code == 200:
+            return dict(response.json())
+        last[0] = f"HTTP {response.status_code} {response.text[:200]}"
+        return None
+
+    def exited() -> str | None:
+        if alive is None or alive():
+            return None
+        return f"the service at {base_url} exited before it was ready"
+
+    body = poll(ready_body, timeout, abort=exited)
+    if body is None:
+        raise TimeoutError(f"{base_url}/ready did not answer 200 within {timeout:g} s (last: "
+                           f"{last[0]}); check the service log")
+    return body
 
 
 def recommendation_rows(base_url: str, user_ids: Sequence[int],

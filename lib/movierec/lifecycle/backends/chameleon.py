@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from movierec.infra.argocd import ARGOCD_HOW
 from movierec.infra.commands import Command, require_tool, run
 from movierec.lifecycle.config import Stage
+from movierec.polling import poll
 
 PLATFORM_MLFLOW = "http://platform-mlflow.movierec-platform.svc.cluster.local:5000"
 
@@ -148,14 +149,15 @@ class ChameleonBackend:
 
     def wait_serving(self, stage: Stage, version: str) -> None:
         """Poll ``/version`` until the stage reports ``version``."""
-        deadline = time.monotonic() + self.config.timeout_s
-        seen = None
-        while time.monotonic() < deadline:
-            seen = self.serving_version(stage)
-            if seen == version:
-                return
-            time.sleep(self.config.poll_interval_s)
-        raise TimeoutError(f"{stage} at {self.stage_url(stage)} reports version {seen}, not "
+        seen: list[str | None] = [None]
+
+        def serving_it() -> bool:
+            seen[0] = self.serving_version(stage)
+            return seen[0] == version
+
+        if poll(serving_it, self.config.timeout_s, every=self.config.poll_interval_s):
+            return
+        raise TimeoutError(f"{stage} at {self.stage_url(stage)} reports version {seen[0]}, not "
                            f"{version}, after {self.config.timeout_s} s: see `argocd app get "
                            f"{self.app_name(stage)}` and the pods' logs")
 

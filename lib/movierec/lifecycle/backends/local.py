@@ -28,6 +28,7 @@ import httpx
 from movierec.config import get_settings
 from movierec.lifecycle.backends.supervisor import read_json, write_json
 from movierec.lifecycle.config import STAGES, PlatformConfig, Stage
+from movierec.polling import http_ok, poll
 
 MLFLOW_START_TIMEOUT_S = 60.0
 RECONCILE_LOG = "reconcile.jsonl"
@@ -98,10 +99,7 @@ class LocalPlatform:
         return process
 
     def _mlflow_healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.config.mlflow_url}/health", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"{self.config.mlflow_url}/health", timeout=2.0)
 
     def up(self) -> dict[str, Any]:
         """Start MLflow and the supervisor (if needed) and reconcile stages with aliases."""
@@ -121,18 +119,18 @@ class LocalPlatform:
                 "--host", self.config.host, "--port", str(self.config.mlflow_port),
                 "--workers", "1"], {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
             started.append("mlflow")
-        deadline = time.monotonic() + MLFLOW_START_TIMEOUT_S
-        while not self._mlflow_healthy():
-            if mlflow is not None and mlflow.poll() is not None:
-                # E.g. its port was taken: say so now, not after the whole timeout.
-                raise RuntimeError(f"MLflow exited with code {mlflow.returncode} before it "
-                                   f"answered on port {self.config.mlflow_port}: "
-                                   f"{_last_error(self.folder / 'mlflow.log')} (see "
-                                   f"{self.folder / 'mlflow.log'})")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"MLflow did not start within {MLFLOW_START_TIMEOUT_S:g} s: "
-                                   f"see {self.folder / 'mlflow.log'}")
-            time.sleep(0.5)
+        log = self.folder / "mlflow.log"
+
+        def exited() -> str | None:
+            if mlflow is None or mlflow.poll() is None:
+                return None
+            # E.g. its port was taken: say so now, not after the whole timeout.
+            return (f"MLflow exited with code {mlflow.returncode} before it answered on port "
+                    f"{self.config.mlflow_port}: {_last_error(log)} (see {log})")
+
+        if not poll(self._mlflow_healthy, MLFLOW_START_TIMEOUT_S, every=0.5, abort=exited):
+            raise TimeoutError(f"MLflow did not start within {MLFLOW_START_TIMEOUT_S:g} s: "
+                               f"see {log}")
         if not _alive(_read_pid(self.folder / "supervisor.pid")):
             ports = json.dumps(dict(self.config.ports))
             self._spawn("supervisor", [sys.executable, "-m",
@@ -200,11 +198,7 @@ class LocalPlatform:
             if _alive(pid):
                 assert pid is not None
                 os.killpg(pid, signal.SIGTERM)
-                deadline = time.monotonic() + 30
-                while _alive(pid) and time.monotonic() < deadline:
-                    _reap(pid)
-                    time.sleep(0.2)
-                if _alive(pid):
+                if not poll(lambda pid=pid: _reaped(pid), 30):
                     os.killpg(pid, signal.SIGKILL)
                 stopped.append(name)
             pid_file.unlink(missing_ok=True)
@@ -277,28 +271,26 @@ class LocalPlatform:
 
     def wait_serving(self, stage: Stage, version: str) -> None:
         """Block until the stage is ready and reports ``version``."""
-        deadline = time.monotonic() + self.config.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.serving_version(stage) == version:
-                try:
-                    if httpx.get(f"{self.stage_url(stage)}/ready", timeout=2).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.3)
-        raise TimeoutError(f"{stage} did not serve version {version} within "
-                           f"{self.config.ready_timeout_s:g} s: see "
-                           f"{self.folder / (stage + '.log')}")
+        def serving_it() -> bool:
+            return (self.serving_version(stage) == version
+                    and http_ok(f"{self.stage_url(stage)}/ready", timeout=2.0))
+
+        if not poll(serving_it, self.config.ready_timeout_s, every=0.3):
+            raise TimeoutError(f"{stage} did not serve version {version} within "
+                               f"{self.config.ready_timeout_s:g} s: see "
+                               f"{self.folder / (stage + '.log')}")
 
     def retire(self, stage: Stage) -> None:
         """Stop the stage's service (the supervisor stops the process)."""
         self._set_desired(stage, None)
-        deadline = time.monotonic() + 30
-        while self.serving_version(stage) is not None and time.monotonic() < deadline:
-            time.sleep(0.3)
+        poll(lambda: self.serving_version(stage) is None, 30, every=0.3)
 
 
-def _reap(pid: int) -> None:
-    """Collect a child we spawned in this process so it does not linger as a zombie."""
+def _reaped(pid: int) -> bool:
+    """Whether ``pid`` is gone, after collecting it if this process spawned it.
+
+    A child that exited lingers as a zombie, which still looks alive, until collected.
+    """
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+    return not _alive(pid)

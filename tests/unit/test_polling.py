@@ -1,0 +1,84 @@
+"""The one waiting loop: first answer, deadline, early end, and the HTTP check."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from movierec.polling import http_ok, poll, wait_until
+from movierec.serving.loadtest import free_port
+
+
+def _counter(answers: list[object]) -> tuple[list[int], object]:
+    calls = [0]
+
+    def probe() -> object:
+        calls[0] += 1
+        return answers[min(calls[0], len(answers)) - 1]
+
+    return calls, probe
+
+
+def test_poll_returns_the_first_answer_that_is_not_none_or_false() -> None:
+    calls, probe = _counter([None, False, {}, "later"])
+    assert poll(probe, 5, every=0.0) == {}  # an empty body is an answer
+    assert calls[0] == 3
+    calls, probe = _counter([None, 0])
+    assert poll(probe, 5, every=0.0) == 0
+
+
+def test_poll_gives_none_at_the_deadline_after_looking_at_least_once() -> None:
+    calls, probe = _counter([None])
+    assert poll(probe, 0, every=0.0) is None
+    assert calls[0] == 1
+    started = time.monotonic()
+    assert poll(lambda: False, 0.3, every=0.05) is None
+    assert 0.3 <= time.monotonic() - started < 2
+
+
+def test_poll_ends_at_once_with_the_abort_message() -> None:
+    calls, probe = _counter([None])
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="server exited with code 1"):
+        poll(probe, 60, every=0.01,
+             abort=lambda: "server exited with code 1" if calls[0] >= 2 else None)
+    assert calls[0] == 2
+    assert time.monotonic() - started < 5
+    # A probe that succeeds wins over an abort asked in the same round.
+    assert poll(lambda: True, 60, abort=lambda: "exited") is True
+
+
+def test_wait_until_times_out_naming_what_it_waited_for() -> None:
+    assert wait_until(lambda: True, 1, "nothing") < 1
+    with pytest.raises(TimeoutError, match=r"the flag did not happen within 0\.1 s"):
+        wait_until(lambda: False, 0.1, "the flag", every=0.02)
+
+
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_ok_is_true_only_for_a_200(http_server: str) -> None:
+    assert http_ok(f"{http_server}/health")
+    assert not http_ok(f"{http_server}/ready")  # 503
+    assert not http_ok(f"http://127.0.0.1:{free_port()}/health", timeout=0.5)  # nobody there
