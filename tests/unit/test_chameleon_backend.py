@@ -6,6 +6,7 @@ import argparse
 import subprocess
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -95,7 +96,7 @@ def test_dry_run_prints_the_commands_and_calls_nothing(
         raise AssertionError("a dry run made an HTTP request")
 
     monkeypatch.setattr(subprocess, "run", no_process)
-    monkeypatch.setattr(chameleon.httpx, "get", no_http)
+    monkeypatch.setattr(httpx, "get", no_http)  # wherever the backend asks from
     monkeypatch.setenv("PATH", "/nonexistent")  # argocd not needed for a dry run
     result = ChameleonBackend(dry_run=True).deploy("production", "3")
     out = capsys.readouterr().out.splitlines()

@@ -21,6 +21,15 @@ def test_pessimistic_ranks_count_ties_against_the_model() -> None:
     assert pessimistic_ranks(positive, candidates).tolist() == [0, 2, 2, 3]
 
 
+def test_nan_scores_count_against_the_model() -> None:
+    inf = np.inf
+    positive = np.array([np.nan, 1.0, np.nan])
+    candidates = np.array([[0.5, 2.0, -inf], [np.nan, 0.0, -inf], [np.nan, np.nan, np.nan]])
+    # A NaN positive is outranked by every candidate not excluded; a NaN candidate
+    # outranks any positive. A diverged model scores worst, not a perfect 1.0.
+    assert pessimistic_ranks(positive, candidates).tolist() == [2, 1, 3]
+
+
 def test_accuracy_metrics_by_hand() -> None:
     ranks = np.array([0, 1, 9, 10, 19, 25])
     m = accuracy_per_user(ranks)

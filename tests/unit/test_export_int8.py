@@ -135,3 +135,24 @@ def test_a_bundle_exported_without_int8_says_so(small_prepared: Path, tmp_path: 
     with pytest.raises(BundleError, match="exported without an int8 model; serve with "
                                           "--precision fp32"):
         load_bundle(out, precision="int8", threads=1)
+
+
+def test_the_exporter_checks_every_column_the_service_reads(small_prepared: Path,
+                                                           tmp_path: Path) -> None:
+    import polars as pl
+
+    from movierec.data.sources import sha256_file
+
+    out = tmp_path / "bundle"
+    write_bundle(tiny_model("pop", small_prepared), tiny_config("pop"), small_prepared, out,
+                 git_commit="abc", export_config=ExportConfig(quantize=False))
+    items = out / "items.parquet"
+    pl.read_parquet(items).drop("train_count").write_parquet(items)
+    meta = json.loads((out / "metadata.json").read_text())
+    meta["files"]["items.parquet"] = sha256_file(items)  # the checksums still agree
+    (out / "metadata.json").write_text(json.dumps(meta))
+    # Registering it would have worked before; serving it would not. Now neither does.
+    with pytest.raises(BundleError, match=r"items\.parquet lacks columns \['train_count'\]"):
+        verify_bundle(out)
+    with pytest.raises(BundleError, match=r"items\.parquet lacks columns \['train_count'\]"):
+        load_bundle(out, threads=1)

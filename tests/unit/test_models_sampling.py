@@ -285,6 +285,11 @@ def test_without_timestamps_or_with_shuffling_off_the_order_is_kept() -> None:
         assert all(torch.equal(a[k], b[k]) for k in a)
     shuffled = TrainingBatches(sequences, 20, 40, cfg, batch_size=4, seed=1, times=times)
     assert _windows_by_user(shuffled, 0) != _windows_by_user(plain, 0)
+    # Timestamps without a tie leave nothing to shuffle: the epoch skips the reordering.
+    distinct = [np.arange(len(s), dtype=np.int64) for s in sequences]
+    untied = TrainingBatches(sequences, 20, 40, cfg, batch_size=4, seed=1, times=distinct)
+    assert untied._tie_runs is None and shuffled._tie_runs is not None
+    assert _windows_by_user(untied, 0) == _windows_by_user(plain, 0)
 
 
 def test_timestamps_must_match_the_sequences() -> None:

@@ -62,8 +62,11 @@ def test_wait_until_times_out_naming_what_it_waited_for() -> None:
 def http_server() -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/health" else 503)
+            bodies = {"/version": b'{"version": 7}', "/html/version": b"<html>proxy</html>",
+                      "/health": b""}
+            self.send_response(200 if self.path in bodies else 503)
             self.end_headers()
+            self.wfile.write(bodies.get(self.path, b""))
 
         def log_message(self, *args: object) -> None:
             pass
@@ -82,3 +85,12 @@ def test_http_ok_is_true_only_for_a_200(http_server: str) -> None:
     assert http_ok(f"{http_server}/health")
     assert not http_ok(f"{http_server}/ready")  # 503
     assert not http_ok(f"http://127.0.0.1:{free_port()}/health", timeout=0.5)  # nobody there
+
+
+def test_reported_version_is_none_unless_a_version_comes_back(http_server: str) -> None:
+    from movierec.lifecycle.backends import reported_version
+
+    assert reported_version(http_server, timeout=2.0) == "7"
+    assert reported_version(f"{http_server}/html", timeout=2.0) is None  # 200, not JSON
+    assert reported_version(f"{http_server}/down", timeout=2.0) is None  # 503
+    assert reported_version(f"http://127.0.0.1:{free_port()}", timeout=0.5) is None

@@ -41,7 +41,7 @@ def test_alias_moves_are_recorded_with_who_when_from_to_and_why() -> None:
 
 
 def test_rollback_returns_to_the_previous_version_and_is_recorded() -> None:
-    v1, v2 = _versions(2)
+    v1, v2, v3 = _versions(3)
     with pytest.raises(reg.RegistryError, match="not set"):
         reg.rollback("production")
     reg.set_alias("production", v1, "first")
@@ -52,6 +52,12 @@ def test_rollback_returns_to_the_previous_version_and_is_recorded() -> None:
     assert (event["from"], event["to"], event["action"]) == (v2, v1, "rollback")
     assert reg.current_version("production") == v1
     assert reg.read_history("production")[-1]["why"] == "canary regression"
+    # A second rollback steps further back, never forward again to what was rolled back.
+    with pytest.raises(reg.RegistryError, match="no earlier version"):
+        reg.rollback("production")
+    reg.set_alias("production", v2, "again")
+    reg.set_alias("production", v3, "third")
+    assert [reg.rollback("production")["to"], reg.rollback("production")["to"]] == [v2, v1]
 
 
 def test_remove_alias_and_bad_inputs() -> None:
@@ -97,3 +103,43 @@ def test_an_unreachable_tracking_server_is_named_in_the_failure_reason(
     other = MlflowException("RESOURCE_DOES_NOT_EXIST: no such model")
     assert not tracking_unreachable(other)
     assert _failure_reason(other) == "MlflowException: RESOURCE_DOES_NOT_EXIST: no such model"
+
+
+def test_current_version_is_none_only_when_nothing_is_there(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+    assert reg.current_version("production") is None  # no registered model yet
+    (v1,) = _versions(1)
+    assert reg.current_version("production") is None  # a model, no alias
+    reg.set_alias("production", v1, "first")
+    assert reg.current_version("production") == v1
+
+    class FailingClient:
+        def get_model_version_by_alias(self, name: str, alias: str) -> None:
+            raise MlflowException("API request failed: 502 Bad Gateway",
+                                  error_code=INTERNAL_ERROR)
+
+    # A failing server is not "no alias": reconcile would retire every stage on it.
+    monkeypatch.setattr(reg, "_client", FailingClient)
+    with pytest.raises(MlflowException, match="502"):
+        reg.current_version("production")
+
+
+def test_a_torn_last_history_line_is_skipped_and_a_damaged_one_is_an_error() -> None:
+    v1, v2 = _versions(2)
+    reg.set_alias("production", v1, "first")
+    reg.set_alias("production", v2, "second")
+    path = reg.history_path()
+    whole = path.read_text()
+    path.write_text(whole + '{"alias": "production", "fr')  # a crash mid-append
+    assert [e["to"] for e in reg.read_history("production")] == [v1, v2]
+    assert reg.rollback("production", "after the crash")["to"] == v1
+    # The next append cut the torn line first, so its own event reads back.
+    assert [e["to"] for e in reg.read_history("production")] == [v1, v2, v1]
+    assert path.read_text() == whole + path.read_text().splitlines()[-1] + "\n"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    with pytest.raises(reg.RegistryError, match="line 2 is not JSON"):
+        reg.read_history()

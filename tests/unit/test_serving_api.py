@@ -199,6 +199,33 @@ def test_a_dead_model_process_fails_health_and_readiness(bundle_dir: Path,
         assert failed.status_code == 503 and "model process is gone" in failed.json()["message"]
 
 
+def test_a_failed_batch_or_a_shutdown_is_a_503_without_internals(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.serving.batcher import MicroBatcher, ShuttingDownError
+    from movierec.serving.worker import ModelProcessError
+
+    async def failing(*args: object, **kwargs: object) -> object:
+        raise ModelProcessError("the model process failed a batch: InvalidArgument: "
+                                "[ONNXRuntimeError] Gather idx=90", gone=False)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MicroBatcher, "top_k", failing)
+        failed = client.post("/recommend", json={"user_id": user_id(3)})
+    assert failed.status_code == 503 and failed.headers["Retry-After"]
+    assert "try again" in failed.json()["message"]
+    assert "ONNXRuntimeError" not in failed.text and "restarted" not in failed.text
+    assert client.post("/recommend", json={"user_id": user_id(3)}).status_code == 200
+
+    async def stopping(*args: object, **kwargs: object) -> object:
+        raise ShuttingDownError("the server is shutting down; send the request again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MicroBatcher, "top_k", stopping)
+        refused = client.post("/recommend", json={"user_id": user_id(3)})
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert "shutting down" in refused.json()["message"]
+
+
 def test_the_model_can_run_in_a_thread_instead(bundle_dir: Path, tmp_path: Path) -> None:
     with make_client(bundle_dir, tmp_path, model_process=False) as client:
         assert isinstance(client.app.state.serving.bundle.model,  # type: ignore[attr-defined]
@@ -297,8 +324,11 @@ def test_feedback_store_urls(tmp_path: Path) -> None:
     with pytest.raises(FeedbackStoreError, match=r"postgresql://user:\*\*\*@db/movierec") as err:
         open_store("postgresql://user:pw@db/movierec")  # unreachable here: a masked error
     assert "pw@" not in str(err.value)
-    with pytest.raises(FeedbackStoreError, match="unknown scheme"):
-        open_store("mysql://x")
+    with pytest.raises(FeedbackStoreError, match="unknown scheme") as err:
+        open_store("mysql://user:hunter2@db/movierec")
+    assert "hunter2" not in str(err.value) and "user:***@db" in str(err.value)
+    with pytest.raises(FeedbackStoreError, match="three slashes"):
+        open_store("sqlite://feedback.db")
 
 
 def test_default_feedback_db_under_movierec_home(bundle_dir: Path,

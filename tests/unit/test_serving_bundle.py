@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from movierec.serving.app import ServeSettings, create_app
-from movierec.serving.catalog import BundleError, Catalog, load_catalog, verify_bundle
+from movierec.serving.catalog import BundleError, Catalog, load_catalog, verify_bundle_files
 from movierec.serving.engine import load_bundle, top_k
 from movierec.serving.history import (
     OnlineHistory,
@@ -128,7 +128,7 @@ def fresh_bundle(tmp_path: Path) -> Path:
 
 
 def test_good_bundle_verifies_and_loads(bundle_dir: Path) -> None:
-    meta = verify_bundle(bundle_dir)
+    meta = verify_bundle_files(bundle_dir)
     assert meta["n_items"] == N_ITEMS
     loaded = load_bundle(bundle_dir, threads=1)
     assert loaded.version == "run-a"
@@ -142,7 +142,7 @@ def test_corrupted_file_is_refused(fresh_bundle: Path) -> None:
     with (fresh_bundle / "items.parquet").open("ab") as handle:
         handle.write(b"x")
     with pytest.raises(BundleError, match=r"items.parquet sha256 .* does not match"):
-        verify_bundle(fresh_bundle)
+        verify_bundle_files(fresh_bundle)
 
 
 def test_bad_checksum_stops_startup(fresh_bundle: Path, tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_metadata_problems_are_named(fresh_bundle: Path, change: dict[str, objec
                                      message: str) -> None:
     rewrite_metadata(fresh_bundle, **change)
     with pytest.raises(BundleError, match=message):
-        verify_bundle(fresh_bundle)
+        verify_bundle_files(fresh_bundle)
 
 
 def test_missing_key_missing_file_and_traversal(fresh_bundle: Path, tmp_path: Path) -> None:
@@ -171,27 +171,27 @@ def test_missing_key_missing_file_and_traversal(fresh_bundle: Path, tmp_path: Pa
     del meta["run_id"]
     (fresh_bundle / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=r"lacks keys \['run_id'\]"):
-        verify_bundle(fresh_bundle)
+        verify_bundle_files(fresh_bundle)
     meta["run_id"] = "r"
     meta["files"]["../outside"] = "0" * 64
     (fresh_bundle / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="plain file name"):
-        verify_bundle(fresh_bundle)
+        verify_bundle_files(fresh_bundle)
     del meta["files"]["../outside"]
     (fresh_bundle / "metadata.json").write_text(json.dumps(meta))
     (fresh_bundle / "model.int8.onnx").unlink()
     with pytest.raises(BundleError, match=r"model\.int8\.onnx is listed but missing"):
-        verify_bundle(fresh_bundle)
+        verify_bundle_files(fresh_bundle)
     with pytest.raises(BundleError, match=r"metadata\.json missing"):
-        verify_bundle(tmp_path)
+        verify_bundle_files(tmp_path)
     with pytest.raises(BundleError, match="not a folder"):
-        verify_bundle(tmp_path / "nowhere")
+        verify_bundle_files(tmp_path / "nowhere")
 
 
 def test_metadata_inconsistent_with_tables(fresh_bundle: Path) -> None:
     rewrite_metadata(fresh_bundle, n_items=N_ITEMS + 5)
     with pytest.raises(BundleError, match=r"items\.parquet has 40 rows"):
-        load_catalog(fresh_bundle, verify_bundle(fresh_bundle))
+        load_catalog(fresh_bundle, verify_bundle_files(fresh_bundle))
 
 
 def test_top_k_excludes_padding_seen_and_nan() -> None:
@@ -203,7 +203,7 @@ def test_top_k_excludes_padding_seen_and_nan() -> None:
 
 
 def test_online_history_orders_by_time_and_dedupes(bundle_dir: Path) -> None:
-    catalog = load_catalog(bundle_dir, verify_bundle(bundle_dir))
+    catalog = load_catalog(bundle_dir, verify_bundle_files(bundle_dir))
     online = OnlineHistory(max_per_user=3)
     stored = catalog.histories[2].tolist()
     online.add(user_id(2), movie_id(stored[0]), 20)   # re-watch: moves to the end
@@ -212,13 +212,14 @@ def test_online_history_orders_by_time_and_dedupes(bundle_dir: Path) -> None:
     hist = resolve_history(catalog, online, user_id(2)).tolist()
     assert hist == [*stored[1:], 39, stored[0]]
     online.add(user_id(2), movie_id(38), 30)          # over max_per_user: the oldest goes
-    assert len(online.movies(user_id(2))) == 3
+    assert online.watches(user_id(2)) == [(999_999, 15), (movie_id(stored[0]), 20),
+                                          (movie_id(38), 30)]
     assert resolve_history(catalog, online, None).size == 0
     assert resolve_history(catalog, online, 5).size == 0  # unknown user, no watches
 
 
 def test_newest_ties_come_from_the_bundle_or_the_online_watches(bundle_dir: Path) -> None:
-    catalog = load_catalog(bundle_dir, verify_bundle(bundle_dir))
+    catalog = load_catalog(bundle_dir, verify_bundle_files(bundle_dir))
     online = OnlineHistory(max_per_user=10)
 
     def resolve_ties(catalog: Catalog, online: OnlineHistory, user: int | None) -> int:
@@ -247,13 +248,13 @@ def test_a_bundle_without_tie_tails_reads_none(fresh_bundle: Path) -> None:
     meta["files"]["histories.parquet"] = hashlib.sha256(
         (fresh_bundle / "histories.parquet").read_bytes()).hexdigest()
     (fresh_bundle / "metadata.json").write_text(json.dumps(meta))
-    catalog = load_catalog(fresh_bundle, verify_bundle(fresh_bundle))
+    catalog = load_catalog(fresh_bundle, verify_bundle_files(fresh_bundle))
     assert catalog.tie_tails == {}
     assert resolve_history_ties(catalog, OnlineHistory(max_per_user=3), user_id(3))[1] == 0
 
 
 def test_demo_users_have_different_tastes(bundle_dir: Path) -> None:
-    catalog = load_catalog(bundle_dir, verify_bundle(bundle_dir))
+    catalog = load_catalog(bundle_dir, verify_bundle_files(bundle_dir))
     demo = pick_demo_users(catalog, min_history=3)
     assert len(demo) == 3
     assert len({d.user_id for d in demo}) == 3

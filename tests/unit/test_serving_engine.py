@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from movierec.export.runtime import MAX_LEN_KEY
-from movierec.serving.batcher import MicroBatcher
+from movierec.serving.batcher import MicroBatcher, ShuttingDownError
 from movierec.serving.catalog import BundleError
 from movierec.serving.engine import (
     LoadedBundle,
@@ -159,7 +159,7 @@ def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundl
 
     model = SlowModel()
 
-    async def main() -> BaseException | np.ndarray:
+    async def main() -> tuple[list[BaseException | np.ndarray], bool, np.ndarray]:
         batcher = MicroBatcher(max_batch_size=8, max_queue_delay_ms=500)
         await batcher.start()
         running = asyncio.create_task(_scores(batcher, model, 1, np.array([1])))  # type: ignore[arg-type]
@@ -167,11 +167,17 @@ def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundl
         pending = asyncio.create_task(_scores(batcher, model, 1, np.array([2])))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)  # queued, waiting for company while the model is busy
         await batcher.stop()
+        finished = running.done()  # stop() let the batch with the model finish
         results = await asyncio.gather(pending, running, return_exceptions=True)
-        return results[0]
+        await batcher.start()  # a second start gets a fresh model thread
+        again = await _scores(batcher, model, 1, np.array([3]))  # type: ignore[arg-type]
+        await batcher.stop()
+        return results, finished, again
 
-    outcome = asyncio.run(main())
-    assert isinstance(outcome, RuntimeError) and "shutting down" in str(outcome)
+    (queued, ran), finished, again = asyncio.run(main())
+    assert isinstance(queued, ShuttingDownError) and "shutting down" in str(queued)
+    assert finished and isinstance(ran, np.ndarray)
+    np.testing.assert_allclose(again, _direct(real, 1, np.array([3]))[1:], rtol=1e-5, atol=1e-5)
 
 
 def test_a_lone_request_does_not_wait_for_company(two: tuple[LoadedBundle, LoadedBundle]) -> None:

@@ -114,12 +114,47 @@ def test_a_model_that_cannot_load_is_a_bundle_error(tmp_path: Path) -> None:
         ModelProcess(broken, MAX_LEN, N_ITEMS, threads=1)
 
 
+def test_a_failed_batch_leaves_the_process_serving(remote: ModelProcess) -> None:
+    out_of_range = np.array([N_ITEMS + 50])  # ONNX Runtime's Gather refuses it
+    with pytest.raises(ModelProcessError, match="failed a batch") as failed:
+        remote.rank(np.array([0]), [out_of_range], [3], [None])
+    assert failed.value.gone is False and remote.alive
+    assert len(remote.rank(*_batch(1))) == len(_batch(1)[0])
+
+
+@pytest.mark.parametrize("caller", ["thread", "event loop"])
+def test_a_hung_process_is_stopped_instead_of_waited_for(
+        bundle: Path, caller: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.serving import worker
+
+    monkeypatch.setattr(worker, "BATCH_TIMEOUT_S", 0.5)
+    model = ModelProcess(bundle / "model.onnx", MAX_LEN, N_ITEMS, threads=1)
+    try:
+        assert model.pid is not None
+        os.kill(model.pid, signal.SIGSTOP)  # alive, but it will never answer
+        started = time.monotonic()
+        with pytest.raises(ModelProcessError, match=r"did not answer a batch within 0\.5 s"
+                           ) as hung:
+            if caller == "thread":
+                model.rank(*_batch(0))
+            else:
+                asyncio.run(model.rank_async(*_batch(0)))
+        assert hung.value.gone is True and time.monotonic() - started < 10
+        deadline = time.monotonic() + 10
+        while model.alive and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not model.alive  # killed, so /health turns 503 and it gets restarted
+    finally:
+        model.close()
+
+
 def test_a_dead_process_fails_calls_clearly_and_close_ends_it(bundle: Path) -> None:
     model = ModelProcess(bundle / "model.onnx", MAX_LEN, N_ITEMS, threads=1)
     assert model.alive and model.pid is not None
     os.kill(model.pid, signal.SIGKILL)
-    with pytest.raises(ModelProcessError, match="gone"):
+    with pytest.raises(ModelProcessError, match="gone") as gone:
         model.rank(*_batch(0))
+    assert gone.value.gone is True
     deadline = time.monotonic() + 10  # its sockets close a moment before it can be reaped
     while model.alive and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -104,13 +104,23 @@ def test_in_process_resume_continues_from_the_checkpoint(small_prepared: Path,
     full = fit(TrainConfig.model_validate({**small, "epochs": 4}), data, progress=False)
     fit(TrainConfig.model_validate({**small, "epochs": 2}), data,
         LocalHooks(tmp_path, resume=False), progress=False)
+    import torch
+
+    before = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["loop"]["seconds"]
     resumed = fit(TrainConfig.model_validate({**small, "epochs": 4}), data,
                   LocalHooks(tmp_path, resume=True), progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    # Its times go on from the crashed run's: they cover all four epochs.
+    assert 0 < before < resumed.seconds and resumed.seconds_to_best <= resumed.seconds
     assert [h["loss"] for h in resumed.history] == pytest.approx(
         [h["loss"] for h in full.history])
     assert resumed.resumes == [{"phase": "select", "epoch": 2, "branch": 0}]
     assert full.resumes == []
+    # Other settings than epochs, threads, device or eval_batch_size are not the same run.
+    other = TrainConfig.model_validate({**small, "epochs": 4, "patience": 3,
+                                        "model": {**small.get("model", {}), "dropout": 0.1}})
+    with pytest.raises(ValueError, match=r"\(model\.dropout: 0\.3 -> 0\.1; patience: 10 -> 3\)"):
+        fit(other, data, LocalHooks(tmp_path, resume=True), progress=False)
 
 
 def test_progress_bar_shows_the_last_evaluated_and_the_best_validation_score() -> None:
@@ -374,3 +384,72 @@ def test_tie_shuffling_trains_on_the_datas_timestamps(small_prepared: Path) -> N
                 data, progress=False)
     assert [h["loss"] for h in shuffled.history] != [h["loss"] for h in plain.history]
     assert [h["loss"] for h in shuffled.history] == [h["loss"] for h in again.history]
+
+
+class _Batches:
+    """Stands in for TrainingBatches: ``n`` one-row batches per epoch."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def epoch(self, epoch: int) -> object:
+        import torch
+
+        return iter([{"x": torch.ones(1)} for _ in range(self.n)])
+
+
+def _objective(value: float) -> object:
+    import torch
+
+    class Objective(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return (self.weight * batch["x"] * value).sum()
+
+    return Objective()
+
+
+def test_a_diverged_loss_stops_training_with_a_clear_error() -> None:
+    import torch
+
+    from movierec.training.loop import _train_epoch
+
+    config = TrainConfig()
+    cpu = torch.device("cpu")
+    fine = _objective(2.0)
+    record = _train_epoch(fine, torch.optim.SGD(fine.parameters(), lr=0.1), _Batches(3), 1,
+                          LocalHooks(), cpu, config)  # type: ignore[arg-type]
+    assert record["loss"] == pytest.approx((2.0 + 1.6 + 1.2) / 3)  # SGD: w 1, 0.8, 0.6
+    broken = _objective(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"loss is nan in epoch 4: training diverged"):
+        _train_epoch(broken, torch.optim.SGD(broken.parameters(), lr=0.1), _Batches(3), 4,
+                     LocalHooks(), cpu, config)  # type: ignore[arg-type]
+
+
+def test_fewer_batches_than_workers_is_an_error_not_a_stalled_sync() -> None:
+    import torch
+
+    from movierec.training.loop import _train_epoch
+
+    class FourWorkers(LocalHooks):
+        rank, world_size = 0, 4
+
+    objective = _objective(1.0)
+    with pytest.raises(ValueError, match="3 batches per epoch cannot feed 4 workers"):
+        _train_epoch(objective, torch.optim.SGD(objective.parameters(), lr=0.1), _Batches(3),
+                     1, FourWorkers(), torch.device("cpu"), TrainConfig())  # type: ignore[arg-type]
+
+
+def test_an_option_of_the_other_runner_is_an_error_not_ignored(tmp_path: Path) -> None:
+    from movierec.training.runner import run_training
+
+    with pytest.raises(ValueError, match="checkpoint_dir and resume are for in-process"):
+        run_training(TrainConfig(), tmp_path, workers=2, resume=True)
+    with pytest.raises(ValueError, match="address, use_gpu: Ray Train options"):
+        run_training(TrainConfig(), tmp_path, workers=0, use_gpu=True, address="ray://x")

@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from movierec.config import Settings, get_settings
+from movierec.files import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,7 @@ def _record_checksum(settings: Settings, key: str, sha256: str) -> None:
     known = _load_known_checksums(settings)
     known[key] = sha256
     path = settings.home / "checksums.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(known, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, known)
 
 
 def _verify_md5_if_published(url: str, path: Path) -> None:

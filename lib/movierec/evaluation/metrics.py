@@ -21,9 +21,15 @@ def pessimistic_ranks(positive: np.ndarray, candidates: np.ndarray) -> np.ndarra
             excluded candidates (never counted).
 
     Returns:
-        Integer ranks, shape [U]: how many candidates score >= the positive.
+        Integer ranks, shape [U]: how many candidates score >= the positive. NaN counts
+        against the model too: a NaN candidate outranks the positive, and a NaN positive
+        is outranked by every candidate not excluded (a diverged model must not score 1.0).
     """
-    return (candidates >= positive[:, None]).sum(axis=1)
+    outranks = (candidates >= positive[:, None]) | np.isnan(candidates)
+    lost = np.isnan(positive)
+    if lost.any():
+        outranks[lost] = candidates[lost] != -np.inf
+    return outranks.sum(axis=1)
 
 
 def ndcg_at_k(ranks: np.ndarray, k: int) -> np.ndarray:

@@ -18,7 +18,8 @@ import numpy as np
 
 from movierec.data.dataset import SequenceData, left_pad
 from movierec.data.tie_orders import expand_orders, mean_over_owners, trailing_tie_length
-from movierec.evaluation.metrics import ndcg_at_k, pessimistic_ranks
+from movierec.evaluation.metrics import accuracy_per_user, pessimistic_ranks
+from movierec.files import write_atomic
 
 # (users [B], left-padded sequences [B, L]) -> scores of every item [B, n_items + 1].
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -58,9 +59,12 @@ def draw_negatives(data: SequenceData, users: np.ndarray, n: int, seed: int) -> 
     width = data.n_items + 1
     seen = _user_item_keys(data)
     touched = np.bincount(seen // width, minlength=data.n_users + 1)[users]
-    if np.any(data.n_items - touched < n):
-        raise ValueError(f"some users interacted with more than {data.n_items - n} items: "
-                         f"cannot draw {n} distinct negatives; lower the number of negatives")
+    crowded = users[data.n_items - touched < n]
+    if crowded.size:
+        raise ValueError(f"{crowded.size} users (user_idx {crowded[:10].tolist()}) "
+                         f"interacted with more than {data.n_items - n} of the {data.n_items} "
+                         f"items: cannot draw {n} distinct negatives for them; lower the "
+                         "number of negatives")
     rng = np.random.default_rng(seed)
     draws = rng.integers(1, width, size=(len(users), n))
     while True:
@@ -86,10 +90,9 @@ def fixed_negatives(data: SequenceData, split: str, seed: int, n: int = N_NEGATI
         if np.array_equal(saved["users"], users):
             return saved["negatives"]
     negatives = draw_negatives(data, users, n, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, users=users, negatives=negatives)
-    tmp.replace(path)
+    # Ray's workers and tuning trials may draw the same negatives at once: each writes a
+    # temporary file of its own, and the same seed makes whichever lands last right.
+    write_atomic(path, lambda handle: np.savez(handle, users=users, negatives=negatives))
     return negatives
 
 
@@ -141,8 +144,8 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
             sampled_ranks[rows] = pessimistic_ranks(positive, candidate)
         masked = scores.copy()
         masked[:, 0] = -np.inf
-        lengths = [len(h) for h in histories]
-        masked[np.repeat(row_ids, lengths), np.concatenate(histories)] = -np.inf
+        history_lengths = [len(h) for h in histories]  # whole, unlike the clipped `lengths`
+        masked[np.repeat(row_ids, history_lengths), np.concatenate(histories)] = -np.inf
         masked[row_ids, targets[rows]] = -np.inf  # the target competes only as the positive
         full_ranks[rows] = pessimistic_ranks(positive, masked)
         masked[row_ids, targets[rows]] = positive
@@ -153,12 +156,13 @@ def rank_users(scorer: Scorer, data: SequenceData, split: str, max_len: int, see
                        top_k=top_k)
 
 
-def full_ranking_ndcg_per_user(scorer: Scorer, data: SequenceData, split: str, max_len: int,
-                               batch_size: int = 256) -> np.ndarray:
-    """Full-ranking NDCG@10 of each of ``split``'s users (no sampled negatives needed).
+def full_ranking_per_user(scorer: Scorer, data: SequenceData, split: str, max_len: int,
+                          batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Full-ranking accuracy of each of ``split``'s users (no sampled negatives needed).
 
-    Two scorers' arrays pair up user by user, which is how an export's parity report tells
-    a real int8 loss from a few users' ranks flipping.
+    Training's per-epoch validation reads it, and so does an export's parity report: two
+    scorers' arrays pair up user by user, which tells a real int8 loss from a few users'
+    ranks flipping.
 
     Args:
         scorer: Maps (users, left-padded histories) to scores of all items.
@@ -168,8 +172,9 @@ def full_ranking_ndcg_per_user(scorer: Scorer, data: SequenceData, split: str, m
         batch_size: Users per scorer call.
 
     Returns:
-        NDCG@10 per user [U], in ``data.eval_users(split)`` order.
+        ``accuracy_per_user`` of the full ranks: each metric per user [U], in
+        ``data.eval_users(split)`` order.
     """
     ranks = rank_users(scorer, data, split, max_len, batch_size=batch_size,
                        sampled=False).full_ranks
-    return ndcg_at_k(ranks, TOP_K)
+    return accuracy_per_user(ranks)

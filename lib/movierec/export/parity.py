@@ -31,7 +31,7 @@ from torch import nn
 from movierec.data.columns import VALID
 from movierec.data.dataset import SequenceData, left_pad
 from movierec.evaluation.metrics import bootstrap_ci
-from movierec.evaluation.protocols import full_ranking_ndcg_per_user
+from movierec.evaluation.protocols import full_ranking_per_user
 from movierec.export.onnx import (
     PADDING_CEILING,
     ExportConfig,
@@ -158,10 +158,9 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
     if len(eval_users) == 0:
         raise ExportError("the data has no validation users to check parity on")
     batches, padding_ok = _compare_batches(reference, variants, data, eval_users, config)
-    per_user = {"pytorch": full_ranking_ndcg_per_user(make_scorer(reference, torch.device("cpu")),
-                                                      data, VALID, max_len)}
-    for name, scorer in variants.items():
-        per_user[name] = full_ranking_ndcg_per_user(scorer, data, VALID, max_len)
+    scorers = {"pytorch": make_scorer(reference, torch.device("cpu")), **variants}
+    per_user = {name: full_ranking_per_user(scorer, data, VALID, max_len)["ndcg@10"]
+                for name, scorer in scorers.items()}
     ndcg = {name: float(values.mean()) for name, values in per_user.items()}
     report: dict[str, Any] = {
         "batches": batches,

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from movierec.files import write_text_atomic
 from movierec.infra.commands import repo_root
 
 PROXY_ARGS = "-o ProxyJump={user}@{jump} -o StrictHostKeyChecking=accept-new"
@@ -129,12 +130,8 @@ def gpu_inventory(nodes: dict[str, dict[str, str]], ssh_user: str = "cc") -> dic
 
 def write_yaml(data: dict[str, Any], path: Path) -> Path:
     """Write an inventory (created 0600: it names the cluster's addresses)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("---\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
-    tmp.chmod(0o600)
-    tmp.replace(path)
-    return path
+    text = "---\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return write_text_atomic(path, text, mode=0o600)
 
 
 def write_inventories(outputs: ClusterOutputs, out_dir: Path | None = None) -> dict[str, Path]:

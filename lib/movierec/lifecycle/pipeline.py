@@ -8,7 +8,6 @@ code on every backend. The run's numbers go to ``MOVIEREC_HOME/reports/<timestam
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -21,6 +20,7 @@ import httpx
 import numpy as np
 
 from movierec.config import get_settings
+from movierec.files import write_json_atomic
 from movierec.lifecycle.backends import Backend
 from movierec.lifecycle.canary import analyze
 from movierec.lifecycle.config import LifecycleConfig
@@ -107,7 +107,8 @@ class Pipeline:
             raise
         finally:
             self.summary["seconds"] = round(time.monotonic() - started, 1)
-            _write_json(self.folder / "summary.json", self.summary)
+            write_json_atomic(self.folder / "summary.json", self.summary, sort_keys=False,
+                              default=str)
             write_report(self.folder, self.summary)
         return self.summary
 
@@ -220,7 +221,8 @@ class Pipeline:
                  f"{cfg.share:.0%} of users on the canary")
         records = replay(events, urls, cfg.share, cfg.concurrency)
         save_records(records, self.home / "lifecycle" / TRAFFIC_LOG)
-        _write_json(self.folder / "canary_records.json", [r.__dict__ for r in records])
+        write_json_atomic(self.folder / "canary_records.json", [r.__dict__ for r in records],
+                          sort_keys=False, default=str)
         analysis = analyze(arm_stats(records, "canary"), arm_stats(records, "production"), cfg)
         self._step("canary", analysis=analysis.to_dict())
         self.say("canary: " + "; ".join(analysis.reasons))
@@ -265,12 +267,6 @@ class _NoProbe:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    tmp.replace(path)
 
 
 def rollback_production(backend: Backend, reason: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from movierec.data.columns import ITEM_COL, TIMESTAMP_COL, USER_COL
+from movierec.files import write_json_atomic
 from movierec.lifecycle.canary import ArmStats, bucket
 from movierec.lifecycle.world import World
 from movierec.serving.loadtest import run_blocking
@@ -69,9 +70,7 @@ def take_events(world: World, count: int) -> pl.DataFrame:
         raise ValueError(f"all {future.height} future interactions of {world.folder} were "
                          "replayed already; remove the world folder to start over")
     events = future.slice(start, count)
-    tmp = cursor_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"next": start + events.height}))
-    tmp.replace(cursor_path)
+    write_json_atomic(cursor_path, {"next": start + events.height}, indent=None)
     return events
 
 

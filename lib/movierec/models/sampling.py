@@ -20,8 +20,9 @@ _MAX_REJECTION_ROUNDS = 32
 
 def _gather_windows(flat: np.ndarray, offsets: np.ndarray, ends: np.ndarray,
                     max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded (input, target) windows ending after pair ``ends[r]`` of history ``r``.
+    """Left-padded (input, target) windows of the histories' first ``ends`` pairs.
 
+    Window ``r`` holds the last ``max_len`` of history ``r``'s first ``ends[r]`` pairs.
     History ``r`` is ``flat[offsets[r]:]``; its pair ``p`` is (item p, item p + 1). ``flat``
     must end with one spare element so that the look-ahead of padded slots stays in bounds.
     """
@@ -139,7 +140,8 @@ class TrainingBatches:
 
     Users with at least two training items are visited once per epoch in an order drawn
     from ``(seed, epoch)``; each batch holds ``users`` [b], ``seqs``, ``pos`` and (for BCE)
-    ``neg`` [b, max_len], all int64, with SSE already applied.
+    ``neg`` [b, w], all int64, with SSE already applied. ``w <= max_len`` is the batch's
+    longest window: shorter ones are left-padded to it.
 
     With ``config.shuffle_ties`` and the sequences' timestamps (``times``, aligned with
     ``train_sequences``), each epoch first reorders every run of a user's items that share
@@ -174,8 +176,10 @@ class TrainingBatches:
         self._offsets = np.concatenate([[0], np.cumsum(lengths[self.users])[:-1]]).astype(np.int64)
         self._n_pairs = lengths[self.users] - 1
         seen = [np.unique(h) for h in kept]
-        if any(s.size >= n_items for s in seen):
-            raise ValueError("a user has seen every item, so no negative can be sampled for them")
+        full = [int(user) for user, s in zip(self.users, seen, strict=True) if s.size >= n_items]
+        if full:
+            raise ValueError(f"users {full[:10]} have seen all {n_items} items, so no negative "
+                             "can be sampled for them: leave them out of the training data")
         rows = np.repeat(np.arange(len(kept)), [s.size for s in seen])
         self._seen_keys = rows * (n_items + 1) + np.concatenate([*seen, np.zeros(0, np.int64)])
         self._ordered = self._flat
@@ -196,8 +200,9 @@ class TrainingBatches:
         owner = np.repeat(np.arange(len(kept) + 1), [*(k.size for k in kept), 2])
         starts = np.r_[True, (np.diff(flat_times) != 0) | (np.diff(owner) != 0)]
         runs = np.cumsum(starts)
-        # Nothing to shuffle when every run is a single item.
-        return runs if runs[-1] < runs.size else None
+        # Nothing to shuffle when every real item starts a run of its own (the two padding
+        # zeros at the end always form a run of two, so they are left out of the test).
+        return None if starts[:-2].all() else runs
 
     def _batches(self, order: np.ndarray, window: np.ndarray,
                  rng: np.random.Generator) -> list[np.ndarray]:

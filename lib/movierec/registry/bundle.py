@@ -23,12 +23,10 @@ import torch
 from torch import nn
 
 from movierec.data.columns import (
-    ITEM_COL,
     ITEM_IDX_COL,
     POSITION_COL,
     TEST,
     TIMESTAMP_COL,
-    USER_COL,
     USER_IDX_COL,
     VALID,
 )
@@ -45,6 +43,7 @@ from movierec.registry.layout import (
     METADATA_FILE,
     MODEL_FILE,
     NAME,
+    REQUIRED_COLUMNS,
     TIE_TAIL_COL,
     USERS_FILE,
     BundleError,
@@ -57,8 +56,6 @@ from movierec.training.tracking import configure
 from movierec.training.tracking import git_commit as current_git_commit
 
 MODEL_KINDS = ("sse-pt", "sasrec", "pop")
-REQUIRED_COLUMNS = {ITEMS_FILE: (ITEM_IDX_COL, ITEM_COL), USERS_FILE: (USER_IDX_COL, USER_COL),
-                    HISTORIES_FILE: (USER_IDX_COL, "items")}
 
 
 def write_histories(interactions: Path, users: pl.DataFrame, path: Path) -> None:

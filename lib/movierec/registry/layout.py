@@ -24,6 +24,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from movierec.data.columns import (
+    GENRES_COL,
+    ITEM_COL,
+    ITEM_IDX_COL,
+    TITLE_COL,
+    USER_COL,
+    USER_IDX_COL,
+    YEAR_COL,
+)
 from movierec.data.sources import sha256_file
 
 FORMAT = 1
@@ -34,6 +43,13 @@ MODEL_FILES: dict[str, str] = {"fp32": MODEL_FILE, "int8": INT8_FILE}
 ITEMS_FILE, USERS_FILE, HISTORIES_FILE = "items.parquet", "users.parquet", "histories.parquet"
 TABLE_FILES = (ITEMS_FILE, USERS_FILE, HISTORIES_FILE)
 TIE_TAIL_COL = "tie_tail"
+# The columns the service reads from each table: the exporter refuses a bundle without
+# them, so a registered bundle never fails to load for want of one.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    ITEMS_FILE: (ITEM_IDX_COL, ITEM_COL, TITLE_COL, YEAR_COL, GENRES_COL, "train_count"),
+    USERS_FILE: (USER_IDX_COL, USER_COL),
+    HISTORIES_FILE: (USER_IDX_COL, "items"),
+}
 REQUIRED_KEYS = ("format", "name", "model_kind", "max_len", "n_users", "n_items",
                  "data_version", "git_commit", "run_id", "trained_at", "metrics", "parity",
                  "files")

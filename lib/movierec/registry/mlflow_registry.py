@@ -24,6 +24,9 @@ from movierec.training.tracking import configure
 MODEL_NAME = "movierec"
 ALIASES = ("staging", "canary", "production")
 HISTORY_FILE = "registry_history.jsonl"
+# What MLflow answers for a model or an alias that does not exist (a file store, SQLite or
+# a tracking server alike); every other error is a real failure.
+_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 
 
 class RegistryError(RuntimeError):
@@ -42,8 +45,26 @@ def history_path() -> Path:
 def _append_history(event: dict[str, Any]) -> None:
     path = history_path()
     path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_line(path)
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(event, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Cut a last line without its newline: a crash mid-append, whose call never returned.
+
+    Appended to, it would merge with the next event into one line that is not JSON.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        handle.truncate(handle.read().rfind(b"\n") + 1)
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -53,7 +74,16 @@ def read_history(alias: str | None = None) -> list[dict[str, Any]]:
     path = history_path()
     if not path.exists():
         return []
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    events = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # torn by a crash mid-append (see _drop_torn_line)
+                break
+            raise RegistryError(f"{path}: line {number} is not JSON ({error}); the history "
+                                "is damaged, restore it from a backup") from error
     return [e for e in events if alias is None or e["alias"] == alias]
 
 
@@ -83,12 +113,20 @@ def register_bundle(bundle_dir: Path, run_id: str, description: str = "") -> str
 
 
 def current_version(alias: str) -> str | None:
-    """The version an alias points at, or None."""
+    """The version an alias points at, or None when the alias or the model does not exist.
+
+    Raises:
+        mlflow.exceptions.MlflowException: Any other failure (MLflow unreachable, a server
+            error). Reading it as "no alias" would make ``reconcile`` retire every stage
+            whenever the tracking server hiccups.
+    """
     mlflow = configure()
     try:
         return str(_client().get_model_version_by_alias(MODEL_NAME, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code in _NOT_FOUND_CODES:
+            return None
+        raise
 
 
 def set_alias(alias: str, version: str, reason: str, who: str | None = None,
@@ -122,11 +160,17 @@ def remove_alias(alias: str, reason: str, who: str | None = None) -> dict[str, A
 
 
 def rollback(alias: str, reason: str = "rollback", who: str | None = None) -> dict[str, Any]:
-    """Move ``alias`` back to the version it pointed at before its current one."""
+    """Move ``alias`` back to the version it pointed at before its current one.
+
+    Rollbacks step back through the moves that were not rollbacks: after 1 -> 2 -> 3, a
+    rollback goes to 2 and a second one to 1 (not back to 3).
+    """
     current = current_version(alias)
     if current is None:
         raise RegistryError(f"alias {alias!r} is not set: nothing to roll back")
     for event in reversed(read_history(alias)):
+        if event.get("action") == "rollback":
+            continue
         if event["to"] == current and event["from"] not in (None, current):
             return set_alias(alias, event["from"], reason, who, action="rollback")
     raise RegistryError(f"{alias} has no earlier version than {current} to roll back to")

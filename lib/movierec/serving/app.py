@@ -28,8 +28,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from movierec import __version__
 from movierec.serving.admin import ReloadManager, admin_router
-from movierec.serving.batcher import MicroBatcher
-from movierec.serving.catalog import BundleError, Catalog
+from movierec.serving.batcher import MicroBatcher, ShuttingDownError
+from movierec.serving.catalog import BundleError, Catalog, movie_json_prefix
 from movierec.serving.drift import DriftGauges
 from movierec.serving.engine import LoadedBundle, load_bundle, top_k
 from movierec.serving.errors import validation_error_handler
@@ -204,9 +204,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(ModelProcessError)
     async def model_process_error(request: Request, exc: ModelProcessError) -> JSONResponse:
-        log.error("model process error", extra={"error": str(exc)})
-        return JSONResponse({"message": f"{exc}; the service cannot score until it is "
-                             "restarted or a bundle is reloaded"}, status_code=503,
+        log.error("model process error", extra={"error": str(exc), "gone": exc.gone})
+        # A failed batch's detail (ONNX Runtime's text) goes to the log, not to clients.
+        message = (f"{exc}; the service cannot score until it is restarted or a bundle is "
+                   "reloaded" if exc.gone else "the model failed to score this request's "
+                   "batch; try again (the detail is in the service log)")
+        return JSONResponse({"message": message}, status_code=503,
+                            headers={"Retry-After": RETRY_AFTER_S})
+
+    @app.exception_handler(ShuttingDownError)
+    async def shutting_down(request: Request, exc: ShuttingDownError) -> JSONResponse:
+        return JSONResponse({"message": str(exc)}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER_S})
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_body_bytes,
                        limits={"/feedback": settings.max_feedback_body_bytes})
@@ -348,4 +356,4 @@ def run_server(settings: ServeSettings, host: str = "127.0.0.1", port: int = 800
 
 def catalog_entry_prefix(catalog: Catalog, item: int) -> str:
     """JSON prefix of an item the catalogue table lacks (its placeholder entry)."""
-    return json.dumps(asdict(catalog.movie(item)))[:-1] + ', "score": '
+    return movie_json_prefix(catalog.movie(item))

@@ -1,11 +1,11 @@
 """The asyncio micro-batcher: concurrent requests share one model call.
 
-Requests wait at most ``max_queue_delay_ms`` for company, up to ``max_batch_size`` of them
-go to the model together (ONNX Runtime in a worker thread, or in a child process through
-one: :mod:`movierec.serving.worker`), which scores and ranks every row, and each request
-gets its own top k back. Each queued request carries the model it
-was admitted with, so a bundle swap never mixes models inside one batch and never fails a
-request in flight.
+While the model is busy, requests wait at most ``max_queue_delay_ms`` (from their
+arrival) for company; up to ``max_batch_size`` of them go to the model together (ONNX
+Runtime in a worker thread, or in a child process through one:
+:mod:`movierec.serving.worker`), which scores and ranks every row, and each request gets
+its own top k back. Each queued request carries the model it was admitted with, so a
+bundle swap never mixes models inside one batch and never fails a request in flight.
 """
 
 from __future__ import annotations
@@ -21,16 +21,21 @@ import numpy as np
 
 from movierec.serving.metrics import ServingMetrics
 from movierec.serving.ranking import Ranked, Ranker
-from movierec.serving.worker import ModelProcess
+from movierec.serving.worker import SLOTS, ModelProcess
 
 log = logging.getLogger("movierec.serving")
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "ShuttingDownError"]
 # Batches handed to the model at once: one running, the next formed and waiting (the
-# model process has one pipe for each: worker.SLOTS).
+# model process has one pipe for each).
+PIPELINE_DEPTH = SLOTS
 # While a batch runs, the next one waits for company in steps this long, re-checking
 # whether the model has become idle (then it goes at once).
 IDLE_POLL_S = 0.00025
-PIPELINE_DEPTH = 2
+DRAIN_S = 10.0  # how long stop() lets the batches already with the model finish
+
+
+class ShuttingDownError(RuntimeError):
+    """A queued request that the stopping server will not score (answered with a 503)."""
 
 
 @dataclass
@@ -61,7 +66,7 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_ms / 1000.0
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        self._executor: ThreadPoolExecutor | None = None  # the model thread, while running
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
         self._taken: list[_Job] = []  # jobs out of the queue, not yet handed over
@@ -77,12 +82,17 @@ class MicroBatcher:
     async def start(self) -> None:
         """Start the batching loop on the running event loop."""
         if self.max_batch_size > 1 and not self.running:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
             self._queue = asyncio.Queue()
             self._slots = asyncio.Semaphore(PIPELINE_DEPTH)
             self._task = asyncio.create_task(self._loop(), name="movierec-batcher")
 
-    async def stop(self) -> None:
-        """Stop the loop; queued requests fail with a clear error."""
+    async def stop(self, drain_s: float = DRAIN_S) -> None:
+        """Stop the loop: queued requests fail with :class:`ShuttingDownError`.
+
+        Batches already with the model finish first (for up to ``drain_s`` seconds), so the
+        model can be closed once this returns without stranding their requests.
+        """
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -93,8 +103,14 @@ class MicroBatcher:
             left.append(self._queue.get_nowait())
         for job in left:
             if not job.future.done():
-                job.future.set_exception(RuntimeError("server is shutting down"))
-        self._executor.shutdown(wait=False)
+                job.future.set_exception(ShuttingDownError(
+                    "the server is shutting down; send the request again (to another "
+                    "replica, or to this one once it is back)"))
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=drain_s)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     async def top_k(self, model: Ranker, user: int, seq: np.ndarray, k: int,
                     exclude: np.ndarray | None, ties: int = 0) -> Ranked:
@@ -104,10 +120,6 @@ class MicroBatcher:
         event loop (which every request needs) one ranking per request. ``ties``: how
         many of ``seq``'s newest items share one timestamp (0 or 1: score it as it is).
         """
-        return await self._submit(model, user, seq, k, exclude, ties)
-
-    async def _submit(self, model: Ranker, user: int, seq: np.ndarray, k: int,
-                      exclude: np.ndarray | None, ties: int) -> Ranked:
         loop = asyncio.get_running_loop()
         job = _Job(model, user, seq, loop.create_future(), loop.time(), k, exclude, ties)
         self._pending[model] = self._pending.get(model, 0) + 1
@@ -157,7 +169,7 @@ class MicroBatcher:
             held = None
             batch = [first]
             self._taken = batch
-            deadline = loop.time() + self.max_delay
+            deadline = first.enqueued + self.max_delay  # its wait counts from its arrival
             while len(batch) < self.max_batch_size:
                 try:
                     job = queue.get_nowait()

@@ -18,18 +18,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from movierec.registry.layout import (
+    ITEMS_FILE,
     MODEL_FILES,
+    REQUIRED_COLUMNS,
     TIE_TAIL_COL,
+    USERS_FILE,
     BundleError,
     Precision,
     read_verified_metadata,
 )
 
 __all__ = ["MODEL_FILES", "BundleError", "Catalog", "Movie", "Precision", "load_catalog",
-           "verify_bundle"]
+           "verify_bundle_files"]
 
 
-def verify_bundle(path: Path, precision: Precision = "fp32") -> dict[str, Any]:
+def verify_bundle_files(path: Path, precision: Precision = "fp32") -> dict[str, Any]:
     """Check a bundle's metadata, listed files and checksums for serving ``precision``.
 
     Raises:
@@ -46,6 +49,11 @@ class Movie:
     title: str
     year: int | None
     genres: list[str]
+
+
+def movie_json_prefix(movie: Movie) -> str:
+    """A recommended movie's JSON object up to its score: ``{"movie_id": ..., "score": ``."""
+    return json.dumps(asdict(movie))[:-1] + ', "score": '
 
 
 class Catalog:
@@ -73,9 +81,8 @@ class Catalog:
                                         genres=list(row[4] or []))
         # Each movie's JSON up to its score, rendered once: answering /recommend then costs
         # string joins instead of a pydantic round trip per item (~0.1 ms per request).
-        self.json_prefix: list[str] = [
-            "" if m is None else json.dumps(asdict(m))[:-1] + ', "score": '
-            for m in self.movies]
+        self.json_prefix: list[str] = ["" if m is None else movie_json_prefix(m)
+                                       for m in self.movies]
         self.idx_by_movie: dict[int, int] = {int(m): int(i) for i, m in
                                              zip(idx, self.item_ids[idx], strict=True)}
         # Most popular first; ties broken by index so the order is deterministic.
@@ -147,11 +154,8 @@ def load_catalog(path: Path, meta: dict[str, Any]) -> Catalog:
         histories, tie_tails = _read_histories(path / "histories.parquet")
     except (OSError, pl.exceptions.PolarsError, KeyError, ValueError) as exc:
         raise BundleError(f"bundle {path}: cannot read its tables ({exc})") from exc
-    for name, frame, cols in (
-            ("items.parquet", items, ("item_idx", "item_id", "title", "year", "genres",
-                                      "train_count")),
-            ("users.parquet", users, ("user_idx", "user_id"))):
-        lacking = [col for col in cols if col not in frame.columns]
+    for name, frame in ((ITEMS_FILE, items), (USERS_FILE, users)):
+        lacking = [col for col in REQUIRED_COLUMNS[name] if col not in frame.columns]
         if lacking:
             raise BundleError(f"bundle {path}: {name} lacks columns {lacking}")
     n_items, n_users = int(meta["n_items"]), int(meta["n_users"])

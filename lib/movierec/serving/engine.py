@@ -24,8 +24,14 @@ from movierec.export.runtime import (
     session_options,
 )
 from movierec.registry.layout import bundle_tie_orders
-from movierec.serving.catalog import MODEL_FILES, BundleError, Catalog, Precision, load_catalog
-from movierec.serving.catalog import verify_bundle as verify_bundle_files
+from movierec.serving.catalog import (
+    MODEL_FILES,
+    BundleError,
+    Catalog,
+    Precision,
+    load_catalog,
+    verify_bundle_files,
+)
 from movierec.serving.history import DemoUser, pick_demo_users
 from movierec.serving.ranking import Ranked, Ranker, top_k, top_k_rows
 from movierec.serving.worker import ModelProcess

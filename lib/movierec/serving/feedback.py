@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from movierec.serving.feedback_pg import PostgresFeedbackStore
@@ -143,14 +144,32 @@ class FeedbackStore:
             self._conn.close()
 
 
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (safe for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def sqlite_path(url: str) -> Path:
     """The file of a ``sqlite:///path`` URL (or of a plain path)."""
     if url.startswith("sqlite:///"):
         # SQLAlchemy style: sqlite:////abs/path.db is absolute, sqlite:///rel.db relative.
         return Path(url.removeprefix("sqlite:///"))
+    if url.startswith("sqlite:"):
+        raise FeedbackStoreError(f"feedback_url {url!r}: a SQLite URL has three slashes "
+                                 "before a relative path and four before an absolute one "
+                                 "(sqlite:///feedback.db, sqlite:////data/feedback.db)")
     if "://" in url:
-        raise FeedbackStoreError(f"feedback_url {url!r}: unknown scheme (use sqlite:///PATH "
-                                 "or a file path)")
+        raise FeedbackStoreError(f"feedback_url {mask_url(url)!r}: unknown scheme (use "
+                                 "postgresql://, sqlite:///PATH or a file path)")
     return Path(url)
 
 

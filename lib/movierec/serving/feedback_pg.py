@@ -16,9 +16,14 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
-from movierec.serving.feedback import FeedbackEvent, FeedbackStoreError, FeedbackWriteError
+from movierec.serving.feedback import (
+    FeedbackEvent,
+    FeedbackStoreError,
+    FeedbackWriteError,
+    mask_url,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -57,20 +62,6 @@ def _libpq_url(url: str) -> str:
     """``postgresql+psycopg://...`` (SQLAlchemy style) -> ``postgresql://...`` for libpq."""
     scheme, sep, rest = url.partition("://")
     return ("postgresql" if scheme.startswith("postgresql+") else scheme) + sep + rest
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal keeps its brackets
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _password_from_file(shown_url: str) -> str | None:

@@ -45,13 +45,9 @@ class OnlineHistory:
             count += 1
         return count
 
-    def movies(self, user_id: int) -> list[int]:
-        """The user's online watches as MovieLens ids, oldest first."""
-        return [movie for _, _, movie in self._watches.get(user_id, ())]
-
-    def timestamps(self, user_id: int) -> list[int]:
-        """The times of :meth:`movies`, in the same order."""
-        return [timestamp for timestamp, _, _ in self._watches.get(user_id, ())]
+    def watches(self, user_id: int) -> list[tuple[int, int]]:
+        """The user's online watches as (MovieLens id, timestamp), oldest first."""
+        return [(movie, timestamp) for timestamp, _, movie in self._watches.get(user_id, ())]
 
     def __len__(self) -> int:
         return sum(len(events) for events in self._watches.values())
@@ -63,8 +59,8 @@ def _recent_online(catalog: Catalog, online: OnlineHistory,
 
     Only the last watch of each item is kept (the one that moves it to the history's end).
     """
-    known = [(catalog.idx_by_movie.get(movie), timestamp) for movie, timestamp
-             in zip(online.movies(user_id), online.timestamps(user_id), strict=True)]
+    known = [(catalog.idx_by_movie.get(movie), timestamp)
+             for movie, timestamp in online.watches(user_id)]
     known = [(item, timestamp) for item, timestamp in known if item is not None]
     last = {item: position for position, (item, _) in enumerate(known)}
     kept = [pair for position, pair in enumerate(known) if last[pair[0]] == position]
@@ -141,7 +137,8 @@ def pick_demo_users(catalog: Catalog, count: int = 3, min_history: int = 20,
         pool: How many of the longest histories to consider (bounds the work on big data).
 
     Returns:
-        Up to ``count`` users, ordered by the popularity of their dominant genre.
+        Up to ``count`` users: those picked by genre, ordered by the popularity of their
+        dominant genre, then any fill-ins by history length.
     """
     by_id = {idx: uid for uid, idx in catalog.user_idx_by_id.items()}
     users = [(uid, catalog.histories[idx]) for idx, uid in sorted(by_id.items())

@@ -37,13 +37,28 @@ SLOTS = 2
 PIPE_BUFFER_BYTES = 1 << 20
 # How long a child may take to load and warm up a model before the load counts as failed.
 READY_TIMEOUT_S = 300.0
+# How long one batch may take before the child counts as hung: it is then killed, so the
+# service reports itself unhealthy (and its supervisor restarts it) instead of every
+# request waiting forever. A batch takes milliseconds; this is far beyond any real one.
+BATCH_TIMEOUT_S = 60.0
+# How often a caller on the event loop looks for a pipe that a thread caller holds.
+PIPE_POLL_S = 0.0005
 # Exclusion codes in the batch message: no exclusion, or the row's own history.
 NO_EXCLUDE, EXCLUDE_HISTORY = -1, -2
 _OK, _FAILED = b"\x00", b"\x01"
 
 
 class ModelProcessError(RuntimeError):
-    """The model process is gone (killed, out of memory) or failed a batch."""
+    """The model process is gone (killed, out of memory) or failed a batch.
+
+    Attributes:
+        gone: True when the process has exited, so nothing is scored until a restart or a
+            reload; False when it failed one batch and still serves the next.
+    """
+
+    def __init__(self, message: str, *, gone: bool) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 def encode_batch(users: np.ndarray, histories: Sequence[np.ndarray], ks: Sequence[int],
@@ -216,7 +231,13 @@ class ModelProcess:
     def _gone(self) -> ModelProcessError:
         """The error for a call whose pipe broke: the child has exited (or is exiting)."""
         return ModelProcessError(f"the model process is gone (exit code "
-                                 f"{self._process.poll()})")
+                                 f"{self._process.poll()})", gone=True)
+
+    def _hung(self) -> ModelProcessError:
+        """Kill a child that did not answer a batch in time; the error says so."""
+        self._process.kill()
+        return ModelProcessError(f"the model process did not answer a batch within "
+                                 f"{BATCH_TIMEOUT_S:g} s and was stopped", gone=True)
 
     @property
     def alive(self) -> bool:
@@ -240,13 +261,16 @@ class ModelProcess:
         conn = self._free.get()
         try:
             conn.send_bytes(message)
-            reply = conn.recv_bytes()  # blocks without the GIL
+            if not conn.poll(BATCH_TIMEOUT_S):  # waits without the GIL
+                raise self._hung()
+            reply = conn.recv_bytes()
         except (EOFError, OSError) as exc:
             raise self._gone() from exc
         finally:
             self._free.put(conn)
         if reply[:1] != _OK:
-            raise ModelProcessError(f"the model process failed a batch: {reply[1:].decode()}")
+            raise ModelProcessError(f"the model process failed a batch: {reply[1:].decode()}",
+                                    gone=False)
         return decode_ranked(reply[1:])
 
     async def rank_async(self, users: np.ndarray, histories: Sequence[np.ndarray],
@@ -265,10 +289,14 @@ class ModelProcess:
             self._slots = asyncio.Semaphore(SLOTS)
         message = encode_batch(users, histories, ks, excludes, ties)
         async with self._slots:  # first come, first served among event-loop callers
-            try:
-                conn = self._free.get_nowait()
-            except queue.Empty:  # a thread (a :meth:`rank` caller) holds a pipe
-                conn = await loop.run_in_executor(None, self._free.get)
+            while True:  # a thread (a :meth:`rank` caller) may hold a pipe for a moment
+                try:
+                    conn = self._free.get_nowait()
+                    break
+                except queue.Empty:
+                    # Polled, not handed to a thread: a caller cancelled while waiting
+                    # must not leave a thread that takes a pipe and never gives it back.
+                    await asyncio.sleep(PIPE_POLL_S)
             replied: asyncio.Future[bytes | BaseException] = loop.create_future()
 
             def on_readable() -> None:
@@ -290,11 +318,16 @@ class ModelProcess:
                 self._free.put(conn)
                 raise self._gone() from exc
             loop.add_reader(conn.fileno(), on_readable)
-            reply = await replied
+            try:
+                reply = await asyncio.wait_for(replied, BATCH_TIMEOUT_S)
+            except TimeoutError:
+                loop.remove_reader(conn.fileno())
+                raise self._hung() from None
         if isinstance(reply, BaseException):
             raise self._gone() from reply
         if reply[:1] != _OK:
-            raise ModelProcessError(f"the model process failed a batch: {reply[1:].decode()}")
+            raise ModelProcessError(f"the model process failed a batch: {reply[1:].decode()}",
+                                    gone=False)
         return decode_ranked(reply[1:])
 
     def close(self, timeout: float = 5.0) -> None:

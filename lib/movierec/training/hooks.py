@@ -5,14 +5,42 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from movierec.files import write_atomic
 from movierec.training.config import TrainConfig
+
+# Settings a resumed run may change: they do not alter what the checkpoint is part of.
+RESUMABLE_CHANGES = frozenset({"epochs", "threads", "device", "eval_batch_size"})
+
+
+def check_same_run(saved: dict[str, Any] | None, config: TrainConfig) -> None:
+    """Refuse to resume a checkpoint written under other settings.
+
+    Otherwise a half-trained soup branch, or a selection stopped with another patience,
+    would silently become the result.
+
+    Raises:
+        ValueError: Naming each setting that differs, with its old and new value.
+    """
+    if saved is None:  # written before checkpoints recorded their config
+        return
+    def flat(settings: dict[str, Any]) -> dict[str, Any]:  # model.dropout, not a whole dict
+        return {f"{key}.{inner}" if isinstance(value, dict) else key: v
+                for key, value in settings.items()
+                for inner, v in (value.items() if isinstance(value, dict) else [(key, value)])}
+
+    before, now = flat(saved), flat(config.model_dump(mode="json"))
+    changed = sorted(f"{key}: {before.get(key)!r} -> {value!r}" for key, value in now.items()
+                     if key not in RESUMABLE_CHANGES and before.get(key) != value)
+    if changed:
+        raise ValueError("the checkpoint was written with other settings ("
+                         + "; ".join(changed) + "): resume with the same config, or start "
+                         "over without resume")
 
 
 class Hooks(Protocol):
@@ -54,16 +82,17 @@ class LocalHooks:
         return torch.device("cpu")
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The checkpoint file, when resuming and it exists."""
+        """The checkpoint file, when resuming and it exists.
+
+        Read onto the CPU, so a GPU run's checkpoint resumes on a machine without one;
+        loading the weights and the optimiser moves them to the training device.
+        """
         if self.resume and self.checkpoint and self.checkpoint.exists():
-            return torch.load(self.checkpoint, weights_only=False)
+            return torch.load(self.checkpoint, weights_only=False, map_location="cpu")
         return None
 
     def report(self, record: dict[str, Any], state: dict[str, Any]) -> None:
         """Write the checkpoint atomically (a crash mid-write keeps the previous one)."""
         if self.checkpoint is None:
             return
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint)
+        write_atomic(self.checkpoint, lambda handle: torch.save(state, handle))

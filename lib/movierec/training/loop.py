@@ -8,6 +8,7 @@ where checkpoints go, how progress is reported) come in through ``Hooks``.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -21,8 +22,7 @@ from tqdm.auto import tqdm
 
 from movierec.data.columns import TEST, VALID
 from movierec.data.dataset import SequenceData
-from movierec.evaluation.metrics import accuracy_per_user
-from movierec.evaluation.protocols import RankedUsers, rank_users
+from movierec.evaluation.protocols import RankedUsers, full_ranking_per_user, rank_users
 from movierec.evaluation.report import Metrics, summarize
 from movierec.machine import keep_freed_memory
 from movierec.models import (
@@ -37,7 +37,7 @@ from movierec.models import (
 )
 from movierec.models.spectral import init_item_embeddings
 from movierec.training.config import TrainConfig
-from movierec.training.hooks import Hooks, LocalHooks
+from movierec.training.hooks import Hooks, LocalHooks, check_same_run
 from movierec.training.soup import branch_seed, refit_key, refit_loss_branch, soup_plan
 
 SELECTION_METRIC = "ndcg@10"
@@ -157,7 +157,7 @@ def _new_state() -> dict[str, Any]:
     return {"phase": "select", "epoch": 0, "best_score": -1.0, "best_epoch": 0,
             "bad_evals": 0, "best_model": None, "history": [], "best_seconds": 0.0,
             "valid": None, "refit_history": [], "branch": 0, "trunk": None, "soup": None,
-            "resumes": []}
+            "resumes": [], "seconds": 0.0}
 
 
 def training_sequences(data: SequenceData, refit: bool) -> PhaseSequences:
@@ -214,6 +214,8 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         torch.set_rng_state(resumed["torch_rng"])
+        if resumed.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resumed["cuda_rng"])  # dropout masks on the GPU
     fork, branches = soup_plan(config, state["best_epoch"]) if refit else (0, 1)
     epochs = state["best_epoch"] if refit else config.epochs
     total = fork + branches * (epochs - fork)  # epochs this phase trains in all
@@ -222,8 +224,11 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
                disable=not progress or hooks.rank != 0)
 
     def checkpoint(record: dict[str, Any]) -> None:
+        state["seconds"] = time.perf_counter() - started  # a resumed run goes on from it
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         hooks.report(record, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "torch_rng": torch.get_rng_state(), "loop": state})
+                              "torch_rng": torch.get_rng_state(), "cuda_rng": cuda_rng,
+                              "loop": state})
 
     while state["branch"] < branches:
         branch = state["branch"]
@@ -254,8 +259,9 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
             break
         # Add the finished branch to the soup, then start the next one from the trunk.
         weights = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        # .to(): a resumed soup was read onto the CPU (see the hooks' load_checkpoint).
         state["soup"] = weights if state["soup"] is None else {
-            k: state["soup"][k] + v for k, v in weights.items()}
+            k: state["soup"][k].to(v.device) + v for k, v in weights.items()}
         state.update(branch=branch + 1, epoch=fork)
     if branches > 1:
         dtypes = {k: v.dtype for k, v in model.state_dict().items()}
@@ -282,7 +288,10 @@ def _train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer,
     """One pass over this worker's share of the batches: the epoch's mean loss and time."""
     tick = time.perf_counter()
     objective.train()
-    per_worker = len(batches) // hooks.world_size or 1
+    if len(batches) < hooks.world_size:  # a worker without a batch would stall DDP's sync
+        raise ValueError(f"{len(batches)} batches per epoch cannot feed {hooks.world_size} "
+                         f"workers: lower batch_size ({config.batch_size}) or the workers")
+    per_worker = len(batches) // hooks.world_size
     losses = []
     for index, batch in enumerate(batches.epoch(epoch)):
         if index // hooks.world_size >= per_worker or index % hooks.world_size != hooks.rank:
@@ -294,8 +303,12 @@ def _train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer,
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    return {"epoch": epoch, "loss": float(np.mean(losses)),
-            "train_seconds": time.perf_counter() - tick}
+    mean_loss = float(np.mean(losses))
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"the training loss is {mean_loss} in epoch {epoch}: training "
+                                 f"diverged; lower lr ({config.lr:g}) or train in fp32 "
+                                 f"(precision is {config.precision})")
+    return {"epoch": epoch, "loss": mean_loss, "train_seconds": time.perf_counter() - tick}
 
 
 def _validate(model: nn.Module, data: SequenceData, config: TrainConfig, device: torch.device,
@@ -304,9 +317,8 @@ def _validate(model: nn.Module, data: SequenceData, config: TrainConfig, device:
     epoch = record["epoch"]
     if epoch % config.eval_every and epoch != config.epochs:
         return
-    ranks = rank_users(make_scorer(model, device), data, VALID, config.model.max_len,
-                       batch_size=config.eval_batch_size, sampled=False).full_ranks
-    per_user = accuracy_per_user(ranks)
+    per_user = full_ranking_per_user(make_scorer(model, device), data, VALID,
+                                     config.model.max_len, batch_size=config.eval_batch_size)
     score = float(per_user["ndcg@10"].mean())
     # Named apart from the final "valid_full_*" metrics that tracking logs; the same ranks
     # give the hit rate and MRR for free (the sampled protocol is left for the end).
@@ -356,7 +368,11 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
                          seconds=time.perf_counter() - started, test_ranks=test_ranks)
 
     resumed = hooks.load_checkpoint()
+    if resumed:
+        check_same_run(resumed["loop"].get("config"), config)
     state = {**_new_state(), **resumed["loop"]} if resumed else _new_state()
+    state["config"] = config.model_dump(mode="json")
+    started -= state["seconds"]  # a resumed run's times include those before the crash
     if resumed:  # saved with the next checkpoint; a crash before one is written forgets it
         state["resumes"] = [*state["resumes"], {k: state[k] for k in ("phase", "epoch", "branch")}]
     phase_data = training_sequences(data, refit=state["phase"] == "refit")

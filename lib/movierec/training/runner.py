@@ -29,7 +29,21 @@ def model_name(config: TrainConfig) -> str:
 def run_training(config: TrainConfig, data_dir: Path, workers: int = 0,
                  checkpoint_dir: Path | None = None, resume: bool = False,
                  progress: bool = True, **ray_options: Any) -> FitResult:
-    """Train with the in-process runner (``workers == 0``) or Ray Train (``workers >= 1``)."""
+    """Train with the in-process runner (``workers == 0``) or Ray Train (``workers >= 1``).
+
+    ``checkpoint_dir`` and ``resume`` are the in-process runner's; Ray Train checkpoints to
+    its own storage and resumes by itself. ``ray_options`` go to ``fit_on_ray``.
+
+    Raises:
+        ValueError: An option of one runner given to the other (it would be ignored).
+    """
+    if workers and config.baseline != "pop" and (checkpoint_dir is not None or resume):
+        raise ValueError("checkpoint_dir and resume are for in-process training (workers=0); "
+                         "Ray Train checkpoints to its storage and resumes after a failure "
+                         "by itself")
+    if not workers and ray_options:
+        raise ValueError(f"{', '.join(sorted(ray_options))}: Ray Train options, which need "
+                         "workers >= 1")
     if workers == 0 or config.baseline == "pop":
         data = load_sequences(data_dir)
         return fit(config, data, LocalHooks(checkpoint_dir, resume), progress=progress)

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import httpx
+
 from movierec.lifecycle.config import Stage
+
+
+def reported_version(base_url: str, timeout: float) -> str | None:
+    """What a service's ``/version`` names; None when it does not answer 200 with one.
+
+    A proxy's error page (HTML with a 200) or a half-started service counts as not serving,
+    never as an exception in the middle of a deploy.
+    """
+    try:
+        reply = httpx.get(f"{base_url}/version", timeout=timeout)
+        return str(reply.json()["version"]) if reply.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
 
 
 class Backend(Protocol):

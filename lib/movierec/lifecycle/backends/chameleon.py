@@ -17,11 +17,11 @@ import os
 import time
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from movierec.infra.argocd import ARGOCD_HOW
 from movierec.infra.commands import Command, require_tool, run
+from movierec.lifecycle.backends import reported_version
 from movierec.lifecycle.config import Stage
 from movierec.polling import poll
 
@@ -107,11 +107,7 @@ class ChameleonBackend:
 
     def serving_version(self, stage: Stage) -> str | None:
         """What the stage's ``/version`` says (None when it does not answer)."""
-        try:
-            reply = httpx.get(f"{self.stage_url(stage)}/version", timeout=5.0)
-        except httpx.HTTPError:
-            return None
-        return str(reply.json()["version"]) if reply.status_code == 200 else None
+        return reported_version(self.stage_url(stage), timeout=5.0)
 
     def commands(self, stage: Stage, params: dict[str, str]) -> list[Command]:
         """``argocd app set -p ...``, ``app sync`` and ``app wait --health`` for one stage."""

@@ -26,11 +26,14 @@ from typing import Any
 import httpx
 
 from movierec.config import get_settings
-from movierec.lifecycle.backends.supervisor import read_json, write_json
+from movierec.files import write_json_atomic
+from movierec.lifecycle.backends import reported_version
+from movierec.lifecycle.backends.supervisor import read_json
 from movierec.lifecycle.config import STAGES, PlatformConfig, Stage
 from movierec.polling import http_ok, poll
 
 MLFLOW_START_TIMEOUT_S = 60.0
+RETIRE_TIMEOUT_S = 30.0
 RECONCILE_LOG = "reconcile.jsonl"
 
 
@@ -232,11 +235,7 @@ class LocalPlatform:
 
     def serving_version(self, stage: Stage) -> str | None:
         """What ``/version`` of the stage says (None when it does not answer)."""
-        try:
-            reply = httpx.get(f"{self.stage_url(stage)}/version", timeout=2.0)
-        except httpx.HTTPError:
-            return None
-        return str(reply.json()["version"]) if reply.status_code == 200 else None
+        return reported_version(self.stage_url(stage), timeout=2.0)
 
     def _set_desired(self, stage: Stage, spec: dict[str, str] | None) -> None:
         path = self.folder / "stages.json"
@@ -245,7 +244,7 @@ class LocalPlatform:
             desired.pop(stage, None)
         else:
             desired[stage] = spec
-        write_json(path, desired)
+        write_json_atomic(path, desired)
 
     def deploy(self, stage: Stage, version: str) -> dict[str, Any]:
         """Serve ``version`` at ``stage``: reload in place when running, else start it."""
@@ -256,10 +255,16 @@ class LocalPlatform:
         started = time.monotonic()
         how = "started"
         if self.serving_version(stage) is not None:
-            reply = httpx.post(f"{self.stage_url(stage)}/admin/reload", timeout=120.0,
-                               headers={"Authorization": f"Bearer {self.admin_token()}"},
-                               json={"bundle": str(bundle), "version": str(version),
-                                     "alias": stage, "wait": True})
+            limit = self.config.ready_timeout_s
+            try:
+                reply = httpx.post(f"{self.stage_url(stage)}/admin/reload", timeout=limit,
+                                   headers={"Authorization": f"Bearer {self.admin_token()}"},
+                                   json={"bundle": str(bundle), "version": str(version),
+                                         "alias": stage, "wait": True})
+            except httpx.TimeoutException as error:
+                raise TimeoutError(f"{stage}: the reload to version {version} did not finish "
+                                   f"within {limit:g} s (ready_timeout_s); it may still be "
+                                   f"loading: see {self.folder / (stage + '.log')}") from error
             if reply.status_code != 200:
                 raise RuntimeError(f"{stage}: reload to version {version} failed "
                                    f"({reply.status_code}): {reply.text[:300]}")
@@ -281,9 +286,16 @@ class LocalPlatform:
                                f"{self.folder / (stage + '.log')}")
 
     def retire(self, stage: Stage) -> None:
-        """Stop the stage's service (the supervisor stops the process)."""
+        """Stop the stage's service (the supervisor stops the process).
+
+        Raises:
+            TimeoutError: It still answered 30 s later.
+        """
         self._set_desired(stage, None)
-        poll(lambda: self.serving_version(stage) is None, 30, every=0.3)
+        if not poll(lambda: self.serving_version(stage) is None, RETIRE_TIMEOUT_S, every=0.3):
+            raise TimeoutError(f"{stage} still serves {RETIRE_TIMEOUT_S:g} s after it was "
+                               f"retired: is the supervisor running? (see "
+                               f"{self.folder / 'supervisor.log'})")
 
 
 def _reaped(pid: int) -> bool:

@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from movierec.files import write_json_atomic
+
 POLL_S = 0.5
 HEALTH_EVERY_S = 2.0
 log = logging.getLogger("movierec.supervisor")
@@ -31,16 +33,6 @@ log = logging.getLogger("movierec.supervisor")
 def read_json(path: Path, default: Any) -> Any:
     """A JSON file, or ``default`` when it does not exist yet."""
     return json.loads(path.read_text()) if path.exists() else default
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write atomically (temp file, fsync, rename): readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 @dataclass
@@ -135,7 +127,7 @@ class Supervisor:
                 "bundle": service.bundle, "port": self.ports[stage],
                 "started_at": service.started_at, "restarts": service.restarts,
                 "healthy": service.healthy, "last_health": now}
-        write_json(self.folder / "status.json", status)
+        write_json_atomic(self.folder / "status.json", status)
 
     def run(self) -> None:
         """Loop until SIGTERM/SIGINT, then stop every process it started."""
@@ -157,8 +149,8 @@ class Supervisor:
             time.sleep(POLL_S)
         for service in self.services.values():
             self._stop(service)
-        write_json(self.folder / "status.json", {"supervisor_pid": None,
-                                                 "updated_at": time.time(), "services": {}})
+        write_json_atomic(self.folder / "status.json",
+                          {"supervisor_pid": None, "updated_at": time.time(), "services": {}})
 
 
 def main() -> None:

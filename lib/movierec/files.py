@@ -1,0 +1,57 @@
+"""Files that readers see whole or not at all: a temporary name, fsync, then a rename.
+
+A crash mid-write leaves the previous file (or none), never half of one, and two
+processes writing the same file at once (Ray's workers drawing the same evaluation
+negatives) each write their own temporary file, so the last rename wins with a whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object], *,
+                 mode: int | None = None) -> Path:
+    """Write ``path`` through ``write(handle)`` so that it appears complete or not at all.
+
+    Args:
+        path: The file to (re)place; its folder is created when missing.
+        write: Writes the content to the binary handle it is given.
+        mode: Permission bits set before the file appears (e.g. ``0o600`` for a file that
+            names hosts or holds a secret); None keeps the umask's.
+
+    Returns:
+        ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique per writer
+    try:
+        with tmp.open("xb") as handle:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: Path, text: str, *, mode: int | None = None) -> Path:
+    """:func:`write_atomic` of UTF-8 text."""
+    return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")), mode=mode)
+
+
+def write_json_atomic(path: Path, value: Any, *, indent: int | None = 2,
+                      sort_keys: bool = True,
+                      default: Callable[[Any], Any] | None = None) -> Path:
+    """:func:`write_atomic` of ``value`` as JSON (``json.dumps``' options) and a newline."""
+    text = json.dumps(value, indent=indent, sort_keys=sort_keys, default=default)
+    return write_text_atomic(path, text + "\n")
