@@ -47,5 +47,5 @@ def get_settings() -> Settings:
     return Settings(
         home=home.resolve(),
         datasets=Path(datasets).expanduser().resolve() if datasets else None,
-        grouplens_url=os.environ.get(ENV_GROUPLENS_URL, DEFAULT_GROUPLENS_URL).rstrip("/"),
+        grouplens_url=(os.environ.get(ENV_GROUPLENS_URL) or DEFAULT_GROUPLENS_URL).rstrip("/"),
     )

@@ -40,9 +40,10 @@ def poll(probe: Callable[[], T | None], timeout: float, *, every: float = 0.2,
             return answer
         if abort is not None and (message := abort()) is not None:
             raise RuntimeError(message)
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return None
-        time.sleep(every)
+        time.sleep(min(every, left))
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str,

@@ -89,5 +89,21 @@ def test_empty_file_and_unknown_folder_are_clear_errors(tmp_path: Path) -> None:
 def test_missing_metadata_file_is_named(tmp_path: Path) -> None:
     folder = write_ml100k(tmp_path / "ml-100k", RATINGS_TAB)
     (folder / "u.item").unlink()
-    with pytest.raises(ParseError, match=r"u\.item"):
+    with pytest.raises(ParseError, match=r"missing: u\.item"):
+        parse_folder(folder)
+    # The canonical layout too (polars names no file in its error).
+    canonical = tmp_path / "canonical"
+    canonical.mkdir()
+    pl.DataFrame({"user_id": [1], "item_id": [1], "rating": [4.0], "timestamp": [1]}
+                 ).write_parquet(canonical / "interactions.parquet")
+    with pytest.raises(ParseError, match=r"a required file is missing: .*items\.parquet"):
+        parse_folder(canonical)
+
+
+def test_a_metadata_line_with_missing_fields_is_named(tmp_path: Path) -> None:
+    folder = write_ml100k(tmp_path / "ml-100k", RATINGS_TAB)
+    lines = (folder / "u.item").read_bytes().decode("latin-1").splitlines()
+    lines[1] = "2|Broken"  # would have read as a movie without genres
+    (folder / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(ParseError, match=r"u\.item line 2: 2 fields .* expected 24"):
         parse_folder(folder)

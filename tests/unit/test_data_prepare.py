@@ -93,6 +93,46 @@ def test_prepare_failure_leaves_previous_output_intact(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
+def test_prepare_never_replaces_a_folder_that_is_not_a_prepared_dataset(
+        tmp_path: Path) -> None:
+    import os
+    import stat
+    import zipfile
+
+    src = write_ml100k(tmp_path / "ml-100k", ["1\t1\t5\t1", "1\t2\t5\t2", "1\t3\t5\t3"])
+    precious = tmp_path / "datasets"
+    (precious / "mine").mkdir(parents=True)
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not a prepared dataset"):
+        prepare(PrepareConfig(dataset="ml-100k"), precious, source=src)
+    assert (precious / "notes.txt").read_text() == "keep me" and (precious / "mine").is_dir()
+    # New, empty and earlier prepared folders are fine; the result honours the umask.
+    (tmp_path / "empty").mkdir()
+    old = os.umask(0o022)
+    try:
+        for out in (tmp_path / "new", tmp_path / "empty", tmp_path / "new"):
+            prepare(PrepareConfig(dataset="ml-100k"), out, source=src)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # Another zip of the same name is extracted on its own, not served from the first.
+    archives = []
+    for n, ratings in enumerate((["1\t1\t5\t1", "1\t2\t5\t2", "1\t3\t5\t3"],
+                                 ["1\t1\t5\t3", "1\t2\t5\t2", "1\t3\t5\t1"])):
+        folder = write_ml100k(tmp_path / f"v{n}" / "ml-100k", ratings)
+        archive = tmp_path / f"v{n}" / "ml-100k.zip"
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for file in folder.iterdir():
+                zipped.write(file, f"ml-100k/{file.name}")
+        archives.append(archive)
+    cards = [prepare(PrepareConfig(dataset="ml-100k"), tmp_path / f"z{n}", source=archive)
+             for n, archive in enumerate(archives)]
+    assert cards[0]["data_version"] != cards[1]["data_version"]  # the second zip's order
+    again = prepare(PrepareConfig(dataset="ml-100k"), tmp_path / "z2", source=archives[0])
+    assert again["data_version"] == cards[0]["data_version"]
+
+
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="extra"):
         PrepareConfig(dataset="ml-100k", min_ratings=4)  # type: ignore[call-arg]

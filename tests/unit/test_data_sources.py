@@ -56,6 +56,17 @@ def test_published_md5_mismatch_is_refused(mirror: Path, tmp_path: Path) -> None
     assert not (get_settings().downloads / "ml-25m.zip").exists()
 
 
+def test_grouplens_bsd_style_md5_is_read(mirror: Path, tmp_path: Path) -> None:
+    zip_folder(write_csv(tmp_path / "ml-1m", ["1,1,4,1"]), mirror / "ml-1m.zip")
+    md5 = hashlib.md5((mirror / "ml-1m.zip").read_bytes(), usedforsecurity=False).hexdigest()
+    (mirror / "ml-1m.zip.md5").write_text(f"MD5 (ml-1m.zip) = {md5}\n")  # GroupLens's form
+    assert resolve_source("ml-1m").origin.startswith("GroupLens")
+    (mirror / "ml-32m.zip").write_bytes((mirror / "ml-1m.zip").read_bytes())
+    (mirror / "ml-32m.zip.md5").write_text(f"MD5 (ml-32m.zip) = {'f' * 32}\n")
+    with pytest.raises(FetchError, match=r"md5 does not match GroupLens's published f{32}"):
+        resolve_source("ml-32m")
+
+
 def test_failed_download_leaves_no_partial_file(tmp_path: Path) -> None:
     dest = tmp_path / "d" / "x.zip"
     with pytest.raises(FetchError, match="cannot download"):

@@ -105,3 +105,20 @@ def test_tie_orders_score_a_tied_history_end_by_all_of_its_items(tmp_path: Path)
     unknown = rank_users(newest_item_likes_the_next, data, "valid", max_len=5,
                          sampled=False, tie_orders=8)
     assert unknown.full_ranks.tolist() == [4, 0, 0] and calls[-1] == 3
+
+
+def test_history_length_slices_never_share_a_length(tmp_path: Path) -> None:
+    from movierec.evaluation.report import detailed_report
+
+    # Lengths 1, 2, 2, 2, 2, 3, 4, 8: the quartile edges fall on 2, where users pile up.
+    lengths = [1, 2, 2, 2, 2, 3, 4, 8]
+    train = [list(range(1, n + 1)) for n in lengths]
+    data = tiny_data(tmp_path, train, [9] * 8, [10] * 8, 12)
+    ranked = rank_users(lambda users, seqs: np.random.default_rng(0).random((len(users), 13)),
+                        data, "valid", max_len=10, sampled=False)
+    ranked.sampled_ranks[:] = 0
+    slices = detailed_report(ranked, data, "valid")["slices"]["history_length"]
+    spans = [tuple(int(x) for x in label.split("(")[1].rstrip(")").split("-"))
+             for label in slices]
+    covered = [n for n in lengths if sum(low <= n <= high for low, high in spans) != 1]
+    assert covered == [] and sum(s["users"] for s in slices.values()) == len(lengths)

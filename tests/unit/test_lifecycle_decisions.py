@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from movierec.lifecycle.canary import (
     analyze,
     bucket,
     normal_cdf,
+    smallest_permutation_p,
     two_proportion_test,
     user_permutation_test,
 )
@@ -54,6 +56,13 @@ def test_gate_fails_on_parity_even_when_better() -> None:
     prod = np.full(20, 0.1)
     result = offline_gate(prod + 0.5, prod, GateConfig(), parity_passed=False)
     assert not result.passed and "parity" in result.reason
+    # Not scored at all: no candidate number or gain is invented for the report.
+    unscored = offline_gate(None, prod, GateConfig(), parity_passed=False)
+    assert not unscored.passed and "not scored" in unscored.reason
+    assert (unscored.candidate_ndcg, unscored.gain, unscored.production_ndcg) == (
+        None, None, pytest.approx(0.1))
+    with pytest.raises(ValueError, match="must be scored"):
+        offline_gate(None, prod, GateConfig())
 
 
 def test_full_ranks_exclude_seen_items_and_padding() -> None:
@@ -157,6 +166,29 @@ def test_a_short_canary_with_few_users_is_not_judged_by_a_normal_approximation()
     assert normal_alarms / trials >= 0.09, normal_alarms / trials
 
 
+def _per_user_arm(per_user: list[tuple[int, int]]) -> ArmStats:
+    return ArmStats(sum(n for _, n in per_user), 0, sum(h for h, _ in per_user), 10.0,
+                    per_user=tuple(per_user))
+
+
+def test_a_canary_too_small_to_be_found_worse_is_not_promoted() -> None:
+    config = CanaryConfig(alpha=0.05)
+    # One canary user who hit nothing: the permutation test cannot run at all.
+    lone = analyze(_per_user_arm([(0, 40)]), _per_user_arm([(20, 40)] * 5), config)
+    assert not lone.promote and "too few users" in lone.reasons[0]
+    # 3 + 3 users: 20 ways to split them, so p >= 1/20 = alpha whatever the canary does.
+    assert smallest_permutation_p(3, 3) == pytest.approx(0.05)
+    small = analyze(_per_user_arm([(0, 10)] * 3), _per_user_arm([(4, 8)] * 3), config)
+    assert not small.promote and "smallest attainable p is 0.050" in small.reasons[0]
+    # 4 + 4 users can be tested: all canary users at 0 against all production users at
+    # 1/2 is the most extreme split of 70 (identical users are evidence, not noise).
+    worse = analyze(_per_user_arm([(0, 10)] * 4), _per_user_arm([(4, 8)] * 4), config)
+    assert worse.z == -np.inf and worse.p_value == pytest.approx(1 / 70)
+    assert not worse.promote and "significantly below" in worse.reasons[0]
+    same = analyze(_per_user_arm([(4, 8)] * 4), _per_user_arm([(4, 8)] * 4), config)
+    assert same.promote and same.z == 0.0
+
+
 def test_canary_rolls_back_on_errors_and_latency() -> None:
     prod = ArmStats(1000, 0, 200, 20.0)
     errors = analyze(ArmStats(1000, 50, 200, 20.0), prod, CanaryConfig())
@@ -175,3 +207,14 @@ def test_bucket_is_stable_and_splits_by_share() -> None:
     assert share == pytest.approx(0.3, abs=0.015)
     assert [bucket(u, 0.3) for u in range(100)] == [bucket(u, 0.3) for u in range(100)]
     assert not any(bucket(u, 0.0) for u in range(100))
+
+
+def test_the_report_shows_an_unscored_candidate_as_such(tmp_path: Path) -> None:
+    from movierec.lifecycle.report import format_summary, plot_run
+
+    gate = offline_gate(None, np.full(20, 0.1), GateConfig(), parity_passed=False)
+    summary = {"steps": {"offline_gate": gate.to_dict()}, "decision": "rolled_back",
+               "reason": gate.reason}
+    text = format_summary(summary)
+    assert "NDCG@10 candidate - vs production 0.1000" in text
+    assert plot_run(summary, tmp_path / "run.png") is not None  # production's bar alone

@@ -143,3 +143,35 @@ def test_a_torn_last_history_line_is_skipped_and_a_damaged_one_is_an_error() -> 
     path.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
     with pytest.raises(reg.RegistryError, match="line 2 is not JSON"):
         reg.read_history()
+
+
+@pytest.mark.parametrize("follows_alias", [False, True])
+def test_rollback_production_deploys_and_moves_the_alias_in_the_backend_s_order(
+        follows_alias: bool) -> None:
+    from movierec.lifecycle.pipeline import rollback_production
+    from movierec.serving.loadtest import free_port
+
+    v1, v2 = _versions(2)
+    reg.set_alias("production", v1, "first")
+    reg.set_alias("production", v2, "second")
+    calls: list[tuple[str, str | None]] = []
+
+    class Backend:
+        name = "fake"
+
+        def __init__(self) -> None:
+            self.follows_alias = follows_alias
+
+        def stage_url(self, stage: str) -> str:
+            return f"http://127.0.0.1:{free_port()}"  # nothing there: the probe just counts
+
+        def deploy(self, stage: str, version: str) -> dict[str, str]:
+            # What the alias names at deploy time: a chameleon pod loads exactly that.
+            calls.append((version, reg.current_version("production")))
+            return {"how": "fake"}
+
+    result = rollback_production(Backend(), "bad canary")  # type: ignore[arg-type]
+    assert (result["from"], result["to"]) == (v2, v1)
+    # chameleon's pods resolve the alias, so it moves first; locally the deploy goes first.
+    assert calls == [(v1, v1 if follows_alias else v2)]
+    assert reg.current_version("production") == v1

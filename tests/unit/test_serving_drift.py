@@ -48,8 +48,11 @@ def test_gauges_follow_the_served_traffic() -> None:
     assert _gauge(metrics, "movierec_drift_ks") == pytest.approx(0.0)
     assert _gauge(metrics, "movierec_drift_unknown_item_rate") == 0.0
 
+    psi_before = _gauge(metrics, "movierec_drift_psi")
     drift.reset(catalog)  # a reload: a new comparison, earlier requests do not count
-    assert _gauge(metrics, "movierec_drift_psi") >= 0  # kept until enough new events
+    # The last bundle's verdict goes with it: no verdict until enough new events.
+    assert psi_before > 0 and _gauge(metrics, "movierec_drift_psi") == 0.0
+    assert _gauge(metrics, "movierec_drift_events") == 0.0
     for _ in range(MIN_EVENTS * 2):
         metrics.sequence_length.observe(2)
     drift.observe(np.arange(80, 101).repeat(10), MIN_EVENTS)
@@ -58,6 +61,16 @@ def test_gauges_follow_the_served_traffic() -> None:
     assert _gauge(metrics, "movierec_drift_ks") == pytest.approx(1.0)
     assert _gauge(metrics, "movierec_drift_unknown_item_rate") == pytest.approx(
         MIN_EVENTS / (210 + MIN_EVENTS))
+
+
+def test_watches_without_requests_give_no_length_verdict() -> None:
+    metrics = ServingMetrics()
+    drift = DriftGauges(metrics)
+    drift.reset(_catalog())
+    drift.observe(np.arange(1, 101).repeat(2), 0)  # feedback only, no /recommend since
+    drift.refresh()
+    assert _gauge(metrics, "movierec_drift_events") == 200
+    assert _gauge(metrics, "movierec_drift_ks") == 0.0  # not 1.0 from an empty histogram
 
 
 def test_no_verdict_on_little_traffic() -> None:

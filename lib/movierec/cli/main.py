@@ -36,7 +36,7 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register,
                                                                 lifecycle_cli.register_monitor,
                                                                 lifecycle_cli.register_demo,
                                                                 infra_cli.register]
-USER_ERRORS = (FetchError, ParseError, DataValidationError, FileNotFoundError,
+USER_ERRORS = (FetchError, ParseError, DataValidationError, FileNotFoundError, FileExistsError,
                NotADirectoryError, ValidationError, ValueError, ToolMissingError)
 
 

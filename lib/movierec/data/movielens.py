@@ -74,15 +74,20 @@ class RawTables:
     layout: Layout
 
 
-def unpack(path: Path, workdir: Path) -> Path:
-    """Return a folder with the release files: ``path`` itself, or a zip extracted once."""
+def unpack(path: Path, workdir: Path, sha256: str | None = None) -> Path:
+    """Return a folder with the release files: ``path`` itself, or a zip extracted once.
+
+    ``sha256`` (the zip's, as ``Source`` holds it) names the extraction: another zip of
+    the same name gets its own folder instead of the first one's files.
+    """
     if path.is_dir():
         return path
     if not zipfile.is_zipfile(path):
         raise ParseError(f"{path} is neither a folder nor a zip archive")
-    target = workdir / path.stem
+    name = f"{path.stem}-{sha256[:16]}" if sha256 else path.stem
+    target = workdir / name
     if not target.exists():
-        tmp = workdir / f".{path.stem}.part"
+        tmp = workdir / f".{name}.part"
         shutil.rmtree(tmp, ignore_errors=True)
         with zipfile.ZipFile(path) as archive:
             archive.extractall(tmp)
@@ -199,9 +204,13 @@ def _items_frame(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _read_text_table(path: Path, separator: str, encoding: str, n_fields: int) -> pl.DataFrame:
-    """Small metadata files: split in Python-free columnar code after decoding.
+    """Small metadata files: decoded and numbered, then split in columnar polars code.
 
     Columns ``c0..c{n-1}`` plus ``_line`` (1-based line in the file, for error messages).
+
+    Raises:
+        ParseError: A line without exactly ``n_fields`` fields (a title or genre list that
+            would otherwise read as null), naming the line.
     """
     text = path.read_bytes().decode(encoding)
     numbered = [(n, ln) for n, ln in enumerate(text.replace("\r\n", "\n").split("\n"), 1)
@@ -212,9 +221,15 @@ def _read_text_table(path: Path, separator: str, encoding: str, n_fields: int) -
     raw = pl.DataFrame({"_line": [n for n, _ in numbered], "raw": [ln for _, ln in numbered]},
                        schema={"_line": pl.Int64, "raw": pl.String})
     parts = pl.col("raw").str.split(separator)
-    # A title may contain the separator only in the last-but-n position; ml files do not.
-    return raw.select([parts.list.get(i, null_on_oob=True).alias(f"c{i}")
-                       for i in range(n_fields)] + [pl.col("_line")])
+    counts = raw.select(parts.list.len()).to_series()
+    if (wrong := counts != n_fields).any():
+        line, text = raw.filter(wrong).row(0)
+        raise ParseError(f"{path.name} line {line}: {counts.filter(wrong)[0]} fields separated "
+                         f"by {separator!r}, expected {n_fields} ({text[:80]!r}); "
+                         f"{int(wrong.sum())} such line(s) in all. Fix the file (restore it "
+                         "from the release)")
+    return raw.select([parts.list.get(i).alias(f"c{i}") for i in range(n_fields)]
+                      + [pl.col("_line")])
 
 
 def _checked_ids(frame: pl.DataFrame, column: str, file: str, what: str) -> pl.DataFrame:
@@ -344,8 +359,9 @@ def parse_folder(folder: Path, lenient: bool = False) -> RawTables:
     layout, marker = detect_layout(folder)
     try:
         return _PARSERS[layout](marker.parent, lenient)
-    except FileNotFoundError as exc:
-        raise ParseError(f"{marker.parent}: {exc.strerror}: {Path(exc.filename).name}") from exc
+    except FileNotFoundError as exc:  # polars raises it without a filename
+        missing = Path(exc.filename).name if exc.filename else str(exc).splitlines()[0]
+        raise ParseError(f"{marker.parent}: a required file is missing: {missing}") from exc
     except UnicodeDecodeError as exc:
         raise ParseError(f"{marker.parent}: a metadata file is not in the expected "
                          f"encoding ({exc})") from exc

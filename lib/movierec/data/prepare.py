@@ -21,8 +21,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -152,19 +152,40 @@ def content_version(seq: pl.DataFrame, items: pl.DataFrame, params: dict[str, An
     return digest.hexdigest()[:16]
 
 
+def check_output_folder(out: Path) -> None:
+    """Refuse an output that is not new, empty or an earlier prepared folder.
+
+    Preparing replaces the folder, so anything else there (``--out ~/datasets``, ``.``)
+    would be deleted.
+
+    Raises:
+        FileExistsError: Naming the folder; nothing was written or deleted.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir() or (any(out.iterdir()) and not (out / CARD_FILE).is_file()):
+        raise FileExistsError(f"{out} exists and is not a prepared dataset (it has no "
+                              f"{CARD_FILE}), and preparing would replace it: choose a new "
+                              "or empty --out folder (nothing was written or deleted)")
+
+
 def _write_atomically(out: Path, tables: dict[str, pl.DataFrame], card: dict[str, Any]) -> None:
     """Write everything to a sibling temp folder, then swap it in: no half-written output."""
+    check_output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tag = uuid.uuid4().hex
+    tmp, old = out.with_name(f".{out.name}.{tag}.tmp"), out.with_name(f".{out.name}.{tag}.old")
+    tmp.mkdir()  # not mkdtemp: its mode 0700 would keep other users out of shared data
     try:
         for name, frame in tables.items():
             frame.write_parquet(tmp / f"{name}.parquet", compression="lz4")
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # the earlier version steps aside first, and goes only after
+            os.replace(out, old)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare(config: PrepareConfig, out: Path, source: Path | None = None,
@@ -177,9 +198,10 @@ def prepare(config: PrepareConfig, out: Path, source: Path | None = None,
         DataValidationError: Strict validation failed.
     """
     settings = settings or get_settings()
+    check_output_folder(out)  # before the work, not after it
     started = time.perf_counter()
     resolved: Source = resolve_source(config.dataset, source, settings)
-    folder = unpack(resolved.path, settings.home / "extracted")
+    folder = unpack(resolved.path, settings.home / "extracted", resolved.sha256)
     tables = parse_folder(folder, lenient=not config.strict)
     clean, report = validate(tables, strict=config.strict)
     filtered = clean

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -152,9 +153,14 @@ def _verify_md5_if_published(url: str, path: Path) -> None:
     """Check GroupLens's ``<zip>.md5`` when it exists; silently skip when it does not."""
     try:
         with urllib.request.urlopen(url + ".md5", timeout=10) as response:
-            published = response.read().decode().split()[0].lower()
-    except (urllib.error.URLError, OSError, IndexError, UnicodeDecodeError):
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError, UnicodeDecodeError):
         return
+    # GroupLens writes BSD style, "MD5 (ml-100k.zip) = <hex>"; md5sum writes "<hex>  name".
+    found = re.search(r"\b[0-9a-fA-F]{32}\b", text)
+    if found is None:
+        return
+    published = found.group(0).lower()
     digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -172,8 +178,9 @@ def verify_cached(settings: Settings, key: str, path: Path) -> str:
         _record_checksum(settings, key, actual)
     elif known != actual:
         raise FetchError(
-            f"{path}: sha256 {actual} differs from the {known} recorded on first download; "
-            f"delete {path} to download it again"
+            f"{path}: sha256 {actual} differs from the {known} recorded on first download "
+            f"(key {key!r} in {settings.home / 'checksums.json'}); delete {path} to download "
+            "it again, and if GroupLens really changed the release, remove that key too"
         )
     return actual
 

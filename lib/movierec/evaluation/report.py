@@ -73,8 +73,11 @@ def detailed_report(ranked: RankedUsers, data: SequenceData, split: str,
     lengths = np.array([len(data.history(int(u), split)) for u in ranked.users])
     edges = np.quantile(lengths, [0.25, 0.5, 0.75])
     quartile = np.searchsorted(edges, lengths, side="right")
-    bounds = [int(lengths.min()), *(int(e) for e in edges), int(lengths.max())]
-    labels = np.array([f"Q{q + 1} ({bounds[q]}-{bounds[q + 1]})" for q in quartile])
+    # Each quartile is named by its own users' shortest and longest history, so a length
+    # on an edge never appears in two labels.
+    names = {q: f"Q{q + 1} ({lengths[quartile == q].min()}-{lengths[quartile == q].max()})"
+             for q in np.unique(quartile)}
+    labels = np.array([names[q] for q in quartile])
     slices = {"history_length": _slice_table(ndcg, labels)}
     users = data.users.filter(pl.col(USER_IDX_COL).is_in(ranked.users.tolist()))
     users = users.sort(USER_IDX_COL)

@@ -93,8 +93,10 @@ def clustered_z(hits: np.ndarray, served: np.ndarray, in_a: np.ndarray) -> np.nd
 
     Each arm's hit rate is the ratio estimator ``sum(hits) / sum(served)`` with its
     cluster-robust variance ``K / (K - 1) * sum((h_u - r * n_u)^2) / (sum n)^2`` over its
-    ``K`` users (the delta method). ``in_a`` is a boolean [users] or [assignments, users];
-    z is 0 where both variances are 0 (no evidence either way).
+    ``K`` users (the delta method). ``in_a`` is a boolean [users] or [assignments, users].
+    Where both variances are 0, every user of an arm hit at the same rate: z is then 0 for
+    equal rates and infinite (with the difference's sign) for different ones, the
+    strongest evidence there is, not none.
     """
     hits, served = hits.astype(np.float64), served.astype(np.float64)
     rates, variances = [], []
@@ -107,8 +109,10 @@ def clustered_z(hits: np.ndarray, served: np.ndarray, in_a: np.ndarray) -> np.nd
         rates.append(rate)
         variances.append(users / (users - 1) * np.maximum(spread, 0.0) / total**2)
     variance = variances[0] + variances[1]
+    difference = rates[0] - rates[1]
     safe = np.where(variance > 0, variance, 1.0)
-    return np.where(variance > 0, (rates[0] - rates[1]) / np.sqrt(safe), 0.0)
+    degenerate = np.where(difference == 0, 0.0, np.copysign(np.inf, difference))
+    return np.where(variance > 0, difference / np.sqrt(safe), degenerate)
 
 
 def user_permutation_test(per_user_a: Sequence[tuple[int, int]],
@@ -147,6 +151,18 @@ def user_permutation_test(per_user_a: Sequence[tuple[int, int]],
     return z, float((at_most + extra) / (len(assignments) + extra))
 
 
+def smallest_permutation_p(users_a: int, users_b: int) -> float:
+    """The smallest p-value :func:`user_permutation_test` can return for arms this size.
+
+    When it is not below ``alpha``, the canary could hit nothing at all and still not be
+    found worse: the test has no power, and its "no evidence" means nothing.
+    """
+    if users_a < 2 or users_b < 2:
+        return 1.0
+    ways = math.comb(users_a + users_b, users_a)
+    return 1.0 / ways if ways <= PERMUTATION_ASSIGNMENTS else 1.0 / (PERMUTATION_ASSIGNMENTS + 1)
+
+
 @dataclass(frozen=True)
 class CanaryAnalysis:
     """The decision and every number behind it (saved with the run's report)."""
@@ -178,12 +194,18 @@ def analyze(canary: ArmStats, production: ArmStats, config: CanaryConfig) -> Can
     (``ArmStats.per_user``: ``user_permutation_test``), else requests (aggregate counts, as
     ``movierec canary analyze`` takes them).
     """
+    reasons = []
     if canary.per_user and production.per_user:
         z, p_value = user_permutation_test(canary.per_user, production.per_user)
+        users = [sum(1 for _, n in arm.per_user if n > 0) for arm in (canary, production)]
+        if canary.requests and smallest_permutation_p(*users) >= config.alpha:
+            reasons.append(f"too few users to test the hit rate ({users[0]} on the canary, "
+                           f"{users[1]} on production: the smallest attainable p is "
+                           f"{smallest_permutation_p(*users):.3f}, not below alpha="
+                           f"{config.alpha:g}); replay more traffic (canary.events)")
     else:
         z, p_value = two_proportion_test(canary.hits, canary.served,
                                          production.hits, production.served)
-    reasons = []
     if canary.requests == 0:
         reasons.append("the canary received no traffic")
     if canary.error_rate > config.max_error_rate:

@@ -47,7 +47,7 @@ class GateResult:
     passed: bool
     reason: str
     users: int
-    candidate_ndcg: float
+    candidate_ndcg: float | None  # None: not scored (its export failed parity)
     production_ndcg: float | None
     gain: float | None
     gain_ci: tuple[float, float] | None
@@ -58,18 +58,30 @@ class GateResult:
         return asdict(self)
 
 
-def offline_gate(candidate: np.ndarray, production: np.ndarray | None, config: GateConfig,
-                 parity_passed: bool = True, seed: int = 0) -> GateResult:
+def offline_gate(candidate: np.ndarray | None, production: np.ndarray | None,
+                 config: GateConfig, parity_passed: bool = True, seed: int = 0) -> GateResult:
     """Decide from per-user NDCG@10 of candidate and production on the same panel.
 
     Args:
-        candidate: Per-user NDCG@10 of the candidate.
+        candidate: Per-user NDCG@10 of the candidate; None when it was not scored because
+            its export failed parity (the gate then fails, and reports no invented score).
         production: Per-user NDCG@10 of production on the same users, or None when no
             model is in production yet.
         config: Thresholds.
         parity_passed: Whether the export's parity checks passed.
         seed: Seed of the bootstrap resampling.
+
+    With ``require_significant``, the gain must have the lower end of its two-sided
+    ``level`` interval above 0: a one-sided test at ``(1 - level) / 2`` (2.5% for 95%).
     """
+    if candidate is None:
+        if parity_passed:
+            raise ValueError("a candidate that passed parity must be scored")
+        users = 0 if production is None else int(production.size)
+        return GateResult(False, "export parity checks failed: the candidate was not scored",
+                          users, None,
+                          None if production is None else float(production.mean()),
+                          None, None, False)
     cand = float(np.mean(candidate)) if candidate.size else float("nan")
     if production is None:
         reason = ("no production model yet" if parity_passed

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import numpy as np
 
 from movierec.config import get_settings
 from movierec.files import write_json_atomic
-from movierec.lifecycle.backends import Backend
+from movierec.lifecycle.backends import Backend, deploy_and_point
 from movierec.lifecycle.canary import analyze
 from movierec.lifecycle.config import LifecycleConfig
 from movierec.lifecycle.gates import bundle_panel_ndcg, offline_gate
@@ -145,10 +144,8 @@ class Pipeline:
         version = registry.register_bundle(bundle, result["run_id"],
                                            f"{candidate} candidate ({self.summary['trigger']})")
         self.summary["candidate_version"] = version
-        # Deploy first, then move the alias: the aliases are what `platform up` restores, so
-        # a deploy that fails must leave them pointing at what is really served.
-        deployed = self.backend.deploy("staging", version)
-        registry.set_alias("staging", version, f"passed the offline gate: {gate.reason}")
+        deployed = deploy_and_point(self.backend, "staging", version, lambda: registry.set_alias(
+            "staging", version, f"passed the offline gate: {gate.reason}"))
         self._step("staging", deploy=deployed)
         if not self._staging(version, data_dir):
             return
@@ -177,7 +174,7 @@ class Pipeline:
 
         panel = build_panel(world, data_dir)
         # A candidate whose export failed parity is not scored: the gate fails on parity.
-        cand = bundle_panel_ndcg(bundle, panel) if parity_ok else np.zeros(len(panel))
+        cand = bundle_panel_ndcg(bundle, panel) if parity_ok else None
         prod = None
         if production is not None:
             prod = bundle_panel_ndcg(download_bundle(production), panel)
@@ -196,24 +193,32 @@ class Pipeline:
                             strict=True))
         known = [int(item_ids[i]) for i in data.train[1][-20:]]
         self.probe_payload = {"user_id": int(users[0]), "top_k": 10}
-        report = staging_tests(self.backend.stage_url("staging"), version, int(users[0]),
-                               known, [int(u) for u in users[:200]], self.config.staging)
-        self._step("staging", **report.to_dict())
-        self.say(f"staging: {'PASS' if report.passed else 'FAIL'} "
-                 f"({sum(report.checks.values())}/{len(report.checks)} checks; load "
-                 f"{report.load['rps']:.0f} req/s, p95 {report.load['p95_ms']:.0f} ms)")
-        if not report.passed:
-            remove_alias("staging", "staging tests failed: " + "; ".join(report.problems))
-            self.backend.retire("staging")
-            self._decide("rolled_back", "staging tests: " + "; ".join(report.problems))
-        return report.passed
+        try:
+            report = staging_tests(self.backend.stage_url("staging"), version, int(users[0]),
+                                   known, [int(u) for u in users[:200]], self.config.staging)
+        except Exception as error:  # a crashed test run must not leave staging on the version
+            problems = [f"the staging tests crashed: {type(error).__name__}: {error}"]
+            self._step("staging", passed=False, problems=problems)
+        else:
+            self._step("staging", **report.to_dict())
+            self.say(f"staging: {'PASS' if report.passed else 'FAIL'} "
+                     f"({sum(report.checks.values())}/{len(report.checks)} checks; load "
+                     f"{report.load['rps']:.0f} req/s, p95 {report.load['p95_ms']:.0f} ms)")
+            if report.passed:
+                return True
+            problems = report.problems
+        remove_alias("staging", "staging tests failed: " + "; ".join(problems))
+        self.backend.retire("staging")
+        self._decide("rolled_back", "staging tests: " + "; ".join(problems))
+        return False
 
     def _canary(self, world: World, version: str) -> None:
         from movierec.registry.mlflow_registry import remove_alias, set_alias  # noqa: PLC0415
 
         cfg = self.config.canary
-        self._step("canary", deploy=self.backend.deploy("canary", version))
-        set_alias("canary", version, "passed staging tests")
+        self._step("canary", deploy=deploy_and_point(
+            self.backend, "canary", version,
+            lambda: set_alias("canary", version, "passed staging tests")))
         events = take_events(world, cfg.events)
         urls = {"production": self.backend.stage_url("production"),
                 "canary": self.backend.stage_url("canary")}
@@ -244,10 +249,13 @@ class Pipeline:
         url = self.backend.stage_url("production")
         serving = self.backend.serving_version("production") is not None
         with FailureProbe(url, self.probe_payload) if serving else _NoProbe() as probe:
-            deployed = self.backend.deploy("production", version)
-        set_alias("production", version, reason)
+            deployed = deploy_and_point(self.backend, "production", version,
+                                        lambda: set_alias("production", version, reason))
         self._step("promotion", deploy=deployed, probe_requests=probe.sent,
                    failed_requests=probe.failed)
+        if probe.failed:  # promoted all the same: the new version serves, but say so
+            self.say(f"warning: {probe.failed} of {probe.sent} requests to production failed "
+                     "during the swap (a reload in place should fail none)")
         if current_version("canary") is not None:
             remove_alias("canary", f"promoted to production: {reason}")
             self.backend.retire("canary")
@@ -270,12 +278,15 @@ class _NoProbe:
 
 
 def rollback_production(backend: Backend, reason: str) -> dict[str, Any]:
-    """Move ``production`` back to its previous version and redeploy it, counting failures."""
-    from movierec.registry.mlflow_registry import rollback  # noqa: PLC0415
+    """Serve ``production``'s previous version and move the alias back, counting failures."""
+    from movierec.registry.mlflow_registry import previous_version, rollback  # noqa: PLC0415
 
-    event = rollback("production", reason)
+    target = previous_version("production")
+    moved: list[dict[str, Any]] = []
     with FailureProbe(backend.stage_url("production"), {"top_k": 10}) as probe:
-        deployed = backend.deploy("production", event["to"])
+        deployed = deploy_and_point(backend, "production", target,
+                                    lambda: moved.append(rollback("production", reason)))
+    event = moved[0]
     return {"from": event["from"], "to": event["to"], "how": deployed["how"],
             "probe_requests": probe.sent, "failed_requests": probe.failed}
 

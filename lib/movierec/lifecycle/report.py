@@ -34,11 +34,10 @@ def plot_run(summary: dict[str, Any], path: Path) -> Path | None:
     for ax, name in zip(axes[0], panels, strict=True):
         step = steps[name]
         if name == "offline_gate":
-            labels = ["candidate"] + (["production"] if step["production_ndcg"] is not None
-                                      else [])
-            values = [step["candidate_ndcg"]] + ([step["production_ndcg"]]
-                                                  if step["production_ndcg"] is not None else [])
-            ax.bar(labels, values, color=["tab:blue", "tab:gray"][:len(values)])
+            bars = [(label, step[key], color) for label, key, color in (
+                ("candidate", "candidate_ndcg", "tab:blue"),
+                ("production", "production_ndcg", "tab:gray")) if step[key] is not None]
+            ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
             title = "offline gate (panel, full ranking)"
             if step["gain_ci"]:
                 low, high = step["gain_ci"]
@@ -61,7 +60,9 @@ def plot_run(summary: dict[str, Any], path: Path) -> Path | None:
                      for a in arms]
             ax.bar(arms, [r for r, _ in rates], yerr=[h for _, h in rates], capsize=6,
                    color=["tab:gray", "tab:orange"])
-            ax.set(title=f"canary: online hit rate (95% CI)\np={analysis['p_value']:.3f}, "
+            # Per-request intervals, for scale: the decision's test counts users (p below).
+            ax.set(title=f"canary: online hit rate (per-request 95% CI)\n"
+                         f"user-level p={analysis['p_value']:.3f}, "
                          f"{'promote' if analysis['promote'] else 'roll back'}",
                    ylabel="hits / served lists")
     fig.suptitle(f"{summary.get('decision', '?')}: {summary.get('reason', '')}"[:110],
@@ -86,9 +87,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{d['data_version']}, {d['used']} feedback watches used")
     if "offline_gate" in steps:
         g = steps["offline_gate"]
-        prod = "-" if g["production_ndcg"] is None else f"{g['production_ndcg']:.4f}"
-        lines.append(f"gate:       NDCG@10 candidate {g['candidate_ndcg']:.4f} vs production "
-                     f"{prod} on {g['users']} panel users -> {'pass' if g['passed'] else 'FAIL'}")
+        prod, cand = (("-" if g[key] is None else f"{g[key]:.4f}")
+                      for key in ("production_ndcg", "candidate_ndcg"))
+        lines.append(f"gate:       NDCG@10 candidate {cand} vs production {prod} on "
+                     f"{g['users']} panel users -> {'pass' if g['passed'] else 'FAIL'}")
     if steps.get("staging", {}).get("load"):
         s = steps["staging"]
         lines.append(f"staging:    {sum(s['checks'].values())}/{len(s['checks'])} checks, "

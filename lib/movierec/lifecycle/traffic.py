@@ -33,7 +33,12 @@ TOP_K = 10
 
 @dataclass(frozen=True)
 class Replayed:
-    """One replayed interaction, as measured by the simulated client."""
+    """One replayed interaction, as measured by the simulated client.
+
+    ``ok`` is the recommendation request's success (a 200 with a list); ``feedback_ok``
+    that of sending its events to ``/feedback``, kept apart so that a feedback-store
+    hiccup never counts as a recommendation error in the canary's analysis.
+    """
 
     user_id: int
     movie_id: int
@@ -44,6 +49,7 @@ class Replayed:
     latency_ms: float
     fallback: str | None
     unknown_movies: int
+    feedback_ok: bool = True
 
 
 def _cursor(world: World) -> int:
@@ -85,12 +91,15 @@ async def _replay_user(client: httpx.AsyncClient, url: str, arm: str,
         except httpx.TransportError:
             ok, reply = False, None
         latency = (time.perf_counter() - started) * 1000.0
-        if not ok or reply is None:
+        try:  # a 200 without a list is as failed as a 500
+            body = reply.json() if ok and reply is not None else {}
+            shown = [int(item["movie_id"]) for item in body["items"]]
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
             out.append(Replayed(user_id, movie_id, timestamp, arm, False, False, latency,
-                                None, 0))
+                                None, 0, feedback_ok=False))
             continue
-        body = reply.json()
-        shown = [int(item["movie_id"]) for item in body["items"]]
         hit = movie_id in shown
         events = [{"user_id": user_id, "movie_id": m, "event": "impression",
                    "timestamp": timestamp} for m in shown]
@@ -101,11 +110,12 @@ async def _replay_user(client: httpx.AsyncClient, url: str, arm: str,
                        "timestamp": timestamp})
         try:
             stored = await client.post(f"{url}/feedback", json={"events": events})
-            ok = stored.status_code == 200
+            feedback_ok = stored.status_code == 200
         except httpx.TransportError:
-            ok = False
-        out.append(Replayed(user_id, movie_id, timestamp, arm, ok, hit, latency,
-                            body.get("fallback"), len(body.get("unknown_movie_ids") or [])))
+            feedback_ok = False
+        out.append(Replayed(user_id, movie_id, timestamp, arm, True, hit, latency,
+                            body.get("fallback"), len(body.get("unknown_movie_ids") or []),
+                            feedback_ok))
 
 
 async def _replay(events: pl.DataFrame, route: Callable[[int], tuple[str, str]],

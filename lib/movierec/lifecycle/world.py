@@ -76,7 +76,7 @@ def build_world(dataset: str, future_share: float, source: Path | None = None,
         raise ValueError(f"{folder} was built with future_share={card['future_share']}; "
                          f"remove it to rebuild with {future_share}")
     resolved = resolve_source(dataset, source, settings)
-    tables = parse_folder(unpack(resolved.path, settings.home / "extracted"))
+    tables = parse_folder(unpack(resolved.path, settings.home / "extracted", resolved.sha256))
     clean, _ = validate(tables, strict=True)
     cut = float(clean[TIMESTAMP_COL].quantile(1.0 - future_share, "lower"))
     base = clean.filter(pl.col(TIMESTAMP_COL) < cut)

@@ -159,11 +159,14 @@ def remove_alias(alias: str, reason: str, who: str | None = None) -> dict[str, A
     return event
 
 
-def rollback(alias: str, reason: str = "rollback", who: str | None = None) -> dict[str, Any]:
-    """Move ``alias`` back to the version it pointed at before its current one.
+def previous_version(alias: str) -> str:
+    """The version a rollback of ``alias`` would move it to (nothing moves).
 
     Rollbacks step back through the moves that were not rollbacks: after 1 -> 2 -> 3, a
     rollback goes to 2 and a second one to 1 (not back to 3).
+
+    Raises:
+        RegistryError: The alias is not set, or has no earlier version.
     """
     current = current_version(alias)
     if current is None:
@@ -172,8 +175,13 @@ def rollback(alias: str, reason: str = "rollback", who: str | None = None) -> di
         if event.get("action") == "rollback":
             continue
         if event["to"] == current and event["from"] not in (None, current):
-            return set_alias(alias, event["from"], reason, who, action="rollback")
+            return str(event["from"])
     raise RegistryError(f"{alias} has no earlier version than {current} to roll back to")
+
+
+def rollback(alias: str, reason: str = "rollback", who: str | None = None) -> dict[str, Any]:
+    """Move ``alias`` back to :func:`previous_version` and record it."""
+    return set_alias(alias, previous_version(alias), reason, who, action="rollback")
 
 
 def download_bundle(alias_or_version: str, dest: Path | None = None) -> Path:

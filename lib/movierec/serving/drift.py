@@ -18,7 +18,7 @@ from movierec.monitoring.drift import DECILES, cdf_at, ks_from_cdfs, popularity_
 from movierec.serving.catalog import Catalog
 from movierec.serving.metrics import ServingMetrics
 
-MIN_EVENTS = 100  # fewer watches: the gauges stay at 0 (no verdict on noise)
+MIN_EVENTS = 100  # fewer watches (or requests, for KS): the gauges stay 0 (no verdict on noise)
 
 
 class DriftGauges:
@@ -54,6 +54,8 @@ class DriftGauges:
             self._watched = np.zeros(DECILES)
             self._unknown = 0
             self._length_offset = _buckets(self._lengths)
+            for gauge in (self.psi, self.ks, self.unknown, self.events):
+                gauge.set(0)  # the last bundle's verdict is not this one's
 
     def observe(self, known_items: np.ndarray, unknown: int) -> None:
         """Count accepted watches: item indices the bundle knows, and unknown movies."""
@@ -73,7 +75,10 @@ class DriftGauges:
             self.unknown.set(self._unknown / total)
             now = _buckets(self._lengths)
             since = {le: now[le] - self._length_offset.get(le, 0.0) for le in now}
-            served = max(since.get(float("inf"), 0.0), 1.0)
+            served = since.get(float("inf"), 0.0)
+            if served < MIN_EVENTS:  # watches but (almost) no requests: no length verdict
+                self.ks.set(0)
+                return
             edges = np.asarray(sorted(le for le in since if np.isfinite(le)))
             served_cdf = np.asarray([since[e] for e in edges]) / served
             self.ks.set(ks_from_cdfs(cdf_at(self._train_lengths, edges), served_cdf))

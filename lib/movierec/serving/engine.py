@@ -207,6 +207,7 @@ def load_bundle(path: Path, precision: Precision = "fp32", threads: int | None =
     """
     meta = verify_bundle_files(path, precision)
     catalog = load_catalog(path, meta)
+    demo_users = pick_demo_users(catalog)  # before the model: a failure here leaves no child
     warm_item = int(catalog.popularity_order[0]) if catalog.popularity_order.size else 0
     args = (path / MODEL_FILES[precision], int(meta["max_len"]), int(meta["n_items"]),
             threads, device)
@@ -220,4 +221,4 @@ def load_bundle(path: Path, precision: Precision = "fp32", threads: int | None =
     reported = version or str(meta.get("version") or meta.get("run_id") or "unversioned")
     return LoadedBundle(path=Path(path), meta=meta, precision=precision, version=reported,
                         alias=alias or "", catalog=catalog, model=model,
-                        demo_users=pick_demo_users(catalog), tie_orders=tie_orders)
+                        demo_users=demo_users, tie_orders=tie_orders)

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httpx
 
 from movierec.lifecycle.config import Stage
+
+
+def deploy_and_point(backend: Backend, stage: Stage, version: str,
+                     move_alias: Callable[[], object]) -> dict[str, Any]:
+    """Serve ``version`` at ``stage`` and move its alias, in the order the backend needs.
+
+    ``move_alias`` moves it (a set or a rollback); ``backend.follows_alias`` says which goes
+    first. Returns the deploy's record.
+    """
+    if backend.follows_alias:
+        move_alias()
+        return backend.deploy(stage, version)
+    deployed = backend.deploy(stage, version)
+    move_alias()
+    return deployed
 
 
 def reported_version(base_url: str, timeout: float) -> str | None:
@@ -26,6 +42,11 @@ class Backend(Protocol):
     """What the pipeline asks of a platform; backends differ only behind these calls."""
 
     name: str
+    # Whether a stage's service loads the model its registry alias names when it starts
+    # (chameleon's pods resolve models:/movierec@<stage>): the alias must then move before
+    # the deploy. Otherwise (local) the deploy is handed the version and goes first, so a
+    # failed deploy leaves the alias naming what is really served.
+    follows_alias: bool
 
     def tracking_uri(self) -> str:
         """The MLflow tracking URI the pipeline records to."""

@@ -87,6 +87,7 @@ class ChameleonBackend:
     """Stages as ArgoCD applications (see the module docstring)."""
 
     name = "chameleon"
+    follows_alias = True  # the pods load models:/movierec@<stage> when they start
 
     def __init__(self, config: ChameleonConfig | None = None, *, dry_run: bool = False) -> None:
         self.config = config or ChameleonConfig()

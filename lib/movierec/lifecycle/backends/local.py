@@ -73,6 +73,7 @@ class LocalPlatform:
     """Everything on this machine; state and logs under ``$MOVIEREC_HOME/platform``."""
 
     name = "local"
+    follows_alias = False  # deploy() hands the service the bundle of the version
 
     def __init__(self, config: PlatformConfig | None = None, home: Path | None = None) -> None:
         self.config = config or PlatformConfig()
@@ -200,9 +201,10 @@ class LocalPlatform:
             pid = _read_pid(pid_file)
             if _alive(pid):
                 assert pid is not None
-                os.killpg(pid, signal.SIGTERM)
-                if not poll(lambda pid=pid: _reaped(pid), 30):
-                    os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it may exit meanwhile
+                    os.killpg(pid, signal.SIGTERM)
+                    if not poll(lambda pid=pid: _reaped(pid), 30):
+                        os.killpg(pid, signal.SIGKILL)
                 stopped.append(name)
             pid_file.unlink(missing_ok=True)
         return stopped
