@@ -23,7 +23,8 @@ OUTPUTS = {  # `terraform output -json` as tf/kvm/outputs.tf shapes it (document
     "ssh_user": {"value": "cc"},
 }
 EXPECTED_PLAYBOOKS = {"pre_k8s.yml", "post_k8s.yml", "ray_gpu.yml", "argocd/register_apps.yml",
-                      "argocd/platform_secrets.yml", "argocd/workflow_templates.yml"}
+                      "argocd/platform_secrets.yml", "argocd/workflow_templates.yml",
+                      "argocd/workflow_secrets.yml"}
 
 
 def _load(path: Path) -> list[dict[str, Any]]:

@@ -75,7 +75,7 @@ def test_checks_catch_broken_workloads(rendered: dict[str, list[dict]]) -> None:
     del container["securityContext"]["runAsNonRoot"]
     deploy["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = False
     problems = " ".join(manifests.workload_problems(docs))
-    for expected in ("is not a version", "requests and limits", "readinessProbe",
+    for expected in ("is not an exact version", "requests and limits", "readinessProbe",
                      "runAsNonRoot"):
         assert expected in problems
     deploy["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"

@@ -55,9 +55,30 @@ def test_dockerignore_keeps_state_out(repo_root: Path) -> None:
         assert entry in ignored
 
 
-def test_no_latest_anywhere(repo_root: Path) -> None:
+def test_no_latest_anywhere(repo_root: Path, tmp_path: Path) -> None:
     result = manifests.scan_unpinned(repo_root)
     assert result.passed, result.detail
+    # Dockerfiles are scanned too: a floating base image is caught.
+    for folder in ("k8s", "workflows", "docker"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "docker" / "Dockerfile.serve").write_text("FROM python:3-slim\n")
+    (tmp_path / "docker" / "Dockerfile.train").write_text("ARG BASE=python:3.11.15\n"
+                                                          "FROM ${BASE}\n")
+    broken = manifests.scan_unpinned(tmp_path)
+    assert not broken.passed and "docker/Dockerfile.serve:1" in broken.detail
+    assert "Dockerfile.train" not in broken.detail
+
+
+def test_argocd_cli_images_match_the_installed_server(repo_root: Path) -> None:
+    import yaml
+
+    addons = repo_root / "ansible/kubespray/inventory/movierec/group_vars/k8s_cluster/addons.yml"
+    server = yaml.safe_load(addons.read_text())["argocd_version"]
+    cli = yaml.safe_load((repo_root / "ansible/post_k8s.yml").read_text())[0]["vars"]
+    assert cli["argocd_cli_version"] == server
+    for path in [*(repo_root / "workflows").glob("*.yaml"), repo_root / "docker/Dockerfile.train"]:
+        for tag in re.findall(r"quay\.io/argoproj/argocd:(v[\d.]+)", path.read_text()):
+            assert tag == server, f"{path.name}: argocd {tag}, the cluster runs {server}"
 
 
 def test_train_image_carries_the_pinned_argocd_cli(repo_root: Path) -> None:

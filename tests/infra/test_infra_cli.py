@@ -45,7 +45,7 @@ def test_every_subcommand_has_help_and_dry_run(sub: list[str],
     (["gpu", "release", "--name", "mr-gpu", "--count", "2"],
      ["mr-gpu-1", "mr-gpu-2", "lease mr-gpu-lease"]),
     (["stages", "register"], ["platform.yaml", "production"]),
-    (["workflow", "submit", "train", "-p", "epochs=3"], ["train", "epochs=3"]),
+    (["workflow", "submit", "movierec-train", "-p", "epochs=3"], ["movierec-train", "epochs=3"]),
 ])
 def test_dry_runs_print_the_commands_and_need_no_cloud(
         argv: list[str], expected: list[str], no_credentials: None,
@@ -126,6 +126,13 @@ def test_inventory_command_writes_both_files(tmp_path: Path,
 def test_bad_workflow_parameter_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["infra", "workflow", "submit", "train", "-p", "epochs", "--dry-run"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    # A template or parameter the cluster would not know fails here, dry run or not.
+    assert main(["infra", "workflow", "submit", "train", "--dry-run"]) == 2
+    assert "did you mean 'movierec-train'?" in capsys.readouterr().err
+    assert main(["infra", "workflow", "submit", "movierec-train", "-p", "epoch=3",
+                 "--dry-run"]) == 2
+    assert "has no parameter epoch (it takes data-root, dataset, epochs" in (
+        capsys.readouterr().err)
 
 
 def test_check_prints_a_table_and_fails_on_any_failure(

@@ -125,6 +125,10 @@ def test_dry_run_prints_init_then_action(tf_copy: Path, capsys: pytest.CaptureFi
     assert all(line.startswith("[dry-run]") for line in out) and len(out) == 2
     with pytest.raises(ValueError, match="plan, apply or destroy"):
         terraform.commands("import", dry_run=True, directory=tf_copy)
+    # After `plan`, `apply` applies that saved plan: what was reviewed, nothing fresh.
+    (tf_copy / terraform.PLAN_FILE).write_bytes(b"plan")
+    saved = terraform.commands("apply", dry_run=True, directory=tf_copy, auto_approve=True)
+    assert saved[1].argv[1:] == ("apply", "-input=false", terraform.PLAN_FILE)
 
 
 def test_apply_without_credentials_says_how_to_get_them(

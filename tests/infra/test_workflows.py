@@ -64,7 +64,7 @@ def test_checks_catch_broken_templates(repo_root: Path) -> None:
     retag["container"]["args"].append("{{inputs.parameters.undeclared}}")
     del retag["container"]["resources"]
     problems = " ".join(argo_checks._template_problems(promote, library))
-    assert "is not a version" in problems
+    assert "is not an exact version" in problems
     assert "undeclared" in problems
     assert "requests and limits" in problems
     deploy = copy.deepcopy(objs["movierec-deploy-stage"])
@@ -132,3 +132,23 @@ def test_canary_deploy_and_rollback_parameters_match_the_backend(repo_root: Path
 def test_unknown_fields_are_reported() -> None:
     assert argo_checks.unknown_fields({"a": {"b": 1, "typo": 2}}, {"a": {"b": 1}}) == ["a.typo"]
     assert argo_checks.unknown_fields([{"x": 1}], [{}], "l") == ["l[0].x"]
+
+
+def test_every_service_account_and_secret_the_workflows_use_is_created(
+        repo_root: Path) -> None:
+    objects = argo_checks.load_argo_objects(repo_root)
+    assert argo_checks.reference_problems(objects, repo_root) == []
+    # Without workflows/rbac.yaml, or reading a Secret nothing creates, a workflow would
+    # only fail on the cluster, when it starts.
+    no_rbac = [(p, d) for p, d in objects if p.name != "rbac.yaml"]
+    problems = argo_checks.reference_problems(no_rbac, repo_root)
+    assert any("ServiceAccount movierec-workflows is not declared" in p for p in problems)
+    assert any("ServiceAccount movierec-sensor is not declared" in p for p in problems)
+    path, train = next((p, d) for p, d in objects if d["metadata"]["name"] == "movierec-train")
+    broken = copy.deepcopy(train)
+    broken["spec"]["templates"][0].setdefault("container", {}).setdefault("env", []).append(
+        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "nowhere", "key": "x"}}})
+    problems = argo_checks.reference_problems([(path, broken)], repo_root)
+    assert "train.yaml: Secret nowhere is created by no ansible/ playbook" in problems
+    assert {"argocd-workflow", "movierec-registry", "platform-credentials"} <= (
+        argo_checks.playbook_secrets(repo_root))

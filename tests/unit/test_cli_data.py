@@ -57,3 +57,28 @@ def test_lenient_reports_counts(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["data", "prepare", "--dataset", "ml-100k", "--source", str(src), "--out",
                  str(tmp_path / "p"), "--lenient"]) == 0
     assert "1 dropped (rating_out_of_range: 1)" in capsys.readouterr().out
+
+
+def test_pipeline_flags_override_its_config_only_when_given(tmp_path: Path) -> None:
+    import json
+
+    from movierec.cli.lifecycle import _configs, _platform
+
+    config_file = tmp_path / "lifecycle.json"
+    config_file.write_text(json.dumps({
+        "dataset": "ml-1m", "platform": {"mlflow_port": 5999, "ports": {
+            "production": 9000, "staging": 9001, "canary": 9002}}}))
+    parser = build_parser()
+    args = parser.parse_args(["pipeline", "--config", str(config_file)])
+    config, _ = _configs(args)
+    platform = _platform(args, config.platform)
+    assert config.dataset == "ml-1m" and platform.config.mlflow_port == 5999
+    assert platform.config.ports["staging"] == 9001
+    args = parser.parse_args(["pipeline", "--config", str(config_file), "--dataset",
+                              "ml-100k", "--staging-port", "8101"])
+    config, _ = _configs(args)
+    platform = _platform(args, config.platform)
+    assert config.dataset == "ml-100k" and platform.config.mlflow_port == 5999
+    assert platform.config.ports == {"production": 9000, "staging": 8101, "canary": 9002}
+    plain = _platform(parser.parse_args(["platform", "status"]))
+    assert plain.config.mlflow_port == 5000 and plain.config.ports["canary"] == 8002

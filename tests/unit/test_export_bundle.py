@@ -52,6 +52,8 @@ def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
         if kind != "pop":  # what serving feeds: the batch cut to its longest sequence
             assert entry["fp32_trimmed_max_abs_diff"] <= 1e-4
             assert 1 <= entry["fp32_trimmed_length"] <= MAX_LEN
+            assert entry["int8_trimmed_length"] == entry["fp32_trimmed_length"]
+            assert np.isfinite(entry["int8_trimmed_max_abs_diff"])
         assert 0.0 <= entry["int8_top10_overlap"] <= 1.0
         assert np.isfinite(entry["int8_max_abs_diff"])
     assert report["passed"] and report["reasons"] == []
@@ -131,6 +133,11 @@ def test_a_trimmed_batch_scores_like_the_padded_one(small_prepared: Path,
         np.testing.assert_allclose(got[:, 1:], expected[:, 1:], atol=1e-5)
     one = scorer.session.run(["scores"], {"users": users[1:2], "seqs": seqs[1:2, -1:]})[0]
     np.testing.assert_allclose(one[:, 1:], expected[1:2, 1:], atol=1e-5)
+    # The scorer itself feeds that cut width, as serving does (int8 scores depend on it).
+    int8 = quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx")
+    cut = OrtScorer(int8, trim=False)(users, seqs[:, -4:])
+    assert np.array_equal(OrtScorer(int8)(users, seqs), cut)
+    assert np.array_equal(OrtScorer(int8)(users, seqs[:, -7:]), cut)
 
 
 def test_a_dynamic_model_without_recorded_max_len_is_refused(small_prepared: Path,

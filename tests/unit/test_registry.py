@@ -81,6 +81,9 @@ def test_registry_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.count("production") == 3 and "rollback" in out
     assert main(["registry", "history", "--json", "--alias", "production"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
+    # Nothing to roll back is a one-line error (exit 2), not a traceback.
+    assert main(["registry", "rollback", "canary"]) == 2
+    assert "alias 'canary' is not set" in capsys.readouterr().err
 
 
 def test_an_unreachable_tracking_server_is_named_in_the_failure_reason(

@@ -453,3 +453,14 @@ def test_an_option_of_the_other_runner_is_an_error_not_ignored(tmp_path: Path) -
         run_training(TrainConfig(), tmp_path, workers=2, resume=True)
     with pytest.raises(ValueError, match="address, use_gpu: Ray Train options"):
         run_training(TrainConfig(), tmp_path, workers=0, use_gpu=True, address="ray://x")
+
+
+def test_train_flags_of_the_other_runner_are_user_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "--data", str(tmp_path), "--epochs", "1", "--quiet"]
+    for extra, message in ((["--gpu"], "add --workers N >= 1"),
+                           (["--workers", "2", "--checkpoint-dir", str(tmp_path)],
+                            "--checkpoint-dir and --resume are for in-process"),
+                           (["--resume"], "--resume needs --checkpoint-dir")):
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err

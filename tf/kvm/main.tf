@@ -149,6 +149,12 @@ resource "openstack_compute_instance_v2" "nodes" {
     #cloud-config
     manage_etc_hosts: localhost
   EOT
+
+  # The image lookup takes the newest revision of var.image: when Chameleon publishes one,
+  # a new image_id must not replace running nodes (and with them the cluster's etcd).
+  lifecycle {
+    ignore_changes = [image_id]
+  }
 }
 
 # --- one floating IP, on node1 (the jump host and the ingress entry point) -------------------

@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     wf_cmds = workflow.add_subparsers(dest="workflow_command", metavar="SUBCOMMAND",
                                       required=True)
     submit = _dry(wf_cmds.add_parser("submit", help="submit a WorkflowTemplate"))
-    submit.add_argument("name", help="WorkflowTemplate name, e.g. train")
+    submit.add_argument("name", help="WorkflowTemplate name, e.g. movierec-train")
     submit.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="workflow parameter (repeatable)")
     submit.set_defaults(run=run_workflow_submit)

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# Exit status of a command whose answer is "no" (drift found, the canary is worse, requests
+# failed): apart from 1, which Python gives a crash, and 2, a user error.
+VERDICT_NO = 3
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``platform``, ``pipeline``, ``traffic`` and ``canary``."""
@@ -35,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           description="One run of the lifecycle. Exits 0 whether it promotes or "
                           "rolls back; writes MOVIEREC_HOME/reports/<timestamp>/summary.json.")
     pipe.add_argument("--backend", choices=("local", "chameleon"), default="local")
-    pipe.add_argument("--dataset", default="ml-100k")
+    pipe.add_argument("--dataset", help="MovieLens release (default: --config's, else ml-100k)")
     pipe.add_argument("--source", type=Path, help="local copy of the dataset")
     pipe.add_argument("--epochs", type=int, help="training epochs (upper bound)")
     pipe.add_argument("--workers", type=int, default=1,
@@ -79,19 +82,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _platform_options(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--mlflow-port", type=int, default=5000)
-    cmd.add_argument("--production-port", type=int, default=8000)
-    cmd.add_argument("--staging-port", type=int, default=8001)
-    cmd.add_argument("--canary-port", type=int, default=8002)
+    # No argparse defaults: a flag overrides the platform config (``--config``'s or the
+    # built-in one: 5000, 8000, 8001, 8002) only when it is given.
+    cmd.add_argument("--mlflow-port", type=int, help="default 5000")
+    cmd.add_argument("--production-port", type=int, help="default 8000")
+    cmd.add_argument("--staging-port", type=int, help="default 8001")
+    cmd.add_argument("--canary-port", type=int, help="default 8002")
 
 
-def _platform(args: argparse.Namespace):
+def _platform(args: argparse.Namespace, base: Any = None):
+    """The local platform of ``base``, with the port flags that were given on top.
+
+    ``base`` is a PlatformConfig (``--config``'s); None means the built-in one.
+    """
     from movierec.lifecycle.backends.local import LocalPlatform  # noqa: PLC0415
     from movierec.lifecycle.config import PlatformConfig  # noqa: PLC0415
 
-    return LocalPlatform(PlatformConfig(mlflow_port=args.mlflow_port, ports={
-        "production": args.production_port, "staging": args.staging_port,
-        "canary": args.canary_port}))
+    base = base or PlatformConfig()
+    ports = {**base.ports, **{stage: port for stage, port in (
+        ("production", args.production_port), ("staging", args.staging_port),
+        ("canary", args.canary_port)) if port is not None}}
+    mlflow_port = base.mlflow_port if args.mlflow_port is None else args.mlflow_port
+    return LocalPlatform(PlatformConfig.model_validate(
+        {**base.model_dump(), "mlflow_port": mlflow_port, "ports": ports}))
 
 
 def run_platform(args: argparse.Namespace) -> int:
@@ -143,8 +156,9 @@ def _configs(args: argparse.Namespace) -> tuple[Any, Any]:
                                    ("events", args.canary_events)) if v is not None}
     # Validate the merged canary settings (model_copy alone would skip validation).
     canary = type(base.canary).model_validate({**base.canary.model_dump(), **overrides})
-    config = base.model_copy(update={"dataset": args.dataset, "source": args.source,
-                                     "canary": canary})
+    given = {k: v for k, v in (("dataset", args.dataset), ("source", args.source))
+             if v is not None}  # flags override --config only when given
+    config = base.model_copy(update={**given, "canary": canary})
     train = TrainConfig() if args.epochs is None else TrainConfig(epochs=args.epochs)
     return config, train
 
@@ -179,7 +193,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
 
     config, train = _configs(args)
     local = args.backend == "local"
-    backend = _platform(args) if local else _chameleon_backend()
+    backend = _platform(args, config.platform) if local else _chameleon_backend()
     if local:
         backend.up()
         os.environ["MLFLOW_TRACKING_URI"] = backend.tracking_uri()
@@ -224,7 +238,7 @@ def run_traffic(args: argparse.Namespace) -> int:
     stats = arm_stats(records, "production")
     print(f"replayed {stats.requests} interactions against {url}: {stats.errors} errors, "
           f"hit rate {stats.hit_rate:.3f}, p95 {stats.p95_ms or 0:.0f} ms")
-    return 0 if stats.errors == 0 else 1
+    return 0 if stats.errors == 0 else VERDICT_NO
 
 
 def run_canary_analyze(args: argparse.Namespace) -> int:
@@ -239,7 +253,7 @@ def run_canary_analyze(args: argparse.Namespace) -> int:
                           slo_p95_ms=args.slo_p95_ms)
     analysis = analyze(arms["canary"], arms["production"], config)
     print(json.dumps(analysis.to_dict(), indent=2))
-    return 0 if analysis.promote else 3
+    return 0 if analysis.promote else VERDICT_NO
 
 
 def register_monitor(sub: argparse._SubParsersAction) -> None:
@@ -264,7 +278,11 @@ def register_monitor(sub: argparse._SubParsersAction) -> None:
 
 
 def run_drift(args: argparse.Namespace) -> int:
-    """Assess drift of a stage; exit 1 on drift."""
+    """Assess drift of a stage; exit 3 on drift.
+
+    Not 1, which is a crash: a scheduler that retrains on the verdict must not retrain
+    because MLflow or the stage was unreachable.
+    """
     from movierec.config import get_settings  # noqa: PLC0415
     from movierec.lifecycle.pipeline import TRAFFIC_LOG  # noqa: PLC0415
     from movierec.monitoring.collect import collect_and_assess, write_drift_report  # noqa: PLC0415
@@ -290,7 +308,7 @@ def run_drift(args: argparse.Namespace) -> int:
     print(f"drift ({args.stage} v{version}): {report.verdict}; PSI {report.psi:.3f}, KS "
           f"{report.ks:.3f}, unknown {report.unknown_rate:.1%} over {report.events} watches; "
           f"report {folder}")
-    return 1 if report.verdict == "drift" else 0
+    return VERDICT_NO if report.verdict == "drift" else 0
 
 
 def register_demo(sub: argparse._SubParsersAction) -> None:

@@ -24,6 +24,7 @@ from movierec.data.movielens import ParseError
 from movierec.data.sources import FetchError
 from movierec.data.validate import DataValidationError
 from movierec.infra.commands import ToolMissingError
+from movierec.registry.mlflow_registry import RegistryError
 
 # Each group module exposes ``register(subparsers)``; later groups are appended here.
 GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register,
@@ -37,7 +38,8 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register,
                                                                 lifecycle_cli.register_demo,
                                                                 infra_cli.register]
 USER_ERRORS = (FetchError, ParseError, DataValidationError, FileNotFoundError, FileExistsError,
-               NotADirectoryError, ValidationError, ValueError, ToolMissingError)
+               NotADirectoryError, ValidationError, ValueError, ToolMissingError,
+               RegistryError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,14 +69,17 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace, data: Path, out: Path, remote: str | None = None) -> None:
     """Write and verify the bundle at ``out``, upload it to ``remote``, then register it."""
-    from movierec.export.onnx import ExportConfig  # noqa: PLC0415 - torch, onnx
+    from movierec.export.onnx import ExportConfig, ExportError  # noqa: PLC0415 - torch, onnx
     from movierec.registry.bundle import bundle_from_run  # noqa: PLC0415
     from movierec.registry.mlflow_registry import register_bundle  # noqa: PLC0415
     from movierec.storage import upload_folder  # noqa: PLC0415
 
     config = ExportConfig(max_fp32_diff=args.max_fp32_diff,
                           max_int8_ndcg_loss=args.max_int8_ndcg_loss)
-    metadata = bundle_from_run(args.run_id, data, out, config)
+    try:
+        metadata = bundle_from_run(args.run_id, data, out, config)
+    except ExportError as error:  # a verdict on the model, not a crash: no traceback
+        raise ValueError(f"export of run {args.run_id} refused: {error}") from error
     parity = metadata["parity"]
     summary = {k: v for k, v in parity.items() if k not in ("batches", "int8_reasons")}
     print(f"bundle {remote or out} verified ({len(metadata['files'])} files); parity: "

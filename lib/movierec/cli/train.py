@@ -72,6 +72,14 @@ def run_train(args: argparse.Namespace) -> int:
     from movierec.training.runner import train_and_track  # noqa: PLC0415 - torch is heavy
 
     config = config_from_args(args)
+    if not args.workers and (args.gpu or args.ray_address):
+        raise ValueError("--gpu and --ray-address are Ray Train options: add --workers N >= 1")
+    if args.workers and (args.checkpoint_dir or args.resume):
+        raise ValueError("--checkpoint-dir and --resume are for in-process training "
+                         "(--workers 0); Ray Train checkpoints to --storage and resumes by "
+                         "itself")
+    if args.resume and not args.checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir, the folder of the checkpoint")
     options: dict[str, Any] = {}
     if args.workers:
         options = {"use_gpu": args.gpu, "address": args.ray_address, "storage": args.storage}

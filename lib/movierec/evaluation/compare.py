@@ -23,7 +23,7 @@ def unflatten_metrics(metrics: dict[str, float], prefix: str) -> dict[str, dict[
         parts = key.split("_", 2)
         if len(parts) == 3 and parts[0] == prefix and parts[1] in ("sampled", "full"):
             name = parts[2]
-            if name[-2:].isdigit() or name[-1].isdigit():
+            if name[-1].isdigit():  # ndcg_10 -> ndcg@10; mrr stays
                 head, _, k = name.rpartition("_")
                 name = f"{head}@{k}"
             out.setdefault(parts[1], {})[name] = value

@@ -71,7 +71,7 @@ class ExportConfig(BaseModel):
     quantize: bool = True
 
 
-class _ScoreAll(nn.Module):
+class _Scorer(nn.Module):
     """Exposes the model's serving scorer as ``forward``, the one entry point traced.
 
     ``score_last`` (SSE-PT/SASRec: the last block for the last position only) when the
@@ -102,7 +102,10 @@ def _example_inputs(model: nn.Module, max_len: int) -> tuple[torch.Tensor, torch
 
 
 def export_onnx(model: nn.Module, max_len: int, path: Path, opset: int = 18) -> Path:
-    """Export ``model.score_all`` to one self-contained ONNX file with a dynamic batch.
+    """Export ``model``'s scorer to one self-contained ONNX file (see the module docstring).
+
+    The graph is ``score_last`` where the model has it (SSE-PT, SASRec: the batch and the
+    sequence axes are dynamic), else ``score_all`` (the popularity model: a fixed width).
 
     Works for ``SSEPT`` (sse-pt and sasrec) and ``PopularityModel`` (whose graph keeps the
     unused ``seqs`` input, so every bundle has the same interface). The model is copied to
@@ -110,7 +113,8 @@ def export_onnx(model: nn.Module, max_len: int, path: Path, opset: int = 18) -> 
 
     Args:
         model: A module with ``score_all(users, seqs)`` and ``n_items``.
-        max_len: The fixed sequence length of the ``seqs`` input.
+        max_len: The longest ``seqs`` input (recorded in the model's metadata), or its
+            fixed width for a graph without a sequence axis.
         path: Where to write the ``.onnx`` file.
         opset: ONNX opset version.
 
@@ -124,7 +128,7 @@ def export_onnx(model: nn.Module, max_len: int, path: Path, opset: int = 18) -> 
     model_max_len = getattr(model, "max_len", None)
     if model_max_len is not None and max_len > model_max_len:
         raise ExportError(f"max_len={max_len} exceeds the model's max_len={model_max_len}")
-    wrapper = _ScoreAll(copy.deepcopy(model).cpu()).eval()
+    wrapper = _Scorer(copy.deepcopy(model).cpu()).eval()
     example = _example_inputs(model, max_len)
     batch = torch.export.Dim("batch", min=1)
     seqs_axes: dict[int, Any] = {0: batch}
@@ -159,7 +163,10 @@ def _set_max_len(path: Path, max_len: int) -> None:
 
 
 def quantize_int8(src: Path, dst: Path) -> Path:
-    """Dynamic int8 quantisation of ``src``'s weights (MatMul) into ``dst``; same interface.
+    """Dynamic int8 quantisation of ``src``'s weights into ``dst``; same interface.
+
+    ONNX Runtime's default operator set: the MatMul weights, and the embedding tables that
+    Gather reads (most of the model's bytes).
 
     Activations are quantised on the fly, so no calibration data is needed. Weights use 7
     bits (``reduce_range``): on x86 CPUs without VNNI (AVX2 only, e.g. AMD Zen 3) ONNX
@@ -196,10 +203,14 @@ class OrtScorer:
 
     Sequences longer than the model's ``max_len`` keep their last items; shorter ones are
     left padded when the graph has a fixed length, so it accepts whatever ``rank_users``
-    passes.
+    passes. A dynamic-length graph gets the batch cut to its longest real sequence, as the
+    service feeds it (``trim``): an int8 model's dynamically quantised activations depend
+    on that width, so its quality is measured at the width it serves at.
     """
 
-    def __init__(self, model: Path | ort.InferenceSession, threads: int = 1) -> None:
+    def __init__(self, model: Path | ort.InferenceSession, threads: int = 1,
+                 trim: bool = True) -> None:
+        self.trim = trim
         self.session = (model if isinstance(model, ort.InferenceSession)
                         else ort_session(Path(model), threads))
         shapes = {i.name: i.shape for i in self.session.get_inputs()}
@@ -217,6 +228,8 @@ class OrtScorer:
             seqs = seqs[:, -self.max_len:]
         elif seqs.shape[1] < self.max_len and not (self.dynamic and seqs.shape[1]):
             seqs = np.pad(seqs, ((0, 0), (self.max_len - seqs.shape[1], 0)))
+        if self.dynamic and self.trim:  # left padding: the real items are the last columns
+            seqs = seqs[:, seqs.shape[1] - max(1, int((seqs != 0).sum(axis=1).max())):]
         feeds = {"users": np.asarray(users, dtype=np.int64), "seqs": np.ascontiguousarray(seqs)}
         return self.session.run([OUTPUT_NAME], feeds)[0]
 

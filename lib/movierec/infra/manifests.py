@@ -110,9 +110,10 @@ def image_problem(image: str) -> str | None:
     if ":" not in name:
         return f"{image}: no tag (pin an exact version)"
     tag = name.split(":", 1)[1]
-    if tag in {"latest", "stable", "master", "main", "rootless"} or not any(c.isdigit()
-                                                                           for c in tag):
-        return f"{image}: tag {tag!r} is not a version"
+    # An exact version has at least major.minor (or a release date): "python:3" floats.
+    exact = re.search(r"\d\.\d|\d{4}-\d{2}-\d{2}", tag)
+    if tag in {"latest", "stable", "master", "main", "rootless"} or not exact:
+        return f"{image}: tag {tag!r} is not an exact version"
     return None
 
 
@@ -224,15 +225,24 @@ def check_monitoring(root: Path | None = None) -> list[CheckResult]:
 
 
 def scan_unpinned(root: Path | None = None) -> CheckResult:
-    """No ``:latest`` image reference in k8s/, workflows/ or docker/."""
+    """No ``:latest`` image reference in k8s/, workflows/ or docker/.
+
+    Dockerfiles too: each ``FROM`` and ``ARG BASE=`` default must name an exact version.
+    """
     root = root or repo_root()
     hits = []
     for folder in ("k8s", "workflows", "docker"):
         for f in sorted((root / folder).rglob("*")):
-            if f.is_file() and f.suffix in {".yaml", ".yml", ".tpl", ".json", ""}:
-                for n, line in enumerate(f.read_text().splitlines(), 1):
-                    if re.search(r"[\w./-]+:latest\b", line):
-                        hits.append(f"{f.relative_to(root)}:{n}")
+            dockerfile = f.name.startswith("Dockerfile")
+            if not f.is_file() or not (dockerfile or f.suffix in {".yaml", ".yml", ".tpl",
+                                                                  ".json", ""}):
+                continue
+            for n, line in enumerate(f.read_text().splitlines(), 1):
+                if re.search(r"[\w./-]+:latest\b", line):
+                    hits.append(f"{f.relative_to(root)}:{n}")
+                base = re.match(r"\s*(?:FROM|ARG BASE=)\s*(\S+)", line) if dockerfile else None
+                if base and not base.group(1).startswith("$") and image_problem(base.group(1)):
+                    hits.append(f"{f.relative_to(root)}:{n} ({image_problem(base.group(1))})")
     return CheckResult("no :latest image tags", not hits, ", ".join(hits[:5]))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from movierec.infra.commands import Command, repo_root, require_tool, run
 from movierec.infra.openstack import require_credentials
 
+PLAN_FILE = "movierec.tfplan"  # written by `plan`, applied by `apply`
 INSTALL_HINT = ("install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install; "
                 "on Chameleon Jupyter it is in /work/.local/bin)")
 
@@ -50,9 +51,13 @@ def commands(action: str, *, dry_run: bool, directory: Path | None = None,
     init = Command((tf, "init", "-input=false"), cwd=d)
     variables = _var_args(d)
     if action == "plan":
-        return [init, Command((tf, "plan", "-input=false", *variables, "-out=movierec.tfplan"),
+        return [init, Command((tf, "plan", "-input=false", *variables, f"-out={PLAN_FILE}"),
                               cwd=d)]
     approve = ["-auto-approve"] if auto_approve else []
+    if action == "apply" and (d / PLAN_FILE).exists():
+        # Apply what `plan` showed, not a fresh plan nobody reviewed (a saved plan takes no
+        # variables and needs no approval: terraform refuses it once the state moved on).
+        return [init, Command((tf, "apply", "-input=false", PLAN_FILE), cwd=d)]
     return [init, Command((tf, action, "-input=false", *variables, *approve), cwd=d)]
 
 
@@ -68,6 +73,8 @@ def run_action(action: str, *, dry_run: bool, directory: Path | None = None,
         require_credentials("openstack")  # provider.tf: cloud = "openstack"
     for command in cmds:
         run(command, dry_run=dry_run)
+    if action == "apply" and not dry_run and PLAN_FILE in cmds[-1].argv:
+        (cmds[-1].cwd or tf_dir()).joinpath(PLAN_FILE).unlink()  # applied: stale from now on
     return cmds
 
 

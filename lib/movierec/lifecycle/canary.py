@@ -187,16 +187,18 @@ def _arm_dict(arm: ArmStats) -> dict[str, Any]:
             "hit_rate": arm.hit_rate}
 
 
-def analyze(canary: ArmStats, production: ArmStats, config: CanaryConfig) -> CanaryAnalysis:
+def analyze(canary: ArmStats, production: ArmStats, config: CanaryConfig,
+            seed: int = 0) -> CanaryAnalysis:
     """Promote unless the canary errs, is slow, or hits significantly less than production.
 
     The hit-rate test counts users as the independent units when both arms know theirs
     (``ArmStats.per_user``: ``user_permutation_test``), else requests (aggregate counts, as
-    ``movierec canary analyze`` takes them).
+    ``movierec canary analyze`` takes them). ``seed`` draws the permutations when there
+    are too many to enumerate.
     """
     reasons = []
     if canary.per_user and production.per_user:
-        z, p_value = user_permutation_test(canary.per_user, production.per_user)
+        z, p_value = user_permutation_test(canary.per_user, production.per_user, seed)
         users = [sum(1 for _, n in arm.per_user if n > 0) for arm in (canary, production)]
         if canary.requests and smallest_permutation_p(*users) >= config.alpha:
             reasons.append(f"too few users to test the hit rate ({users[0]} on the canary, "

@@ -228,7 +228,8 @@ class Pipeline:
         save_records(records, self.home / "lifecycle" / TRAFFIC_LOG)
         write_json_atomic(self.folder / "canary_records.json", [r.__dict__ for r in records],
                           sort_keys=False, default=str)
-        analysis = analyze(arm_stats(records, "canary"), arm_stats(records, "production"), cfg)
+        analysis = analyze(arm_stats(records, "canary"), arm_stats(records, "production"), cfg,
+                           seed=self.config.seed)
         self._step("canary", analysis=analysis.to_dict())
         self.say("canary: " + "; ".join(analysis.reasons))
         if analysis.promote:

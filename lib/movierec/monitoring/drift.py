@@ -76,7 +76,10 @@ def histogram_cdf(buckets: dict[float, float]) -> tuple[np.ndarray, np.ndarray]:
     return edges, counts / total if total else counts * 0.0
 
 
-def hit_rate_windows(hits: list[bool], window: int = 200) -> list[float]:
+HIT_RATE_WINDOW = 200  # requests per point of the online hit-rate curve
+
+
+def hit_rate_windows(hits: list[bool], window: int = HIT_RATE_WINDOW) -> list[float]:
     """Online hit rate per consecutive window of replayed requests (oldest first)."""
     return [float(np.mean(hits[i:i + window])) for i in range(0, len(hits), window)
             if len(hits[i:i + window]) >= window // 2]
@@ -170,7 +173,7 @@ def plot_drift(report: DriftReport, path: Path) -> Path:
         axes[1].legend()
     axes[1].set(title=f"sequence length CDF (KS {report.ks:.3f})", xlabel="history length")
     axes[2].plot(report.hit_rate_windows, marker="o")
-    axes[2].set(title=f"online hit rate per 200 requests (unknown items "
+    axes[2].set(title=f"online hit rate per {HIT_RATE_WINDOW} requests (unknown items "
                       f"{report.unknown_rate:.1%})", xlabel="window", ylabel="hit rate")
     fig.suptitle(f"drift: {report.verdict}" + (f" ({'; '.join(report.drifted)})"
                                                if report.drifted else ""))
