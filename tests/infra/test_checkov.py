@@ -57,3 +57,10 @@ def test_config_file_skips_need_comments(tmp_path: Path) -> None:
 def test_missing_folder_fails(tmp_path: Path, checkov_bin: Path) -> None:
     result = validate.check_checkov(tmp_path / "docker", checkov_bin)
     assert not result.passed and "does not exist" in result.detail
+
+
+def test_a_folder_with_nothing_checkov_can_scan_fails(tmp_path: Path, checkov_bin: Path) -> None:
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "README.md").write_text("the Dockerfiles went missing\n")
+    result = validate.check_checkov(tmp_path / "docker", checkov_bin)
+    assert not result.passed and "found nothing to scan" in result.detail

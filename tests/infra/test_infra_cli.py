@@ -156,10 +156,10 @@ def test_run_all_reports_a_crashing_check_and_carries_on(
 
     monkeypatch.setattr(validate, "inspect_terraform", boom)
     monkeypatch.setattr(validate, "check_ansible_lint",
-                        lambda: CheckResult("ansible-lint production", True))
+                        lambda folder=None: CheckResult("ansible-lint production", True))
     monkeypatch.setattr(validate, "check_checkov",
                         lambda folder, checkov=None: CheckResult(f"checkov {folder.name}/", True))
-    monkeypatch.setattr(validate, "_manifest_checks", lambda: [])
+    monkeypatch.setattr(validate, "_manifest_checks", lambda root=None: [])
     monkeypatch.setattr(validate, "check_ansible_syntax",
                         lambda playbook: CheckResult(f"ansible syntax {playbook.name}", True))
     results = {r.name: r for r in validate.run_all()}

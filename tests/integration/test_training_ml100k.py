@@ -77,6 +77,9 @@ def test_tune_saves_a_trainable_best_config_and_logs_trials(small_prepared: Path
     # The base's own settings survive; trials ran 2 epochs without refit, the final run won't.
     assert best.epochs == 50 and best.refit and best.model.max_len == 20
     assert best.model.d_item in (32, 50, 64) and best.model.d_item == best.model.d_user
+    scores = json.loads((tmp_path / "best.trials.json").read_text())
+    assert len(scores["trials"]) == 2 and scores["epoch_valid_ndcg_10"] == max(
+        t["epoch_valid_ndcg_10"] for t in scores["trials"])
     parent = mlflow.search_runs(filter_string="tags.kind = 'tune'", output_format="list")[0]
     trials = mlflow.search_runs(filter_string="tags.kind = 'trial' and "
                                 f"tags.mlflow.parentRunId = '{parent.info.run_id}'",

@@ -82,3 +82,10 @@ def test_pipeline_flags_override_its_config_only_when_given(tmp_path: Path) -> N
     assert platform.config.ports == {"production": 9000, "staging": 8101, "canary": 9002}
     plain = _platform(parser.parse_args(["platform", "status"]))
     assert plain.config.mlflow_port == 5000 and plain.config.ports["canary"] == 8002
+
+
+def test_serve_model_uri_is_not_mixed_with_reporting_flags(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # /version would report "staging" while serving production's version.
+    assert main(["serve", "--model", "models:/movierec@production", "--alias", "staging"]) == 2
+    assert "drop --model-version and --alias" in capsys.readouterr().err

@@ -107,3 +107,12 @@ def test_a_metadata_line_with_missing_fields_is_named(tmp_path: Path) -> None:
     (folder / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
     with pytest.raises(ParseError, match=r"u\.item line 2: 2 fields .* expected 24"):
         parse_folder(folder)
+
+
+def test_an_item_listed_twice_in_the_metadata_is_named(tmp_path: Path) -> None:
+    folder = write_ml100k(tmp_path / "ml-100k", RATINGS_TAB)
+    lines = (folder / "u.item").read_bytes().decode("latin-1").splitlines()
+    lines.append(lines[1])  # item 2 again
+    (folder / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(ParseError, match=r"lists 1 item id\(s\) more than once \(\[2\]\)"):
+        parse_folder(folder)

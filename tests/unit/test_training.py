@@ -464,3 +464,11 @@ def test_train_flags_of_the_other_runner_are_user_errors(
                            (["--resume"], "--resume needs --checkpoint-dir")):
         assert main([*base, *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_tune_config_refuses_a_grace_period_asha_cannot_use() -> None:
+    from movierec.training.tuning import TuneConfig
+
+    assert TuneConfig(max_epochs=2, grace_epochs=1).grace_epochs == 1
+    with pytest.raises(ValueError, match="ASHA could stop no trial early"):
+        TuneConfig(max_epochs=5)  # the default grace period is 5 epochs

@@ -67,8 +67,10 @@ def run_serve(args: argparse.Namespace) -> int:
     # bundle itself (checksums, ONNX Runtime loads it) exactly as for a local folder.
     bundle = materialize(args.bundle) if args.bundle else None
     if args.model:
-        bundle, version, resolved_alias = _resolve_model_uri(args.model)
-        alias = alias or resolved_alias
+        if args.model_version or args.alias:  # /version must report what is served
+            raise ValueError("--model names the version and alias it serves: drop "
+                             "--model-version and --alias")
+        bundle, version, alias = _resolve_model_uri(args.model)
     options = {"bundle": bundle, "precision": args.precision, "device": args.device,
                "threads": args.threads, "max_batch_size": args.max_batch_size,
                "max_queue_delay_ms": args.max_queue_delay_ms,

@@ -130,9 +130,13 @@ def run_tune(args: argparse.Namespace) -> int:
     base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     summary = tune_model(base, materialize(args.data), TuneConfig(
         samples=args.samples, max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
-        concurrent=args.concurrent, seed=args.seed), out=None)
+        concurrent=args.concurrent, seed=args.seed))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary["best_config"], indent=2) + "\n")
+    trials = args.out.with_name(args.out.stem + ".trials.json")
+    trials.write_text(json.dumps({k: v for k, v in summary.items() if k != "best_config"},
+                                 indent=2, default=str) + "\n")
     print(f"best {METRIC} {summary[METRIC]:.4f} with {summary['best_trial']}")
-    print(f"wrote {args.out} (use: movierec train --config {args.out})")
+    print(f"wrote {args.out} (use: movierec train --config {args.out}) and every trial's "
+          f"score to {trials}")
     return 0

@@ -198,9 +198,19 @@ def _split_title_year(frame: pl.DataFrame, title_col: str) -> pl.DataFrame:
 
 
 def _items_frame(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select(pl.col(ITEM_COL).cast(pl.Int64), pl.col(TITLE_COL).cast(pl.String),
-                        pl.col(YEAR_COL).cast(pl.Int32),
-                        pl.col(GENRES_COL).cast(pl.List(pl.String)))
+    """The canonical item table.
+
+    Raises:
+        ParseError: An item id listed twice (which title would it be?), naming the ids.
+    """
+    items = frame.select(pl.col(ITEM_COL).cast(pl.Int64), pl.col(TITLE_COL).cast(pl.String),
+                         pl.col(YEAR_COL).cast(pl.Int32),
+                         pl.col(GENRES_COL).cast(pl.List(pl.String)))
+    repeated = items.filter(pl.col(ITEM_COL).is_duplicated())[ITEM_COL].unique().sort()
+    if repeated.len():
+        raise ParseError(f"the movie metadata lists {repeated.len()} item id(s) more than once "
+                         f"({repeated.head(5).to_list()}): keep one line per movie")
+    return items
 
 
 def _read_text_table(path: Path, separator: str, encoding: str, n_fields: int) -> pl.DataFrame:

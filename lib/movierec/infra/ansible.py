@@ -25,9 +25,12 @@ def ansible_dir() -> Path:
     return repo_root() / "ansible"
 
 
-def playbooks() -> list[Path]:
-    """Every playbook movierec ships (pre_k8s, post_k8s, ray_gpu and argocd/*), sorted."""
-    d = ansible_dir()
+def playbooks(folder: Path | None = None) -> list[Path]:
+    """Every playbook of ``folder`` (default: this repository's ansible/), sorted.
+
+    pre_k8s, post_k8s, ray_gpu and argocd/*.
+    """
+    d = folder or ansible_dir()
     found = [*d.glob("*.yml"), *(d / "argocd").glob("*.yml")]
     return sorted(p for p in found if p.name != "requirements.yml")
 

@@ -167,11 +167,11 @@ def check_ansible_syntax(playbook: Path, inventory: Path | None = None) -> Check
                        "ok" if done.returncode == 0 else _tail(done.stderr + done.stdout))
 
 
-def check_ansible_lint() -> CheckResult:
+def check_ansible_lint(folder: Path | None = None) -> CheckResult:
     """ansible-lint, production profile, offline, on every playbook and inventory."""
-    d = ansible_infra.ansible_dir()
-    targets = [str(p.relative_to(d)) for p in ansible_infra.playbooks()] + ["kubespray",
-                                                                              "inventory"]
+    d = folder or ansible_infra.ansible_dir()
+    targets = [str(p.relative_to(d)) for p in ansible_infra.playbooks(d)] + ["kubespray",
+                                                                               "inventory"]
     done = _ansible_run([ansible_infra.tool("ansible-lint"), "--profile", "production",
                          "--offline", "--nocolor", *targets], d)
     output = (done.stdout + done.stderr).strip().splitlines()
@@ -283,8 +283,10 @@ def check_checkov(folder: Path, checkov: Path | None = None) -> CheckResult:
                      for c in results.get("failed_checks", [])]
         problems += [f"skip without a reason: {c['check_id']} {c.get('resource', '')}"
                      for c in results.get("skipped_checks", []) if not _justified(c)]
+    if not problems and not passed:  # a folder of IaC where checkov finds nothing is wrong
+        return CheckResult(name, False, f"checkov found nothing to scan in {folder}")
     if not problems:
-        return CheckResult(name, True, f"{passed} passed" if passed else "nothing to scan")
+        return CheckResult(name, True, f"{passed} passed")
     return CheckResult(name, False, f"{len(problems)} problems: " + "; ".join(problems[:8]))
 
 
@@ -301,8 +303,9 @@ def run_all(root: Path | None = None) -> list[CheckResult]:
     base = root or repo_root()
     tf_dir = base / "tf" / "kvm"
     threaded: list[tuple[str, Callable[[], list[CheckResult]]]] = [
-        ("ansible syntax", lambda: [check_ansible_syntax(p) for p in ansible_infra.playbooks()]),
-        ("ansible-lint", lambda: [check_ansible_lint()]),
+        ("ansible syntax", lambda: [check_ansible_syntax(p)
+                                    for p in ansible_infra.playbooks(base / "ansible")]),
+        ("ansible-lint", lambda: [check_ansible_lint(base / "ansible")]),
         *[(f"checkov {folder}/", lambda folder=folder: [check_checkov(base / folder)])
           for folder in CHECKOV_FOLDERS],
         ("repository scan", lambda: scan_repo(base)),
@@ -310,7 +313,7 @@ def run_all(root: Path | None = None) -> list[CheckResult]:
     inline: list[tuple[str, Callable[[], list[CheckResult]]]] = [
         ("terraform", lambda: [check_terraform_fmt(tf_dir), check_terraform_parse(tf_dir)]),
         ("terraform resources", lambda: inspect_terraform(tf_dir)),
-        ("manifests", _manifest_checks),
+        ("manifests", lambda: _manifest_checks(base)),
     ]
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = [(name, pool.submit(step)) for name, step in threaded]
@@ -327,8 +330,8 @@ def _guarded(name: str, step: Callable[[], list[CheckResult]]) -> list[CheckResu
         return [CheckResult(name, False, f"{type(exc).__name__}: {exc}")]
 
 
-def _manifest_checks() -> list[CheckResult]:
-    """The k8s/, workflows/ and docker/ checks, when that module exists."""
+def _manifest_checks(root: Path | None = None) -> list[CheckResult]:
+    """The k8s/, workflows/ and docker/ checks of ``root``, when that module exists."""
     try:
         manifests = importlib.import_module("movierec.infra.manifests")
     except ModuleNotFoundError as exc:
@@ -336,7 +339,7 @@ def _manifest_checks() -> list[CheckResult]:
             raise
         return [CheckResult("k8s/workflows/docker manifests", False,
                             "movierec.infra.manifests is missing")]
-    return list(manifests.validate_all())
+    return list(manifests.validate_all(root))
 
 
 def format_table(results: list[CheckResult]) -> str:

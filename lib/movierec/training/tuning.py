@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from movierec.config import get_settings
 from movierec.data.dataset import load_sequences
@@ -36,6 +36,14 @@ class TuneConfig(BaseModel):
     reduction_factor: int = Field(3, ge=2)
     concurrent: int = Field(2, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _asha_can_cut(self) -> TuneConfig:
+        if self.grace_epochs >= self.max_epochs:
+            raise ValueError(f"grace_epochs={self.grace_epochs} >= max_epochs="
+                             f"{self.max_epochs}: ASHA could stop no trial early; lower "
+                             "--grace-epochs below --max-epochs")
+        return self
 
 
 def search_space() -> dict[str, Any]:
@@ -80,9 +88,8 @@ def _trial(sample: dict[str, Any], base: dict[str, Any], data_dir: str) -> None:
     fit(config, load_sequences(Path(data_dir)), TuneHooks(), progress=False, final_test=False)
 
 
-def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig,
-               out: Path | None = None) -> dict[str, Any]:
-    """Run the search; log the parent and child runs; return and save the best config."""
+def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> dict[str, Any]:
+    """Run the search; log the parent and child runs; return the best config and trials."""
     import ray  # noqa: PLC0415
     from ray import tune  # noqa: PLC0415
     from ray.tune.schedulers import ASHAScheduler  # noqa: PLC0415
@@ -113,7 +120,7 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig,
     best_config = apply_sample(base, best.config)
     card = json.loads((Path(data_dir) / "dataset.json").read_text())
     trials = []
-    with tracked_run("tune", {"samples": tune_config.samples, **tune_config.model_dump()},
+    with tracked_run("tune", tune_config.model_dump(),
                      {"data_version": card["data_version"], "kind": "tune"}) as mlflow:
         for result in grid:
             history = result.metrics_dataframe
@@ -128,9 +135,5 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig,
                                        step=int(row["epoch"]))
         mlflow.log_metric(f"best_{METRIC}", max(t[METRIC] for t in trials))
         log_json_artifact(mlflow, "best_config.json", best_config.model_dump())
-    summary = {"best_config": best_config.model_dump(), "best_trial": best.config,
-               METRIC: max(t[METRIC] for t in trials), "trials": trials}
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return {"best_config": best_config.model_dump(), "best_trial": best.config,
+            METRIC: max(t[METRIC] for t in trials), "trials": trials}
