@@ -40,6 +40,7 @@ def test_oversized_inputs_get_4xx_with_a_message(bundle: Path, tmp_path: Path) -
     cases = report["cases"]
     assert cases["body_over_64KiB"]["status"] == 413
     assert cases["feedback_body_over_256KiB"]["status"] == 413
+    assert cases["body_over_64KiB_chunked"]["status"] == 413
     assert cases["sequence_too_long"]["status"] == 422
     assert "at most 1000" in cases["sequence_too_long"]["message"]
     assert {cases[k]["status"] for k in ("top_k_zero", "top_k_over_100")} == {422}

@@ -187,6 +187,44 @@ def test_round_trip_arrival_order_and_version_filter(pg_url: str, cluster: Clust
         again.close()
 
 
+def test_a_connection_lost_during_commit_is_an_unknown_outcome(pg_url: str) -> None:
+    import contextlib
+
+    import psycopg
+
+    from movierec.serving.feedback import FeedbackOutcomeUnknownError
+
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresFeedbackStore)
+    real = store._connection
+
+    class CommitsThenDrops:
+        """The server commits, then the line drops before its answer arrives."""
+
+        def __init__(self, conn: psycopg.Connection) -> None:
+            self.conn = conn
+
+        def cursor(self) -> psycopg.Cursor:
+            return self.conn.cursor()
+
+        @contextlib.contextmanager
+        def transaction(self) -> Iterator[None]:
+            with self.conn.transaction():
+                yield
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    try:
+        before = store.count()
+        store._connection = lambda: CommitsThenDrops(real())  # type: ignore[method-assign]
+        with pytest.raises(FeedbackOutcomeUnknownError, match="lost during COMMIT"):
+            store.add([_watch(5, 1, 1)], "1")
+        store._connection = real  # type: ignore[method-assign]
+        # It was stored: not retried here, and the client is told a resend may duplicate it.
+        assert store.count() == before + 1
+    finally:
+        store.close()
+
+
 def test_concurrent_adds_from_threads(pg_url: str) -> None:
     store = open_store(pg_url)
     threads, batches, size = 8, 20, 5
@@ -342,7 +380,8 @@ def test_round_data_reads_watches_from_postgres_like_sqlite(
     location = feedback_location(isolated_home)  # what the pipeline and drift use
     assert location == pg_url
     first = prepare_round(world, location, tmp_path / "r1")
-    assert first["feedback"] == {"watches": 0, "used": 0, "skipped_known": 0}
+    assert first["feedback"] == {"watches": 0, "used": 0, "skipped_known": 0,
+                                 "skipped_unknown_movie": 0}
     watches = [FeedbackEvent(u, m, "watch", t) for u, m, t in take_events(world, 200).iter_rows()]
     for store_at in (pg_url, tmp_path / "feedback.db"):
         store = open_store(store_at)
@@ -354,4 +393,4 @@ def test_round_data_reads_watches_from_postgres_like_sqlite(
     assert from_pg["data_version"] != first["data_version"]
     assert from_pg["data_version"] == from_sqlite["data_version"]
     assert from_pg["feedback"] == from_sqlite["feedback"] == {
-        "watches": 204, "used": 200, "skipped_known": 4}
+        "watches": 204, "used": 200, "skipped_known": 4, "skipped_unknown_movie": 0}

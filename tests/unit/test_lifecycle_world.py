@@ -49,11 +49,14 @@ def test_feedback_changes_the_round_data_and_panel_stays_frozen(world, tmp_path:
     watches = [FeedbackEvent(u, m, "watch", t) for u, m, t in events.iter_rows()]
     store.add(watches + watches[:5])  # repeated watches are used once
     store.add([FeedbackEvent(1, 1, "impression", 0)])  # impressions are not training data
+    # /feedback takes any movie id: one unknown to the catalogue must not fail the round.
+    store.add([FeedbackEvent(1, 10**9, "watch", 1)])
     store.close()
     second = prepare_round(world, db, tmp_path / "r2")
     assert second["data_version"] != first["data_version"]
     assert second["interactions"] == first["interactions"] + 300
-    assert second["feedback"] == {"watches": 305, "used": 300, "skipped_known": 5}
+    assert second["feedback"] == {"watches": 306, "used": 300, "skipped_known": 5,
+                                  "skipped_unknown_movie": 1}
     panel_1 = build_panel(world, tmp_path / "r1")
     panel_2 = build_panel(world, tmp_path / "r2")
     assert np.array_equal(panel_1.user_ids, panel_2.user_ids)

@@ -122,13 +122,19 @@ def prepare_round(world: World, feedback_db: Path | str, out: Path) -> dict[str,
     """Prepare the base data plus the accepted watches; return the dataset card.
 
     Watches of a movie the user already has (in the base data or an earlier watch) are
-    not added again (MovieLens holds one interaction per user and movie); the card's
-    ``feedback`` entry says how many were used and skipped.
+    not added again (MovieLens holds one interaction per user and movie). Watches of a
+    movie the catalogue does not know are left out too: ``/feedback`` accepts any id, and
+    one such watch would fail every later round's strict validation. The card's
+    ``feedback`` entry says how many were used and skipped, and why.
     """
     base = world.base
     watches = feedback_watches(feedback_db)
+    listed = watches
+    if (base / "items.parquet").exists():
+        catalogue = pl.read_parquet(base / "items.parquet", columns=[ITEM_COL])
+        listed = watches.join(catalogue, on=ITEM_COL, how="semi")
     known = pl.read_parquet(base / "interactions.parquet", columns=[USER_COL, ITEM_COL])
-    fresh = (watches.unique([USER_COL, ITEM_COL], keep="first", maintain_order=True)
+    fresh = (listed.unique([USER_COL, ITEM_COL], keep="first", maintain_order=True)
              .join(known, on=[USER_COL, ITEM_COL], how="anti"))
     source = out.with_name(out.name + ".source")
     inter = pl.concat([
@@ -143,7 +149,8 @@ def prepare_round(world: World, feedback_db: Path | str, out: Path) -> dict[str,
             (source / table).write_bytes((base / table).read_bytes())
     card = prepare(PrepareConfig(dataset="canonical"), out, source=source)
     card["feedback"] = {"watches": watches.height, "used": fresh.height,
-                        "skipped_known": watches.height - fresh.height}
+                        "skipped_known": listed.height - fresh.height,
+                        "skipped_unknown_movie": watches.height - listed.height}
     (out / "dataset.json").write_text(json.dumps(card, indent=2, default=str))
     return card
 

@@ -43,8 +43,9 @@ def audit_dependencies(requirements: Path | None = None, timeout: float = 300.0
     resolving the full tree would install torch into a scratch venv).
 
     Returns:
-        ``status`` ``clean``, ``vulnerable`` or ``unavailable`` (no advisory database reachable
-        or pip-audit missing: ``ok`` is then None), the findings, and the command.
+        ``status`` ``clean``, ``vulnerable``, ``error`` (pip-audit failed: ``ok`` False) or
+        ``unavailable`` (no advisory database reachable or pip-audit missing: ``ok`` is then
+        None), the findings, and the command.
     """
     req = requirements or repo_root() / "requirements.txt"
     binary = Path(sys.executable).with_name("pip-audit")
@@ -64,7 +65,9 @@ def audit_dependencies(requirements: Path | None = None, timeout: float = 300.0
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
-        return {"status": "unavailable", "ok": None, "command": " ".join(cmd),
+        # pip-audit itself failed (a bad requirement line, a crash): that is a failed
+        # audit, not an unreachable database, so it must not pass as "not checked".
+        return {"status": "error", "ok": False, "command": " ".join(cmd),
                 "exit_code": done.returncode,
                 "reason": (done.stderr.strip() or done.stdout.strip())[-600:]}
     deps = report.get("dependencies", [])
@@ -163,30 +166,43 @@ def token_never_logged(bundle: Path, home: Path) -> dict[str, Any]:
 
 
 def input_limits(bundle: Path, home: Path, max_sequence_length: int = 1000) -> dict[str, Any]:
-    """Oversized body, sequence, ``top_k`` and feedback batch: each a 4xx with a message."""
-    cases = {
-        "body_over_64KiB": ("/recommend", {"sequence": [1], "pad": "x" * 70_000}),
-        "sequence_too_long": ("/recommend", {"sequence": [1] * (max_sequence_length + 1)}),
-        "top_k_zero": ("/recommend", {"sequence": [1], "top_k": 0}),
-        "top_k_over_100": ("/recommend", {"sequence": [1], "top_k": 101}),
-        "top_k_not_int": ("/predict", {"sequence": [1], "top_k": "10"}),
+    """Oversized body, sequence, ``top_k`` and feedback batch: each its own 4xx and a message.
+
+    Each case expects one status: a body over the limit must be refused by the size check
+    (413, also when it comes chunked, without a Content-Length), not by the schema's 422
+    that an unknown field would get anyway.
+    """
+    big = json.dumps({"sequence": [1], "pad": "x" * 70_000}).encode()
+    cases: dict[str, tuple[str, Any, int]] = {
+        "body_over_64KiB": ("/recommend", {"sequence": [1], "pad": "x" * 70_000}, 413),
+        "body_over_64KiB_chunked": ("/recommend", iter([big[:40_000], big[40_000:]]), 413),
+        "sequence_too_long": ("/recommend", {"sequence": [1] * (max_sequence_length + 1)},
+                              422),
+        "top_k_zero": ("/recommend", {"sequence": [1], "top_k": 0}, 422),
+        "top_k_over_100": ("/recommend", {"sequence": [1], "top_k": 101}, 422),
+        "top_k_not_int": ("/predict", {"sequence": [1], "top_k": "10"}, 422),
         "feedback_over_1000_events": ("/feedback", {"events": [
-            {"user_id": 1, "movie_id": 1, "event": "click", "timestamp": 1}] * 1001}),
-        "feedback_body_over_256KiB": ("/feedback", {"events": [], "pad": "x" * 300_000}),
+            {"user_id": 1, "movie_id": 1, "event": "click", "timestamp": 1}] * 1001}, 422),
+        "feedback_body_over_256KiB": ("/feedback", {"events": [], "pad": "x" * 300_000},
+                                      413),
     }
     results: dict[str, Any] = {}
     with serve(bundle, home, extra_args=("--threads", "1")) as service, \
             httpx.Client(base_url=service.url, timeout=60) as client:
-        for name, (path, body) in cases.items():
-            response = client.post(path, json=body)
+        for name, (path, body, expected) in cases.items():
+            if isinstance(body, dict):
+                response = client.post(path, json=body)
+            else:  # a generator: sent chunked, with no Content-Length to check up front
+                response = client.post(path, content=body,
+                                       headers={"content-type": "application/json"})
             try:
                 payload = response.json()
             except ValueError:
                 payload = {}
             message = str(payload.get("message") or payload.get("detail") or "")
             results[name] = {"route": path, "status": response.status_code,
-                             "message": message[:240],
-                             "ok": 400 <= response.status_code < 500 and bool(message)}
+                             "expected": expected, "message": message[:240],
+                             "ok": response.status_code == expected and bool(message)}
         alive = client.get("/health").status_code == 200
     return {"cases": results, "alive_after": alive,
             "ok": alive and all(r["ok"] for r in results.values())}

@@ -69,6 +69,7 @@ def soak(service: LiveService, bundle: Path, workdir: Path, *, seconds: float,
         slo_p99_ms: p99 latency every segment must stay under.
         max_rss_growth: Allowed RSS growth (fraction) from the baseline sample to the end.
     """
+    workdir.mkdir(parents=True, exist_ok=True)
     lua = workdir / "soak.lua"
     pid = service.proc.pid
     cycle_ms = 1000.0 * connections / target_rps  # per-connection time between requests
@@ -95,12 +96,15 @@ def soak(service: LiveService, bundle: Path, workdir: Path, *, seconds: float,
     baseline = next((r for r in rss if r["t"] >= baseline_at), rss[-1])
     end = rss[-1]
     growth = (end["rss_mib"] - baseline["rss_mib"]) / baseline["rss_mib"]
+    # A soak too short for a sample after the baseline measures no growth at all: that
+    # must fail the check, not pass it with a growth of 0.
+    measured = baseline is not end
     wall = time.perf_counter() - started
     achieved_rps = total / wall if wall else 0.0
     checks = {
         "zero_errors": errors == 0,
         "p99_within_slo": bool(p99s) and max(p99s) < slo_p99_ms,
-        "rss_growth_under_limit": growth < max_rss_growth,
+        "rss_growth_under_limit": measured and growth < max_rss_growth,
         "rate_held": achieved_rps >= 0.85 * target_rps,
     }
     return {
@@ -112,7 +116,8 @@ def soak(service: LiveService, bundle: Path, workdir: Path, *, seconds: float,
         "slo_p99_ms": slo_p99_ms,
         "rss_mib": {"start": rss[0]["rss_mib"], "baseline": baseline["rss_mib"],
                     "baseline_at_s": baseline["t"], "end": end["rss_mib"],
-                    "growth": round(growth, 4), "limit": max_rss_growth},
+                    "growth": round(growth, 4), "limit": max_rss_growth,
+                    "measured": measured},
         "rss_samples": rss, "segments": segments, "checks": checks, "ok": all(checks.values()),
         "load_average": os.getloadavg(),
     }

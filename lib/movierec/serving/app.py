@@ -35,6 +35,7 @@ from movierec.serving.engine import LoadedBundle, load_bundle, top_k
 from movierec.serving.errors import validation_error_handler
 from movierec.serving.feedback import (
     FeedbackEvent,
+    FeedbackOutcomeUnknownError,
     FeedbackStore,
     FeedbackStoreFullError,
     FeedbackWriteError,
@@ -298,6 +299,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(503, "feedback store is full (no disk space left): none of "
                                 "these events were stored; retry later",
                                 headers={"Retry-After": RETRY_AFTER_S}) from exc
+        except FeedbackOutcomeUnknownError as exc:
+            log.error("feedback commit outcome unknown", extra={"error": str(exc)})
+            raise HTTPException(503, "feedback store lost the connection while committing: "
+                                "these events may have been stored, and resending them may "
+                                "store them twice", headers={"Retry-After": RETRY_AFTER_S}
+                                ) from exc
         except (FeedbackWriteError, sqlite3.Error) as exc:
             log.exception("feedback store failed")
             raise HTTPException(503, "feedback store unavailable: none of these events were "

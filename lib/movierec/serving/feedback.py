@@ -50,6 +50,13 @@ class FeedbackWriteError(RuntimeError):
     """Events could not be stored (none of them was: the transaction was rolled back)."""
 
 
+class FeedbackOutcomeUnknownError(FeedbackWriteError):
+    """The connection was lost during COMMIT: the events may or may not have been stored.
+
+    Unlike its parent, nothing is promised: resending may store the events twice.
+    """
+
+
 class FeedbackStoreFullError(FeedbackWriteError):
     """The disk holding the feedback store is full; writes work again once space returns."""
 

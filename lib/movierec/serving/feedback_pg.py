@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from movierec.serving.feedback import (
     FeedbackEvent,
+    FeedbackOutcomeUnknownError,
     FeedbackStoreError,
     FeedbackWriteError,
     mask_url,
@@ -160,6 +161,8 @@ class PostgresFeedbackStore:
         Raises:
             FeedbackWriteError: The events could not be stored (the server is down, or
                 refused them); the route answers 503 and the client may resend.
+            FeedbackOutcomeUnknownError: The connection was lost during COMMIT; the route
+                answers 503 and says that resending may store the events twice.
         """
         received = time.time()
         rows = [(e.user_id, e.movie_id, e.event, e.timestamp, received, model_version)
@@ -176,7 +179,11 @@ class PostgresFeedbackStore:
                     return len(rows)
                 except psycopg.OperationalError as exc:
                     self._discard()
-                    if attempt == 1 and not committing:
+                    if committing:  # the server may have committed before the line dropped
+                        raise FeedbackOutcomeUnknownError(
+                            f"{self.path}: the connection was lost during COMMIT "
+                            f"({self._clean(exc)})") from None
+                    if attempt == 1:
                         continue
                     raise FeedbackWriteError(f"{self.path}: {self._clean(exc)}") from None
                 except psycopg.Error as exc:
