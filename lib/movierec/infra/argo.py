@@ -6,9 +6,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
-
-from movierec.infra.commands import Command, repo_root, require_tool, run
+from movierec.infra.argo_checks import load_argo_objects
+from movierec.infra.commands import Command, require_tool, run
 
 ARGO_NAMESPACE = "argo"
 ARGO_HOW = ("install the Argo Workflows CLI (ansible post_k8s installs the pinned release on "
@@ -16,14 +15,13 @@ ARGO_HOW = ("install the Argo Workflows CLI (ansible post_k8s installs the pinne
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def workflow_templates(folder: Path | None = None) -> dict[str, set[str]]:
-    """Each WorkflowTemplate in ``workflows/`` (or ``folder``) and its parameter names."""
+def workflow_templates(root: Path | None = None) -> dict[str, set[str]]:
+    """Each WorkflowTemplate in ``workflows/`` (of ``root``) and its parameter names."""
     templates: dict[str, set[str]] = {}
-    for path in sorted((folder or repo_root() / "workflows").rglob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "WorkflowTemplate":
-                declared = ((doc.get("spec") or {}).get("arguments") or {}).get("parameters")
-                templates[doc["metadata"]["name"]] = {p["name"] for p in declared or []}
+    for _, doc in load_argo_objects(root):
+        if doc.get("kind") == "WorkflowTemplate":
+            declared = ((doc.get("spec") or {}).get("arguments") or {}).get("parameters")
+            templates[doc["metadata"]["name"]] = {p["name"] for p in declared or []}
     return templates
 
 
