@@ -215,7 +215,7 @@ def work_profile(size: int, workdir: Path) -> dict[str, Any]:
           lambda: ordered.select(pl.len().over(USER_COL), pl.int_range(pl.len())
                                  .min().over(USER_COL)))
     piece("build_card: content_version (sha256)",
-          lambda: content_version(seq, items, params))
+          lambda: content_version(seq, items, users, params))
     piece("write: interactions.parquet only (lz4)",
           lambda: seq.write_parquet(paths["profile"] / "_probe.parquet", compression="lz4"))
     (paths["profile"] / "_probe.parquet").unlink()

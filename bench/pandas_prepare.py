@@ -101,6 +101,7 @@ def pandas_prepare(folder: Path, out: Path, strict: bool = True) -> dict[str, An
         digest.update(seq[col].to_numpy().tobytes())
     digest.update(seq["split"].cat.codes.to_numpy().tobytes())
     digest.update(items_out.to_json(orient="records").encode())
+    digest.update(users_out.to_json(orient="records").encode())
     card = {
         "name": "canonical", "data_version": digest.hexdigest()[:16],
         "users": len(users_out), "items": len(items_out), "interactions": len(seq),

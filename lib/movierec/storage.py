@@ -16,13 +16,17 @@ the region from ``AWS_REGION`` or ``AWS_DEFAULT_REGION``. No message ever shows 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,8 @@ ENV_ENDPOINT = "MOVIEREC_S3_ENDPOINT"
 ENDPOINT_ENVS = (ENV_ENDPOINT, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 CREDENTIAL_ENVS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 SECRET_ENVS = (*CREDENTIAL_ENVS, "AWS_SESSION_TOKEN")
-_CHUNK = 8 << 20
+
+log = logging.getLogger("movierec.storage")
 
 
 class StorageError(ValueError):
@@ -196,14 +201,24 @@ def upload_folder(local: str | Path, uri: str) -> dict[str, Any]:
         # The single write that switches readers to the new generation.
         with s3.open_output_stream(remote.key(MANIFEST)) as out:
             out.write(json.dumps(manifest, indent=1).encode())
-        keep = {generation, (previous or {}).get("generation")}
-        for info in s3.get_file_info(pafs.FileSelector(remote.root, allow_not_found=True)):
-            if info.type == pafs.FileType.Directory and info.base_name.startswith(
-                    GENERATION_PREFIX) and info.base_name not in keep:
-                s3.delete_dir(info.path)
     except OSError as error:
         raise _storage_error(uri, "upload", error) from None
+    try:  # the upload is done: a failed cleanup leaves old files, not a broken folder
+        _delete_generations(s3, remote, keep={generation, (previous or {}).get("generation")})
+    except OSError as error:
+        log.warning("%s", _storage_error(uri, "deleting old generations (the upload itself "
+                                              "succeeded)", error))
     return manifest
+
+
+def _delete_generations(s3: Any, remote: RemoteFolder, keep: set[str | None]) -> None:
+    """Delete the generation folders under ``remote`` that are not in ``keep``."""
+    from pyarrow import fs as pafs  # noqa: PLC0415
+
+    for info in s3.get_file_info(pafs.FileSelector(remote.root, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(
+                GENERATION_PREFIX) and info.base_name not in keep:
+            s3.delete_dir(info.path)
 
 
 def _read_manifest(s3: Any, remote: RemoteFolder) -> dict[str, Any] | None:
@@ -286,44 +301,56 @@ def download_folder(uri: str, local: str | Path,
 
 
 def cache_dir(uri: str) -> Path:
-    """Where ``materialize`` keeps the local copy of ``uri``: ``$MOVIEREC_HOME/remote/<hash>``."""
+    """Where ``materialize`` keeps local copies of ``uri``: ``$MOVIEREC_HOME/remote/<hash>``."""
     digest = hashlib.sha256(str(parse_uri(uri)).encode()).hexdigest()[:20]
     return get_settings().home / "remote" / digest
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) across processes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def materialize(uri: str | Path) -> Path:
     """A verified local copy of ``uri`` (a local path is returned as it is).
 
-    The copy is cached under ``$MOVIEREC_HOME/remote``; it is reused while the remote
-    manifest is unchanged and the files keep their sizes, and downloaded again otherwise.
+    Each remote generation gets its own folder, ``cache_dir(uri)/<generation>``: a new
+    upload downloads beside the copy that running jobs may still read, and only copies
+    older than the previous one are deleted (as on the store). A copy is reused while its
+    files keep their sizes; a lock makes concurrent calls wait for one download.
     """
     if not is_remote(uri):
         return Path(uri)
     uri = str(uri)
-    folder = cache_dir(uri)
-    stamp = folder.with_name(folder.name + ".manifest.json")
     manifest = read_manifest(uri)
-    if folder.is_dir() and stamp.is_file() and _cache_matches(folder, stamp, manifest):
-        return folder
-    fresh = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
-    download_folder(uri, fresh, manifest)
-    stale = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-    if folder.exists():
-        os.replace(folder, stale)
-    os.replace(fresh, folder)
-    stamp.write_text(json.dumps(manifest))
-    shutil.rmtree(stale, ignore_errors=True)
+    root = cache_dir(uri)
+    folder = root / manifest["generation"]
+    with _locked(root):
+        if folder.is_dir() and _cache_matches(folder, manifest):
+            return folder
+        if folder.exists():  # a damaged copy: set aside first, so a failed download keeps it
+            damaged = root / f".{folder.name}.damaged-{uuid.uuid4().hex[:8]}"
+            os.replace(folder, damaged)
+            shutil.rmtree(damaged, ignore_errors=True)
+        download_folder(uri, folder, manifest)
+        copies = sorted(p for p in root.iterdir()
+                        if p.is_dir() and p.name.startswith(GENERATION_PREFIX))
+        for old in copies[:-2]:
+            if old != folder:  # an older generation re-published as the current one
+                shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
-def _cache_matches(folder: Path, stamp: Path, manifest: dict[str, Any]) -> bool:
-    """The cached copy is of this manifest and no listed file went missing or changed size."""
-    try:
-        cached = json.loads(stamp.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if cached != manifest:
-        return False
+def _cache_matches(folder: Path, manifest: dict[str, Any]) -> bool:
+    """No file listed in ``manifest`` went missing from ``folder`` or changed size.
+
+    A generation's files never change on the store (a new upload is a new generation), and
+    ``download_folder`` checked their sha256 when it made the copy.
+    """
     return all((folder / name).is_file() and (folder / name).stat().st_size == meta["size"]
                for name, meta in manifest["files"].items())
 

@@ -67,6 +67,12 @@ def test_prepare_writes_card_tables_and_stable_version(tmp_path: Path) -> None:
                        source=src)
     assert card["data_version"] == again["data_version"] != implicit["data_version"]
     assert len(card["data_version"]) == 16
+    # The demographics feed the evaluation's slices: another age is another version.
+    users = (src / "u.user").read_text()
+    (src / "u.user").write_text(users.replace("1|24|", "1|25|", 1))
+    assert users != (src / "u.user").read_text()
+    older = prepare(PrepareConfig(dataset="ml-100k"), tmp_path / "o4", source=src)
+    assert older["data_version"] != card["data_version"]
     assert load_card(tmp_path / "out") == json.loads((tmp_path / "out/dataset.json").read_text())
     for key in ("users", "items", "interactions", "train_interactions", "valid_users",
                 "test_users"):

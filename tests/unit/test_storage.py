@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,9 +150,8 @@ def test_corrupted_or_missing_files_are_refused_and_leave_nothing(s3: S3,
         storage.read_manifest(uri)
 
 
-def test_materialize_reuses_the_cache_and_refreshes_it(s3: S3, tmp_path: Path,
-                                                       isolated_home: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_materialize_reuses_the_cache_and_keeps_the_copy_a_reader_may_hold(
+        s3: S3, tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uri = s3.uri("data/a")
     storage.upload_folder(_folder(tmp_path / "v1"), uri)
     downloads = []
@@ -161,13 +162,55 @@ def test_materialize_reuses_the_cache_and_refreshes_it(s3: S3, tmp_path: Path,
     assert first.is_relative_to(isolated_home / "remote")
     assert storage.materialize(uri) == first and len(downloads) == 1  # reused
     storage.upload_folder(_folder(tmp_path / "v2", extra="new"), uri)
-    assert storage.materialize(uri) == first and len(downloads) == 2  # manifest changed
-    assert json.loads((first / "dataset.json").read_text())["data_version"] == "v1new"
-    (first / "sub" / "weights.bin").unlink()  # a damaged cache is downloaded again
-    assert storage.materialize(uri) == first and len(downloads) == 3
-    assert (first / "sub" / "weights.bin").is_file()
-    assert sorted(p.name for p in first.parent.iterdir()) == [
-        first.name, first.name + ".manifest.json"]
+    second = storage.materialize(uri)  # manifest changed: a new copy beside the old one
+    assert second != first and len(downloads) == 2
+    assert json.loads((second / "dataset.json").read_text())["data_version"] == "v1new"
+    assert json.loads((first / "dataset.json").read_text())["data_version"] == "v1"
+    (second / "sub" / "weights.bin").unlink()  # a damaged copy is downloaded again
+    assert storage.materialize(uri) == second and len(downloads) == 3
+    assert (second / "sub" / "weights.bin").is_file()
+    storage.upload_folder(_folder(tmp_path / "v3", extra="3"), uri)
+    third = storage.materialize(uri)
+    # Only the previous copy is kept, as on the store; nothing temporary is left.
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted(
+        [".lock", second.name, third.name])
+
+
+def test_concurrent_materialize_calls_share_one_download(s3: S3, tmp_path: Path,
+                                                         isolated_home: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = s3.uri("data/a")
+    storage.upload_folder(_folder(tmp_path / "v1"), uri)
+    downloads = []
+    real = storage.download_folder
+
+    def slow_download(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        downloads.append(args[1])
+        time.sleep(0.3)  # long enough for the other calls to arrive meanwhile
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "download_folder", slow_download)
+    with ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(lambda _: storage.materialize(uri), range(4)))
+    assert len(set(folders)) == 1 and len(downloads) == 1
+    assert _tree(folders[0]) == _tree(tmp_path / "v1")
+
+
+def test_a_failed_cleanup_of_old_generations_does_not_fail_the_upload(
+        s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    uri = s3.uri("data/a")
+    for i in range(2):
+        storage.upload_folder(_folder(tmp_path / str(i), extra=str(i)), uri)
+
+    def access_denied(s3fs: Any, remote: storage.RemoteFolder, keep: set[str]) -> None:
+        raise OSError(f"AccessDenied deleting under {remote} with {FAKE_SECRET}")
+
+    monkeypatch.setattr(storage, "_delete_generations", access_denied)
+    with caplog.at_level(logging.WARNING, logger="movierec.storage"):
+        manifest = storage.upload_folder(_folder(tmp_path / "2", extra="2"), uri)
+    assert storage.read_manifest(uri) == manifest  # readers see the new folder
+    assert "the upload itself succeeded" in caplog.text and FAKE_SECRET not in caplog.text
 
 
 def test_missing_credentials_name_the_variables(s3: S3, tmp_path: Path,

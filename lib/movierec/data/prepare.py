@@ -137,11 +137,13 @@ def side_tables(seq: pl.DataFrame, items_meta: pl.DataFrame,
     return items, users
 
 
-def content_version(seq: pl.DataFrame, items: pl.DataFrame, params: dict[str, Any]) -> str:
+def content_version(seq: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame,
+                    params: dict[str, Any]) -> str:
     """A short content hash of the prepared data: same input and parameters, same version.
 
-    It hashes what the model will see (original ids, ratings, timestamps, split) rather
-    than the source bytes, so the same data from GroupLens or a local copy agree.
+    It hashes what the model and the evaluation see (original ids, ratings, timestamps,
+    split, item metadata, user demographics for the slices) rather than the source bytes,
+    so the same data from GroupLens or a local copy agree.
     """
     digest = hashlib.sha256(json.dumps({"format": PREPARED_FORMAT, "params": params},
                                        sort_keys=True).encode())
@@ -149,6 +151,7 @@ def content_version(seq: pl.DataFrame, items: pl.DataFrame, params: dict[str, An
         digest.update(seq[col].to_numpy())  # the buffer itself: no 200 MB copy per column
     digest.update(seq[SPLIT_COL].to_physical().to_numpy())
     digest.update(items.write_json().encode())
+    digest.update(users.write_json().encode())
     return digest.hexdigest()[:16]
 
 
@@ -228,7 +231,7 @@ def build_card(config: PrepareConfig, source: Source, layout: str, report: Valid
     lengths = seq.group_by(USER_IDX_COL).len()["len"]
     return {
         "name": config.dataset,
-        "data_version": content_version(seq, items, params),
+        "data_version": content_version(seq, items, users, params),
         "users": users.height,
         "items": items.height,
         "interactions": seq.height,
