@@ -7,6 +7,8 @@ looks for and what its errors say. Kept free of heavy imports (httpx only).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -65,3 +67,18 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return httpx.get(url, timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended, after collecting it if this process spawned it.
+
+    A child that exited lingers as a zombie, which still looks alive, until collected. A
+    pid now owned by another user (reused) counts as gone.
+    """
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return True
+    return False

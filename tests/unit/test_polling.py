@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -9,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from movierec.polling import http_ok, poll, wait_until
+from movierec.polling import http_ok, poll, process_gone, wait_until
 from movierec.serving.loadtest import free_port
 
 
@@ -94,3 +96,15 @@ def test_reported_version_is_none_unless_a_version_comes_back(http_server: str) 
     assert reported_version(f"{http_server}/html", timeout=2.0) is None  # 200, not JSON
     assert reported_version(f"{http_server}/down", timeout=2.0) is None  # 503
     assert reported_version(f"http://127.0.0.1:{free_port()}", timeout=0.5) is None
+
+
+def test_process_gone_collects_an_exited_child_that_would_look_alive() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not process_gone(child.pid)
+        child.kill()
+        # Killed but not yet waited for, it is a zombie: os.kill(pid, 0) still succeeds.
+        assert poll(lambda: process_gone(child.pid), 5.0, every=0.05)
+    finally:
+        child.kill()  # a no-op once collected: Popen sees the child is gone
+        child.wait()

@@ -1,5 +1,6 @@
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -146,6 +147,16 @@ def test_a_torn_last_history_line_is_skipped_and_a_damaged_one_is_an_error() -> 
     path.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
     with pytest.raises(reg.RegistryError, match="line 2 is not JSON"):
         reg.read_history()
+
+
+@pytest.mark.parametrize(("before", "torn"), [
+    ("", "x" * 10), ("", "y" * 9000), ('{"a": 1}\n' * 3, "z" * 9000), ('{"a": 1}\n', "")])
+def test_drop_torn_line_cuts_only_the_unfinished_last_line(tmp_path: Path, before: str,
+                                                           torn: str) -> None:
+    path = tmp_path / "history.jsonl"
+    path.write_text(before + torn)
+    reg._drop_torn_line(path)
+    assert path.read_text() == before
 
 
 @pytest.mark.parametrize("follows_alias", [False, True])

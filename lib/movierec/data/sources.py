@@ -19,17 +19,17 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tqdm.auto import tqdm
 
 from movierec.config import Settings, get_settings
-from movierec.files import write_json_atomic
+from movierec.files import write_atomic, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -106,35 +106,29 @@ def download(url: str, dest: Path, *, expected_sha256: str | None = None) -> str
     Raises:
         FetchError: On network errors, short reads or a checksum mismatch.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, os.fdopen(fd, "wb") as out:
+
+    def stream(out: IO[bytes]) -> None:  # raising here leaves no file behind
+        with urllib.request.urlopen(url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-            written = out.tell()
-        if total is not None and written != total:
-            raise FetchError(f"{url}: received {written} of {total} bytes; try again")
-        actual = digest.hexdigest()
-        if expected_sha256 and actual != expected_sha256:
+        if total is not None and out.tell() != total:
+            raise FetchError(f"{url}: received {out.tell()} of {total} bytes; try again")
+        if expected_sha256 and digest.hexdigest() != expected_sha256:
             raise FetchError(
-                f"{url}: sha256 {actual} does not match the expected {expected_sha256}; "
-                "the file is corrupt or was changed upstream"
+                f"{url}: sha256 {digest.hexdigest()} does not match the expected "
+                f"{expected_sha256}; the file is corrupt or was changed upstream"
             )
-        os.replace(tmp, dest)
-        return actual
+
+    try:
+        write_atomic(dest, stream)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise FetchError(f"cannot download {url}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+    return digest.hexdigest()
 
 
 def _load_known_checksums(settings: Settings) -> dict[str, str]:

@@ -60,11 +60,21 @@ def _drop_torn_line(path: Path) -> None:
     if not path.exists() or path.stat().st_size == 0:
         return
     with path.open("r+b") as handle:
-        handle.seek(-1, os.SEEK_END)
+        end = handle.seek(0, os.SEEK_END)
+        handle.seek(end - 1)
         if handle.read(1) == b"\n":
             return
-        handle.seek(0)
-        handle.truncate(handle.read().rfind(b"\n") + 1)
+        block_end = end  # read back a block at a time: the history only grows
+        while block_end > 0:
+            block_start = max(0, block_end - 4096)
+            handle.seek(block_start)
+            newline = handle.read(block_end - block_start).rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(block_start + newline + 1)
+                break
+            block_end = block_start
+        else:  # one torn line and nothing before it
+            handle.truncate(0)
         handle.flush()
         os.fsync(handle.fileno())
 

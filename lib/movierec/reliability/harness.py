@@ -26,7 +26,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from movierec.lifecycle.config import PlatformConfig, Stage
-from movierec.polling import http_ok, poll, wait_until
+from movierec.polling import http_ok, poll, process_gone, wait_until
 from movierec.serving.loadtest import free_port
 
 # MLflow's client retries a refused connection for minutes by default; a fault scenario
@@ -107,15 +107,8 @@ def kill9_group(pid: int) -> None:
 
 
 def reap(pid: int, timeout: float = 10.0) -> None:
-    """Collect a killed child of this process, so its pid no longer looks alive."""
-    def collected() -> bool:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return True  # not our child: its parent reaps it
-        return done != 0
-
-    poll(collected, timeout, every=0.05)
+    """Wait for a killed process to end, collecting it if it is a child of this one."""
+    poll(lambda: process_gone(pid), timeout, every=0.05)
 
 
 @dataclass

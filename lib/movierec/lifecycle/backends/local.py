@@ -30,7 +30,7 @@ from movierec.files import write_json_atomic
 from movierec.lifecycle.backends import reported_version
 from movierec.lifecycle.backends.supervisor import read_json
 from movierec.lifecycle.config import STAGES, PlatformConfig, Stage
-from movierec.polling import http_ok, poll
+from movierec.polling import http_ok, poll, process_gone
 
 MLFLOW_START_TIMEOUT_S = 60.0
 RETIRE_TIMEOUT_S = 30.0
@@ -203,7 +203,7 @@ class LocalPlatform:
                 assert pid is not None
                 with contextlib.suppress(ProcessLookupError):  # it may exit meanwhile
                     os.killpg(pid, signal.SIGTERM)
-                    if not poll(lambda pid=pid: _reaped(pid), 30):
+                    if not poll(lambda pid=pid: process_gone(pid), 30):
                         os.killpg(pid, signal.SIGKILL)
                 stopped.append(name)
             pid_file.unlink(missing_ok=True)
@@ -298,13 +298,3 @@ class LocalPlatform:
             raise TimeoutError(f"{stage} still serves {RETIRE_TIMEOUT_S:g} s after it was "
                                f"retired: is the supervisor running? (see "
                                f"{self.folder / 'supervisor.log'})")
-
-
-def _reaped(pid: int) -> bool:
-    """Whether ``pid`` is gone, after collecting it if this process spawned it.
-
-    A child that exited lingers as a zombie, which still looks alive, until collected.
-    """
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return not _alive(pid)
