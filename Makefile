@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # Tests and CI read MovieLens 100K from a local copy (never the network); see README.
 SHARED_DATA := $(abspath ../shared/data)
 export MOVIEREC_DATASETS ?= $(if $(wildcard $(SHARED_DATA)/ml-100k),$(SHARED_DATA),)
@@ -21,8 +22,11 @@ setup: $(STAMP)  ## create .venv and install pinned requirements (only when they
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: an unpinned resolution pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
+	# torch first, pinned, the CPU build: from PyPI alone, Linux gets a multi-GB CUDA build.
+	# PyTorch's CPU index is added when it answers (a machine that only reaches PyPI or a
+	# local mirror installs whatever torch==2.13.0 those offer).
+	$(PY) -m pip install --quiet torch==2.13.0 $$(curl -fsS --max-time 10 -o /dev/null \
+	  $(TORCH_CPU_INDEX)/torch/ 2>/dev/null && echo --extra-index-url $(TORCH_CPU_INDEX))
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)

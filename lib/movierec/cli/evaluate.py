@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "(history length, demographics).")
     cmd.add_argument("runs", nargs="*", help="MLflow run ids (default: the latest --latest)")
     cmd.add_argument("--latest", type=int, default=5, help="how many recent runs to compare")
-    cmd.add_argument("--data", type=Path, help="prepared folder: also write detailed reports")
+    cmd.add_argument("--data", help="prepared folder or s3://BUCKET/PREFIX: also write detailed "
+                     "reports")
     cmd.add_argument("--split", choices=("valid", "test"), default="test")
     cmd.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder")
     cmd.set_defaults(run=run_evaluate)
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Write ``comparison.md``/``.json`` (and ``report-<run>.json``) and print the table."""
     from movierec.evaluation.compare import compare_runs, evaluate_run  # noqa: PLC0415
+    from movierec.storage import materialize  # noqa: PLC0415
     from movierec.training.tracking import search_runs  # noqa: PLC0415
 
     run_ids = args.runs or search_runs(args.latest)
@@ -35,8 +37,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     (args.out / "comparison.md").write_text(table["markdown"] + "\n")
     print(table["markdown"])
     if args.data:
+        data_dir = materialize(args.data)
         for run_id in run_ids:
-            report = evaluate_run(run_id, args.data, args.split)
+            report = evaluate_run(run_id, data_dir, args.split)
             (args.out / f"report-{run_id}.json").write_text(json.dumps(report, indent=2) + "\n")
             if "warning" in report:
                 print(f"warning ({run_id[:8]}): {report['warning']}")

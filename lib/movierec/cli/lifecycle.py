@@ -68,8 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     canary = sub.add_parser("canary", help="canary statistics from counts")
     ccmds = canary.add_subparsers(dest="canary_command", metavar="SUBCOMMAND", required=True)
     analyze = ccmds.add_parser("analyze", help="promote or roll back, from hit/request counts",
-                               description="The same analysis the pipeline runs; the cloud "
-                               "workflows call it with counts from Prometheus.")
+                               description="The pipeline's decision rules from aggregate counts "
+                               "(the cloud workflows take them from Prometheus). Without "
+                               "per-user counts the hit rates are compared by a request-level "
+                               "z-test, which treats one user's requests as independent and so "
+                               "overstates significance; the pipeline tests over users.")
     for arm in ("canary", "production"):
         analyze.add_argument(f"--{arm}-hits", type=int, required=True)
         analyze.add_argument(f"--{arm}-requests", type=int, required=True)
@@ -261,10 +264,10 @@ def register_monitor(sub: argparse._SubParsersAction) -> None:
     monitor = sub.add_parser("monitor", help="drift of served traffic vs training data")
     cmds = monitor.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND", required=True)
     drift = cmds.add_parser("drift", help="item-popularity PSI, sequence-length KS, unknown "
-                            "items, online hit rate; exits 1 on drift",
+                            "items, online hit rate; exits 3 on drift",
                             description="Compare a stage's served traffic with its model's "
                             "training data and write a report with plots under "
-                            "MOVIEREC_HOME/reports/. Exit status 1 means drift (a scheduler "
+                            "MOVIEREC_HOME/reports/. Exit status 3 means drift (a scheduler "
                             "can trigger `movierec pipeline --trigger drift`).")
     drift.add_argument("--stage", choices=("production", "canary", "staging"),
                        default="production")

@@ -84,25 +84,35 @@ def _contains(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 def _draw_excluding(rows: np.ndarray, seen_keys: np.ndarray, n_items: int,
-                    rng: np.random.Generator) -> np.ndarray:
-    """One uniform item per entry of ``rows`` that row has not seen.
+                    rng: np.random.Generator, targets: np.ndarray | None = None) -> np.ndarray:
+    """One uniform item per entry of ``rows`` that row has not seen (nor that entry's target).
 
     ``seen_keys`` holds ``row * (n_items + 1) + item`` for every seen item, sorted; every row
-    must have at least one unseen item.
+    must have at least one unseen item. ``targets`` (one per entry) matters when SSE
+    replaced a target by an item outside the history: a negative equal to its positive
+    would push one logit up and down at once. Only when a row's one unseen item is that
+    entry's target is the target drawn.
     """
     stride = n_items + 1
+
+    def rejected(at: np.ndarray) -> np.ndarray:
+        hit = _contains(seen_keys, rows[at] * stride + items[at])
+        return hit | (items[at] == targets[at]) if targets is not None else hit
+
     items = rng.integers(1, n_items + 1, size=rows.shape)
-    bad = np.flatnonzero(_contains(seen_keys, rows * stride + items))
+    bad = np.flatnonzero(rejected(np.arange(rows.size)))
     for _ in range(_MAX_REJECTION_ROUNDS):
         if bad.size == 0:
             return items
         items[bad] = rng.integers(1, n_items + 1, size=bad.size)
-        bad = bad[_contains(seen_keys, rows[bad] * stride + items[bad])]
+        bad = bad[rejected(bad)]
     # Users who saw almost everything: draw from the explicit complement instead.
     catalogue = np.arange(1, n_items + 1)
     for i in bad:
         lo, hi = np.searchsorted(seen_keys, [rows[i] * stride, (rows[i] + 1) * stride])
         unseen = np.setdiff1d(catalogue, seen_keys[lo:hi] - rows[i] * stride)
+        if targets is not None and unseen.size > 1:  # else the target is all that is left
+            unseen = unseen[unseen != targets[i]]
         items[i] = rng.choice(unseen)
     return items
 
@@ -118,6 +128,9 @@ def sample_negatives(targets: np.ndarray, user_items: Iterable[int] | np.ndarray
                      n_items: int, rng: np.random.Generator) -> np.ndarray:
     """One negative per non-padded target, uniform over the items the user has not seen.
 
+    A negative never equals its own target, even a target outside ``user_items``,
+    unless that target is the one item the user has not seen.
+
     Args:
         targets: Target ids of one user, any shape; 0 marks padding (negative 0 there).
         user_items: The user's history (set or array); negatives avoid all of it.
@@ -131,7 +144,7 @@ def sample_negatives(targets: np.ndarray, user_items: Iterable[int] | np.ndarray
     negatives = np.zeros(targets.shape, dtype=np.int64)
     where = targets != 0
     rows = np.zeros(int(where.sum()), dtype=np.int64)
-    negatives[where] = _draw_excluding(rows, seen, n_items, rng)
+    negatives[where] = _draw_excluding(rows, seen, n_items, rng, targets=targets[where])
     return negatives
 
 
@@ -263,7 +276,8 @@ class TrainingBatches:
                 where = pos != 0
                 # Negatives avoid the true user's history, even when SSE swapped the user.
                 row_of = np.broadcast_to(rows[:, None], pos.shape)[where]
-                neg[where] = _draw_excluding(row_of, self._seen_keys, self.n_items, rng)
+                neg[where] = _draw_excluding(row_of, self._seen_keys, self.n_items, rng,
+                                             targets=pos[where])
                 batch["neg"] = neg
             yield {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64))
                    for k, v in batch.items()}
