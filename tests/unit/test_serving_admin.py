@@ -49,6 +49,21 @@ def test_token_checks(client: TestClient, bundles: tuple[Path, Path], tmp_path: 
     assert client.get("/admin/reload", headers=AUTH).json()["status"] == "idle"
 
 
+def test_a_non_ascii_token_is_accepted_and_a_nul_path_is_a_422(
+        bundles: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "sécret-token-ünïcode"
+    monkeypatch.setenv("MOVIEREC_ADMIN_TOKEN", token)
+    app = create_app(ServeSettings(bundle=bundles[0], threads=1,
+                                   feedback_url=str(tmp_path / "fb.db")))
+    with TestClient(app) as client:
+        raw = {"Authorization": ("Bearer " + token).encode("utf-8")}  # as clients send it
+        assert client.get("/admin/reload", headers=raw).status_code == 200
+        wrong = {"Authorization": ("Bearer " + token[:-1] + "x").encode("utf-8")}
+        assert client.get("/admin/reload", headers=wrong).status_code == 403
+        nul = client.post("/admin/reload", headers=raw, json={"bundle": "a\u0000b"})
+        assert nul.status_code == 422 and "NUL" in nul.json()["message"]
+
+
 def test_admin_disabled_without_token(bundles: tuple[Path, Path], tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOVIEREC_ADMIN_TOKEN", raising=False)

@@ -196,7 +196,7 @@ def test_a_dead_model_process_fails_health_and_readiness(bundle_dir: Path,
         assert client.get("/health").status_code == 503
         assert "model process" in client.get("/ready").json()["reason"]
         failed = client.post("/recommend", json={"sequence": [movie_id(1)]})
-        assert failed.status_code == 503 and "model process is gone" in failed.json()["message"]
+        assert failed.status_code == 503 and "model process is gone" in failed.json()["detail"]
 
 
 def test_a_failed_batch_or_a_shutdown_is_a_503_without_internals(
@@ -212,7 +212,7 @@ def test_a_failed_batch_or_a_shutdown_is_a_503_without_internals(
         patch.setattr(MicroBatcher, "top_k", failing)
         failed = client.post("/recommend", json={"user_id": user_id(3)})
     assert failed.status_code == 503 and failed.headers["Retry-After"]
-    assert "try again" in failed.json()["message"]
+    assert "try again" in failed.json()["detail"]
     assert "ONNXRuntimeError" not in failed.text and "restarted" not in failed.text
     assert client.post("/recommend", json={"user_id": user_id(3)}).status_code == 200
 
@@ -223,7 +223,7 @@ def test_a_failed_batch_or_a_shutdown_is_a_503_without_internals(
         patch.setattr(MicroBatcher, "top_k", stopping)
         refused = client.post("/recommend", json={"user_id": user_id(3)})
     assert refused.status_code == 503 and refused.headers["Retry-After"]
-    assert "shutting down" in refused.json()["message"]
+    assert "shutting down" in refused.json()["detail"]
 
 
 def test_the_model_can_run_in_a_thread_instead(bundle_dir: Path, tmp_path: Path) -> None:
@@ -255,6 +255,9 @@ def test_metrics_exposition(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'route="/users/{user_id}/history"' in text  # templates, not raw paths
     assert 'route="unmatched",status="404"' in text
+    client.request("PROPFIND", "/recommend")  # any token is a method: bounded labels
+    text = client.get("/metrics").text
+    assert 'method="other"' in text and "PROPFIND" not in text
 
 
 def test_demo_users_and_page(client: TestClient) -> None:
@@ -397,3 +400,16 @@ def test_recommend_sends_the_stored_tie_only_when_the_model_uses_it(
     # user 3's stored history ends in two tied items (make_bundle); a sent sequence has no
     # times, and a bundle scored without tie orders is not asked for them
     assert sent == [0, 2, 0, 0]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://app:s3cr%40t@db:5432/fb", "postgresql://app:***@db:5432/fb"),
+    ("postgresql://app@db/fb?password=hunter2&sslmode=require",
+     "postgresql://app@db/fb?password=***&sslmode=require"),
+    ("postgresql://app@db/fb?sslmode=require", "postgresql://app@db/fb?sslmode=require"),
+    ("sqlite:///feedback.db", "sqlite:///feedback.db"),
+])
+def test_mask_url_hides_both_places_a_password_can_be(url: str, shown: str) -> None:
+    from movierec.serving.feedback import mask_url
+
+    assert mask_url(url) == shown

@@ -25,8 +25,9 @@ class ModelConfig(BaseModel):
         d_user: Width of the user embedding (SSE-PT only).
         n_blocks: Number of self-attention blocks.
         n_heads: Attention heads; must divide the hidden width.
-        dropout: Dropout rate of embeddings, attention weights and feed-forward layers.
-        attention_dropout: Dropout on attention weights when it should differ from ``dropout``.
+        dropout: Dropout rate of embeddings and feed-forward layers (at most 0.99).
+        attention_dropout: Dropout on attention weights: 0 by default, None for ``dropout``
+            (the reference's choice).
         norm_first: Pre-LayerNorm blocks (default) or post-LayerNorm blocks.
         sse_prob_user: Probability of replacing a sequence's user by a random user.
         sse_prob_item: Probability of replacing an input item and its target by random items.
@@ -54,9 +55,9 @@ class ModelConfig(BaseModel):
     d_user: int = Field(default=50, ge=0)
     n_blocks: int = Field(default=2, ge=1)
     n_heads: int = Field(default=1, ge=1)
-    dropout: float = Field(default=0.3, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.3, ge=0.0, le=0.99)  # the mask has 16-bit steps
     attention_dropout: float | None = Field(
-        default=0.0, ge=0.0, lt=1.0,
+        default=0.0, ge=0.0, le=0.99,
         description="dropout on attention weights; None uses `dropout` as the reference "
         "does (0 roughly halves attention cost on CPU)")
     norm_first: bool = True

@@ -43,8 +43,9 @@ class PopularityModel(nn.Module):
         order = ids[np.lexsort((ids, -counts[1:]))]
         scores = np.full(self.n_items + 1, -np.inf, dtype=np.float32)
         scores[order] = self.n_items - np.arange(self.n_items, dtype=np.float32)
-        self.counts = torch.from_numpy(counts)
-        self.scores = torch.from_numpy(scores)
+        # On the device the model was moved to, as the registered buffers were.
+        self.counts = torch.from_numpy(counts).to(self.counts.device)
+        self.scores = torch.from_numpy(scores).to(self.scores.device)
         return self
 
     def score_all(self, users: torch.Tensor, seqs: torch.Tensor | None = None) -> torch.Tensor:

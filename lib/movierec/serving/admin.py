@@ -113,7 +113,10 @@ def admin_router(manager: ReloadManager) -> APIRouter:
         if scheme.lower() != "bearer" or not given.strip():
             raise HTTPException(401, "send 'Authorization: Bearer <admin token>'",
                                 headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        # Starlette decodes header bytes as latin-1: back to bytes the same way, so a
+        # token with non-ASCII characters (sent as UTF-8) compares equal.
+        if not hmac.compare_digest(given.strip().encode("latin-1"),
+                                   token.get_secret_value().encode("utf-8")):
             raise HTTPException(403, "the admin token is not valid")
 
     router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])

@@ -210,12 +210,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         message = (f"{exc}; the service cannot score until it is restarted or a bundle is "
                    "reloaded" if exc.gone else "the model failed to score this request's "
                    "batch; try again (the detail is in the service log)")
-        return JSONResponse({"message": message}, status_code=503,
+        return JSONResponse({"detail": message}, status_code=503,  # ErrorResponse
                             headers={"Retry-After": RETRY_AFTER_S})
 
     @app.exception_handler(ShuttingDownError)
     async def shutting_down(request: Request, exc: ShuttingDownError) -> JSONResponse:
-        return JSONResponse({"message": str(exc)}, status_code=503,
+        return JSONResponse({"detail": str(exc)}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER_S})
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_body_bytes,
                        limits={"/feedback": settings.max_feedback_body_bytes})
@@ -243,7 +243,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             return JSONResponse({"status": "model process exited"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready", response_model=ReadyResponse)
+    @app.get("/ready", response_model=ReadyResponse,
+             responses={503: {"model": ReadyResponse, "description": "Not ready: see reason"}})
     async def ready() -> JSONResponse:
         """Readiness: a verified, warmed-up bundle is served and the batcher runs."""
         if not state.started:

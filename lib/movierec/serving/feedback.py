@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from movierec.serving.feedback_pg import PostgresFeedbackStore
@@ -152,17 +152,28 @@ class FeedbackStore:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe for logs and errors)."""
+    """``url`` with its password replaced by ``***`` (safe for logs and errors).
+
+    Both places libpq takes one are masked: ``user:password@host`` and ``?password=``.
+    """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal keeps its brackets
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is None and "password=" not in parts.query:
+        return url  # as it is: urlunsplit would turn sqlite:///x into sqlite:/x
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal keeps its brackets
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(key == "password" for key, _ in pairs):
+            parts = parts._replace(query="&".join(
+                f"{key}={'***' if key == 'password' else quote(value, safe='')}"
+                for key, value in pairs))
+    return urlunsplit(parts)
 
 
 def sqlite_path(url: str) -> Path:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from movierec.serving.feedback import (
     FeedbackEvent,
@@ -97,7 +97,8 @@ class PostgresFeedbackStore:
         """
         self._url = _libpq_url(url)
         self.path = mask_url(url)
-        password = urlsplit(self._url).password
+        parts = urlsplit(self._url)
+        password = parts.password or dict(parse_qsl(parts.query)).get("password")
         self._file_password = None if password else _password_from_file(self.path)
         # The percent-decoded form is what a server or libpq message could echo.
         self._secrets = [s for s in {password, unquote(password or ""), self._file_password}

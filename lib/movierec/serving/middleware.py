@@ -14,6 +14,8 @@ from movierec.serving.metrics import ServingMetrics
 
 log = logging.getLogger("movierec.serving.access")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Methods a client may send are unbounded (WebDAV's PROPFIND...): others share one label.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, object]) -> None:
@@ -107,8 +109,9 @@ class RequestMetricsMiddleware:
             elapsed = time.perf_counter() - started
             # The template ("/users/{user_id}/history"), never the raw path: bounded labels.
             route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
             self.metrics.request_latency.labels(
-                route=route, method=scope["method"], status=str(status)).observe(elapsed)
+                route=route, method=method, status=str(status)).observe(elapsed)
             log.info("request", extra={"method": scope["method"], "route": route,
                                        "path": scope["path"], "status": status,
                                        "duration_ms": round(elapsed * 1000, 3)})

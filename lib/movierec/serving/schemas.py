@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from annotated_types import Ge, Le
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 INT64_MAX = 2**63 - 1
 # Largest id a body may carry: every JSON parser (JavaScript's included) holds it exactly.
@@ -202,6 +202,13 @@ class ReloadRequest(_Request):
     version: str | None = Field(None, max_length=200)
     alias: str | None = Field(None, max_length=200)
     wait: bool = False
+
+    @field_validator("bundle")
+    @classmethod
+    def _no_nul(cls, bundle: str | None) -> str | None:
+        if bundle is not None and "\x00" in bundle:  # no file system takes it: a 422, not a 500
+            raise ValueError("a bundle path cannot contain a NUL character")
+        return bundle
 
 
 class ReloadStatus(BaseModel):
