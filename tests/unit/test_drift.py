@@ -33,6 +33,8 @@ def test_popularity_deciles_split_interactions_evenly() -> None:
     assert deciles[0] == 0 and deciles[-1] == 9
     per_decile = np.bincount(deciles, weights=counts, minlength=10) / counts.sum()
     assert per_decile.max() < 0.2
+    # Ten equal items: one per decile (the item that reaches a tenth stays in its own).
+    assert popularity_deciles(np.full(10, 7.0)).tolist() == list(range(10))
 
 
 def test_cdf_and_hit_windows() -> None:
@@ -71,3 +73,6 @@ def test_assess_flags_drift_only_when_thresholds_are_crossed() -> None:
     assert {d.split()[0] for d in shifted.drifted} == {"psi", "ks", "unknown_rate"}
     few = _assess(like_training[:10], 0, [50])
     assert few.verdict.startswith("too little traffic")
+    # Every request longer than the largest finite bucket: the largest drift, not none.
+    longer = _assess(like_training, 0, [5000] * 500)
+    assert longer.ks == 1.0 and "ks" in {d.split()[0] for d in longer.drifted}

@@ -122,3 +122,25 @@ def test_history_length_slices_never_share_a_length(tmp_path: Path) -> None:
              for label in slices]
     covered = [n for n in lengths if sum(low <= n <= high for low, high in spans) != 1]
     assert covered == [] and sum(s["users"] for s in slices.values()) == len(lengths)
+
+
+def test_ml1m_age_codes_are_named_and_an_empty_split_is_a_clear_error(tmp_path: Path) -> None:
+    import polars as pl
+
+    from movierec.evaluation.report import detailed_report
+
+    data = tiny_data(tmp_path, [[1, 2, 3]] * 4, [4] * 4, [5] * 4, 6)
+    data.users = data.users.with_columns(age=pl.Series([1, 18, 50, 56]))
+    ranked = rank_users(lambda users, seqs: np.random.default_rng(0).random((len(users), 7)),
+                        data, "valid", max_len=5, sampled=False)
+    ranked.sampled_ranks[:] = 0
+    assert set(detailed_report(ranked, data, "valid")["slices"]["age"]) == {
+        "0s", "10s", "50s"}  # real ages: decades
+    data.card = {"name": "ml-1m", "source": {"layout": "dat"}}
+    assert set(detailed_report(ranked, data, "valid")["slices"]["age"]) == {
+        "under 18", "18-24", "50-55", "56+"}  # ML-1M's codes: its groups, 50 and 56 apart
+    data.valid_item[:] = 0
+    nobody = rank_users(lambda users, seqs: np.zeros((len(users), 7)), data, "valid",
+                        max_len=5, sampled=False)
+    with pytest.raises(ValueError, match="no user has a valid target"):
+        detailed_report(nobody, data, "valid")

@@ -74,6 +74,11 @@ def test_full_ranks_exclude_seen_items_and_padding() -> None:
     assert ranks.tolist() == [1, 3]
     tie = full_ranks(np.array([[0.0, 1.0, 1.0]]), [np.array([], dtype=np.int64)], np.array([1]))
     assert tie.tolist() == [1]  # pessimistic: a tie counts against the target
+    # A diverged model's NaN target ranks last, not first (it scored NDCG +inf before).
+    nan = full_ranks(np.array([[0.0, 0.5, np.nan, 0.2, 0.1]]), [np.array([], dtype=np.int64)],
+                     np.array([2]))
+    assert nan.tolist() == [3]
+    assert not offline_gate(np.array([0.5, np.nan]), None, GateConfig()).passed
 
 
 def test_two_proportion_test_hand_computed() -> None:
@@ -218,3 +223,53 @@ def test_the_report_shows_an_unscored_candidate_as_such(tmp_path: Path) -> None:
     text = format_summary(summary)
     assert "NDCG@10 candidate - vs production 0.1000" in text
     assert plot_run(summary, tmp_path / "run.png") is not None  # production's bar alone
+
+
+def test_a_crashed_canary_analysis_rolls_the_canary_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.lifecycle import pipeline as pipeline_module
+    from movierec.lifecycle.config import LifecycleConfig
+    from movierec.registry import mlflow_registry
+    from movierec.training.config import TrainConfig
+
+    calls: list[tuple[str, ...]] = []
+
+    class Backend:  # records what the pipeline asks of it
+        name, follows_alias = "fake", False
+
+        def deploy(self, stage: str, version: str) -> dict[str, str]:
+            calls.append(("deploy", stage, version))
+            return {"how": "fake"}
+
+        def retire(self, stage: str) -> None:
+            calls.append(("retire", stage))
+
+        def stage_url(self, stage: str) -> str:
+            return f"http://127.0.0.1:9/{stage}"
+
+    monkeypatch.setattr(mlflow_registry, "set_alias",
+                        lambda alias, version, why: calls.append(("alias", alias, version)))
+    monkeypatch.setattr(mlflow_registry, "remove_alias",
+                        lambda alias, why: calls.append(("unalias", alias)))
+
+    def no_traffic_left(world: object, events: int) -> None:
+        raise ValueError("no future interactions are left to replay")
+
+    monkeypatch.setattr(pipeline_module, "take_events", no_traffic_left)
+    run = pipeline_module.Pipeline(LifecycleConfig(), TrainConfig(), Backend(),  # type: ignore[arg-type]
+                                   say=lambda _: None)
+    run._canary(world=None, version="7")  # type: ignore[arg-type]
+    assert calls == [("deploy", "canary", "7"), ("alias", "canary", "7"), ("unalias", "canary"),
+                     ("retire", "canary")]
+    assert run.summary["decision"] == "rolled_back"
+    assert "crashed: ValueError: no future interactions" in run.summary["reason"]
+
+
+def test_staging_load_seconds_are_whole_seconds() -> None:
+    from pydantic import ValidationError
+
+    from movierec.lifecycle.config import StagingConfig
+
+    assert StagingConfig(load_seconds=3).load_seconds == 3
+    with pytest.raises(ValidationError, match="fractional part"):
+        StagingConfig(load_seconds=2.5)  # locust's -t 2.5s is an error, found mid-pipeline

@@ -33,6 +33,21 @@ def test_world_holds_out_the_newest_interactions(world) -> None:
         build_world("ml-100k", 0.2)
 
 
+def test_a_world_is_not_reused_for_another_source(world, ml100k_dir: Path,
+                                                  tmp_path: Path) -> None:
+    import shutil
+
+    assert build_world("ml-100k", 0.1, ml100k_dir).card == world.card  # the same source
+    other = tmp_path / "ml-100k"
+    shutil.copytree(ml100k_dir, other)
+    assert build_world("ml-100k", 0.1, other).card == world.card  # same bytes elsewhere
+    inter = next(other.glob("*.inter"))
+    lines = inter.read_text().splitlines(keepends=True)
+    inter.write_text("".join(lines[:-1]))  # one interaction fewer: other data
+    with pytest.raises(ValueError, match="other contents"):
+        build_world("ml-100k", 0.1, other)
+
+
 def test_take_events_moves_a_durable_cursor(world) -> None:
     first = take_events(world, 100)
     second = take_events(world, 100)

@@ -58,6 +58,23 @@ def _slice_table(values: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, 
     return table
 
 
+# ML-1M's users.dat stores an age group's code, not an age (its README).
+ML1M_AGE_GROUPS = {1: "under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49",
+                   50: "50-55", 56: "56+"}
+
+
+def _ages_are_ml1m_codes(card: dict[str, Any]) -> bool:
+    """Whether the dataset's ages are ML-1M's group codes (its .dat or RecBole files)."""
+    return card.get("name") == "ml-1m" or card.get("source", {}).get("layout") == "dat"
+
+
+def _age_bands(ages: pl.Series, coded: bool) -> pl.Series:
+    """Decades ("20s") of real ages, or the named groups of ML-1M's codes."""
+    if coded:
+        return ages.replace_strict(ML1M_AGE_GROUPS, default=None, return_dtype=pl.String)
+    return (ages // 10 * 10).cast(pl.String) + "s"
+
+
 def detailed_report(ranked: RankedUsers, data: SequenceData, split: str,
                     seed: int = 0) -> dict[str, Any]:
     """Metrics with bootstrap 95% CIs over users and slices by history length and demographics.
@@ -65,6 +82,9 @@ def detailed_report(ranked: RankedUsers, data: SequenceData, split: str,
     Slices report full-ranking NDCG@10 per group: history-length quartiles always, and
     gender / age band / occupation when the dataset has demographics.
     """
+    if not len(ranked.users):
+        raise ValueError(f"no user has a {split} target: nothing to report (is the data "
+                         "split? users need at least three interactions)")
     per_user = {"sampled": accuracy_per_user(ranked.sampled_ranks),
                 "full": accuracy_per_user(ranked.full_ranks)}
     ci = {proto: {m: list(bootstrap_ci(v, seed=seed)) for m, v in metrics.items()}
@@ -85,7 +105,7 @@ def detailed_report(ranked: RankedUsers, data: SequenceData, split: str,
         if column in users.columns and users[column].null_count() < users.height:
             values = users[column]
             if column == "age":
-                values = (values // 10 * 10).cast(pl.String) + "s"
+                values = _age_bands(values, coded=_ages_are_ml1m_codes(data.card))
             slices[column] = _slice_table(ndcg, values.fill_null("unknown").to_numpy())
     return {"split": split, "users": len(ranked.users), "metrics": summarize(ranked, data),
             "ci95": ci, "slices": slices}

@@ -65,7 +65,7 @@ class StagingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    load_seconds: float = Field(10.0, gt=0)
+    load_seconds: int = Field(10, ge=1, description="whole seconds: locust's -t takes no fractions")
     load_users: int = Field(20, ge=1, description="concurrent simulated users (locust)")
     slo_p95_ms: float = Field(200.0, gt=0)
 

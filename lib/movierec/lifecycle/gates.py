@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from movierec.evaluation.metrics import bootstrap_ci, ndcg_at_k
+from movierec.evaluation.metrics import bootstrap_ci, ndcg_at_k, pessimistic_ranks
 from movierec.lifecycle.config import GateConfig
 
 SCORE_BATCH = 256
@@ -83,6 +83,11 @@ def offline_gate(candidate: np.ndarray | None, production: np.ndarray | None,
                           None if production is None else float(production.mean()),
                           None, None, False)
     cand = float(np.mean(candidate)) if candidate.size else float("nan")
+    if not np.isfinite(candidate).all():
+        return GateResult(False, "the candidate's panel NDCG@10 is not finite (a diverged "
+                          "model?)", int(candidate.size), cand,
+                          None if production is None else float(production.mean()),
+                          None, None, parity_passed)
     if production is None:
         reason = ("no production model yet" if parity_passed
                   else "export parity checks failed")
@@ -117,12 +122,14 @@ def full_ranks(scores: np.ndarray, histories: list[np.ndarray], targets: np.ndar
         targets: Held-out item index per row.
     """
     scores = scores.astype(np.float64, copy=True)
+    rows = np.arange(len(targets))
+    positive = scores[rows, targets].copy()
     scores[:, 0] = -np.inf
+    scores[rows, targets] = -np.inf  # the target does not compete with itself
     for row, seen in enumerate(histories):
-        seen = seen[seen != targets[row]]
-        scores[row, seen] = -np.inf
-    positive = scores[np.arange(len(targets)), targets][:, None]
-    return (scores >= positive).sum(axis=1) - 1
+        scores[row, seen[seen != targets[row]]] = -np.inf
+    # As evaluation ranks: a NaN score counts against the model, never for it.
+    return pessimistic_ranks(positive, scores)
 
 
 def bundle_panel_ndcg(bundle_dir: Path, panel: Panel) -> np.ndarray:

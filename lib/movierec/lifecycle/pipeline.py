@@ -21,8 +21,8 @@ import httpx
 from movierec.config import get_settings
 from movierec.files import write_json_atomic
 from movierec.lifecycle.backends import Backend, deploy_and_point
-from movierec.lifecycle.canary import analyze
-from movierec.lifecycle.config import LifecycleConfig
+from movierec.lifecycle.canary import CanaryAnalysis, analyze
+from movierec.lifecycle.config import LifecycleConfig, Stage
 from movierec.lifecycle.gates import bundle_panel_ndcg, offline_gate
 from movierec.lifecycle.staging import staging_tests
 from movierec.lifecycle.traffic import arm_stats, replay, save_records, take_events
@@ -185,7 +185,6 @@ class Pipeline:
 
     def _staging(self, version: str, data_dir: Path) -> bool:
         from movierec.data.dataset import load_sequences  # noqa: PLC0415
-        from movierec.registry.mlflow_registry import remove_alias  # noqa: PLC0415
 
         data = load_sequences(data_dir)
         users = data.users["user_id"].to_list()
@@ -207,18 +206,40 @@ class Pipeline:
             if report.passed:
                 return True
             problems = report.problems
-        remove_alias("staging", "staging tests failed: " + "; ".join(problems))
-        self.backend.retire("staging")
-        self._decide("rolled_back", "staging tests: " + "; ".join(problems))
+        self._roll_back("staging", "staging tests failed: " + "; ".join(problems))
         return False
 
-    def _canary(self, world: World, version: str) -> None:
-        from movierec.registry.mlflow_registry import remove_alias, set_alias  # noqa: PLC0415
+    def _roll_back(self, stage: Stage, reason: str) -> None:
+        """Take ``stage``'s alias off the candidate, stop the stage, record the decision."""
+        from movierec.registry.mlflow_registry import remove_alias  # noqa: PLC0415
 
-        cfg = self.config.canary
+        remove_alias(stage, reason)
+        self.backend.retire(stage)
+        self._decide("rolled_back", reason)
+
+    def _canary(self, world: World, version: str) -> None:
+        from movierec.registry.mlflow_registry import set_alias  # noqa: PLC0415
+
         self._step("canary", deploy=deploy_and_point(
             self.backend, "canary", version,
             lambda: set_alias("canary", version, "passed staging tests")))
+        try:
+            analysis = self._canary_analysis(world)
+        except Exception as error:  # a crashed analysis must not leave the canary serving
+            reason = f"the canary analysis crashed: {type(error).__name__}: {error}"
+            self._step("canary", passed=False, problems=[reason])
+            self._roll_back("canary", reason)
+            return
+        self._step("canary", analysis=analysis.to_dict())
+        self.say("canary: " + "; ".join(analysis.reasons))
+        if analysis.promote:
+            self._promote(version, "canary analysis: " + analysis.reasons[0])
+        else:
+            self._roll_back("canary", "canary analysis: " + "; ".join(analysis.reasons))
+
+    def _canary_analysis(self, world: World) -> CanaryAnalysis:
+        """Replay held-out interactions against both arms, log them, and analyse."""
+        cfg = self.config.canary
         events = take_events(world, cfg.events)
         urls = {"production": self.backend.stage_url("production"),
                 "canary": self.backend.stage_url("canary")}
@@ -228,17 +249,8 @@ class Pipeline:
         save_records(records, self.home / "lifecycle" / TRAFFIC_LOG)
         write_json_atomic(self.folder / "canary_records.json", [r.__dict__ for r in records],
                           sort_keys=False, default=str)
-        analysis = analyze(arm_stats(records, "canary"), arm_stats(records, "production"), cfg,
-                           seed=self.config.seed)
-        self._step("canary", analysis=analysis.to_dict())
-        self.say("canary: " + "; ".join(analysis.reasons))
-        if analysis.promote:
-            self._promote(version, "canary analysis: " + analysis.reasons[0])
-        else:
-            reason = "canary analysis: " + "; ".join(analysis.reasons)
-            remove_alias("canary", reason)
-            self.backend.retire("canary")
-            self._decide("rolled_back", reason)
+        return analyze(arm_stats(records, "canary"), arm_stats(records, "production"), cfg,
+                       seed=self.config.seed)
 
     def _promote(self, version: str, reason: str) -> None:
         from movierec.registry.mlflow_registry import (  # noqa: PLC0415

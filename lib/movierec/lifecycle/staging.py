@@ -68,7 +68,7 @@ def load_test(url: str, user_ids: list[int], config: StagingConfig) -> dict[str,
         prefix = str(Path(tmp) / "load")
         argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                 "--host", url, "-u", str(config.load_users), "-r", str(config.load_users),
-                "-t", f"{config.load_seconds:g}s", "--csv", prefix, "--only-summary",
+                "-t", f"{config.load_seconds}s", "--csv", prefix, "--only-summary",
                 "--loglevel", "WARNING", "--exit-code-on-error", "0"]
         env = {**os.environ, "MOVIEREC_LOAD_USERS": ",".join(map(str, user_ids))}
         done = subprocess.run(argv, env=env, capture_output=True, text=True,

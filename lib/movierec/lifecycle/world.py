@@ -71,10 +71,16 @@ def build_world(dataset: str, future_share: float, source: Path | None = None,
     card_path = folder / WORLD_FILE
     if card_path.exists():
         card = json.loads(card_path.read_text())
-        if card["future_share"] == future_share:
-            return World(folder, card)
-        raise ValueError(f"{folder} was built with future_share={card['future_share']}; "
-                         f"remove it to rebuild with {future_share}")
+        if card["future_share"] != future_share:
+            raise ValueError(f"{folder} was built with future_share={card['future_share']}; "
+                             f"remove it to rebuild with {future_share}")
+        if source is not None:  # an explicit source must be the one the world came from
+            resolved = resolve_source(dataset, source, settings)
+            built_from = card.get("source_sha256", card["source"])
+            if built_from not in (resolved.sha256, str(resolved.path)):
+                raise ValueError(f"{folder} was built from {card['source']}, not {source} "
+                                 "(other contents): remove it to rebuild from the new source")
+        return World(folder, card)
     resolved = resolve_source(dataset, source, settings)
     tables = parse_folder(unpack(resolved.path, settings.home / "extracted", resolved.sha256))
     clean, _ = validate(tables, strict=True)
@@ -91,7 +97,8 @@ def build_world(dataset: str, future_share: float, source: Path | None = None,
         pl.col(TIMESTAMP_COL).cast(pl.Int64)).write_parquet(tmp / "future.parquet")
     card = {"dataset": dataset, "future_share": future_share, "cut_timestamp": cut,
             "base_interactions": base.height, "future_interactions": future.height,
-            "future_users": future[USER_COL].n_unique(), "source": str(resolved.path)}
+            "future_users": future[USER_COL].n_unique(), "source": str(resolved.path),
+            "source_sha256": resolved.sha256}
     (tmp / WORLD_FILE).write_text(json.dumps(card, indent=2))
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(folder)  # a half-built world is never mistaken for a finished one

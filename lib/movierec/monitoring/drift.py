@@ -49,7 +49,9 @@ def popularity_deciles(train_count: np.ndarray) -> np.ndarray:
     crosses each tenth, so every decile holds about a tenth of the training interactions.
     """
     order = np.argsort(-train_count, kind="stable")
-    share = np.cumsum(train_count[order]) / max(train_count.sum(), 1)
+    counts = train_count[order]
+    # The share before each item: the item that reaches a tenth still belongs to its decile.
+    share = (np.cumsum(counts) - counts) / max(train_count.sum(), 1)
     decile = np.minimum((share * DECILES).astype(np.int64), DECILES - 1)
     out = np.empty_like(decile)
     out[order] = decile
@@ -123,8 +125,9 @@ def assess(train_count: np.ndarray, train_lengths: np.ndarray, watched: np.ndarr
     actual = np.bincount(deciles[watched - 1], minlength=DECILES) if watched.size else (
         np.zeros(DECILES))
     edges, served_cdf = histogram_cdf(length_buckets)
-    ks = ks_from_cdfs(cdf_at(train_lengths, edges), served_cdf) if edges.size and (
-        served_cdf.size and served_cdf[-1] > 0) else 0.0
+    served_total = max(length_buckets.values(), default=0.0)  # the +Inf bucket: every request
+    ks = (ks_from_cdfs(cdf_at(train_lengths, edges), served_cdf)
+          if edges.size and served_total > 0 else 0.0)
     total = int(watched.size + unknown_watches)
     report = DriftReport(
         events=total, psi=psi(expected, actual) if watched.size else 0.0, ks=ks,
