@@ -218,6 +218,21 @@ def test_online_history_orders_by_time_and_dedupes(bundle_dir: Path) -> None:
     assert resolve_history(catalog, online, 5).size == 0  # unknown user, no watches
 
 
+def test_online_history_memory_is_bounded_per_user_and_in_all() -> None:
+    online = OnlineHistory(max_per_user=3, max_events=5)
+    for t, movie in enumerate([10, 11, 10, 10, 10, 12]):  # re-watches take no extra place
+        online.add(1, movie, t)
+    assert online.watches(1) == [(11, 1), (10, 4), (12, 5)]
+    online.add(1, 10, 0)  # an older copy of a movie watched later is not "the newest"
+    assert online.watches(1) == [(11, 1), (10, 4), (12, 5)] and len(online) == 3
+    online.add(2, 20, 0)
+    online.add(3, 30, 0)
+    assert len(online) == 5
+    online.add(2, 21, 1)  # over max_events: user 1, updated longest ago, is forgotten
+    assert online.watches(1) == [] and len(online) == 3
+    assert online.watches(2) == [(20, 0), (21, 1)] and online.watches(3) == [(30, 0)]
+
+
 def test_newest_ties_come_from_the_bundle_or_the_online_watches(bundle_dir: Path) -> None:
     catalog = load_catalog(bundle_dir, verify_bundle_files(bundle_dir))
     online = OnlineHistory(max_per_user=10)

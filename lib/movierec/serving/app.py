@@ -163,7 +163,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     metrics = ServingMetrics()
     store = open_store(settings.resolved_feedback_url())
     try:
-        online = OnlineHistory(settings.max_sequence_length)
+        online = OnlineHistory(settings.max_sequence_length, settings.max_online_events)
         replayed = online.extend(store.watches())
         bundle = load_bundle(settings.bundle, settings.precision, settings.threads,
                              settings.device, settings.model_version, settings.model_alias,

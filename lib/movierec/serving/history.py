@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,20 +23,37 @@ IGNORED_GENRES = frozenset({"unknown", "(no genres listed)", ""})
 class OnlineHistory:
     """Watch events per user, ordered by (timestamp, arrival), newest last.
 
+    Memory is bounded twice: ``max_per_user`` events per user (a re-watch replaces the
+    movie's earlier event rather than taking another place), and ``max_events`` in all,
+    beyond which the users updated longest ago are forgotten. Forgotten watches stay in
+    the feedback store (and in the next bundle's training data); only their online use
+    until then is lost.
+
     Only the event loop mutates it (after the feedback store committed), so it needs no lock.
     """
 
-    def __init__(self, max_per_user: int) -> None:
+    def __init__(self, max_per_user: int, max_events: int = 1_000_000) -> None:
         self.max_per_user = max_per_user
-        self._watches: dict[int, list[tuple[int, int, int]]] = {}
+        self.max_events = max_events
+        self._watches: OrderedDict[int, list[tuple[int, int, int]]] = OrderedDict()
         self._arrival = itertools.count()
+        self._total = 0
 
     def add(self, user_id: int, movie_id: int, timestamp: int) -> None:
-        """Record one accepted watch; the oldest entries go beyond ``max_per_user``."""
+        """Record one accepted watch; the oldest entries go beyond the limits."""
         events = self._watches.setdefault(user_id, [])
+        self._watches.move_to_end(user_id)
+        before = len(events)
         bisect.insort(events, (timestamp, next(self._arrival), movie_id))
+        same = [i for i, (_, _, movie) in enumerate(events) if movie == movie_id]
+        for i in reversed(same[:-1]):  # MovieLens has one rating per movie: keep the newest
+            del events[i]
         if len(events) > self.max_per_user:
             del events[: len(events) - self.max_per_user]
+        self._total += len(events) - before
+        while self._total > self.max_events and len(self._watches) > 1:
+            _, forgotten = self._watches.popitem(last=False)
+            self._total -= len(forgotten)
 
     def extend(self, watches: Iterable[tuple[int, int, int]]) -> int:
         """Add ``(user_id, movie_id, timestamp)`` triples; return how many were added."""
@@ -50,7 +68,7 @@ class OnlineHistory:
         return [(movie, timestamp) for timestamp, _, movie in self._watches.get(user_id, ())]
 
     def __len__(self) -> int:
-        return sum(len(events) for events in self._watches.values())
+        return self._total
 
 
 def _recent_online(catalog: Catalog, online: OnlineHistory,

@@ -38,7 +38,10 @@ class ServeSettings(BaseModel):
         threads: ONNX Runtime intra-op threads (None: one per physical core).
         model_process: Run the model in a child process (default), so it never waits for
             the event loop's GIL; False keeps it in a thread of the server process.
-        max_sequence_length: Longest ``sequence`` a request may send.
+        max_sequence_length: Longest ``sequence`` a request may send (and the most online
+            watches kept per user).
+        max_online_events: Online watches kept in memory in all; beyond it the users
+            updated longest ago are forgotten (their watches stay in the feedback store).
         max_body_bytes: Request body limit (413 beyond it).
         max_feedback_body_bytes: Body limit of ``/feedback`` (1000 events need ~80 KB).
         feedback_url: ``sqlite:///PATH``, a file path, or
@@ -63,6 +66,7 @@ class ServeSettings(BaseModel):
     threads: int | None = Field(None, ge=1, le=256)
     model_process: bool = True
     max_sequence_length: int = Field(1000, ge=1, le=100_000)
+    max_online_events: int = Field(1_000_000, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_feedback_body_bytes: int = Field(256 * 1024, ge=1024)
     feedback_url: str | None = Field(default_factory=_feedback_url_from_env)
