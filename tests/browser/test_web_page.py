@@ -247,7 +247,7 @@ def test_watch_sends_feedback_and_updates_recommendations_in_place(
         row.get_by_role("button", name="watch").click()
     events = sent.value.post_data_json["events"]
     assert [(e["user_id"], e["movie_id"], e["event"]) for e in events] == [
-        (uid, watched["movie_id"], "watch")
+        (uid, watched["movie_id"], "click"), (uid, watched["movie_id"], "watch")
     ]
 
     # The lists update in place: the movie moves from the top 10 to the head of the history.

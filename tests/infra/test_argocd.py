@@ -26,6 +26,18 @@ def test_applications_point_at_their_stage(repo_root: Path) -> None:
         assert any("Templated fields" in line for line in header)
 
 
+def test_every_place_names_one_git_repository(repo_root: Path) -> None:
+    # ArgoCD syncs from it, the image build clones it, ansible overrides it: one URL.
+    urls = {yaml.safe_load(f.read_text())["spec"]["source"]["repoURL"]
+            for f in sorted((repo_root / "k8s" / "argocd").glob("*.yaml"))}
+    build = yaml.safe_load((repo_root / "workflows" / "build-image.yaml").read_text())
+    urls |= {p["value"] for p in build["spec"]["arguments"]["parameters"]
+             if p["name"] == "repo-url"}
+    play = yaml.safe_load((repo_root / "ansible" / "argocd" / "register_apps.yml").read_text())
+    urls.add(play[0]["vars"]["movierec_repo_url"])
+    assert len(urls) == 1, urls
+
+
 def test_application_model_rejects_unknown_fields(repo_root: Path) -> None:
     doc = yaml.safe_load((repo_root / "k8s" / "argocd" / "canary.yaml").read_text())
     doc["spec"]["source"]["helmm"] = {}

@@ -36,6 +36,10 @@ def test_canary_splits_production_traffic(rendered: dict[str, list[dict]]) -> No
                  for stage in ("canary", "production")}
     hosts = {stage: i["spec"]["rules"][0]["host"] for stage, i in ingresses.items()}
     assert hosts["canary"] == hosts["production"]  # same host: ingress-nginx splits it
+    for ingress in ingresses.values():  # a browser's requests and feedback reach one stage
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+        assert annotations["nginx.ingress.kubernetes.io/affinity-canary-behavior"] == "sticky"
 
 
 def test_each_stage_serves_its_alias(rendered: dict[str, list[dict]]) -> None:
@@ -185,3 +189,17 @@ def test_retire_then_redeploy_brings_the_canary_back(repo_root: Path) -> None:
         "movierec.io/model-version"] == "7"
     assert manifests.validate_k8s(back, "redeployed canary").passed
     assert manifests.validate_k8s(retired, "retired canary").passed
+
+
+def test_a_registered_stage_runs_nothing_until_its_first_deploy(repo_root: Path) -> None:
+    # Before a deploy the alias may not exist: pods would crash-loop, a canary Ingress would
+    # send its share of users to no pod, and `argocd app wait --health` would time out.
+    for stage in manifests.STAGES:
+        docs = manifests.render_chart(repo_root / "k8s" / "app",
+                                      manifests.stage_values(stage, repo_root, deployed=False),
+                                      f"movierec-{stage}", f"movierec-{stage}")
+        deployment = next(d for d in docs if d["kind"] == "Deployment")
+        assert deployment["spec"]["replicas"] == 0
+        assert not {"Ingress", "HorizontalPodAutoscaler"} & {d["kind"] for d in docs}
+    checks = {r.name: r for r in manifests.check_charts(repo_root)}
+    assert checks["undeployed app (canary)"].passed

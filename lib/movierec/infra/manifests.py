@@ -50,11 +50,19 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def stage_values(stage: str, root: Path | None = None) -> dict[str, Any]:
-    """The values file of ``stage`` for the app chart (the chart's defaults apply beneath)."""
+def stage_values(stage: str, root: Path | None = None, deployed: bool = True) -> dict[str, Any]:
+    """The values of ``stage`` for the app chart (the chart's defaults apply beneath).
+
+    ``deployed`` adds the ``model.version`` a deploy writes (``argocd app set -p``), so
+    the render is what serves traffic; without it, what registration creates: no pods, no
+    Ingress, no autoscaler (see the chart's ``movierec.deployed``).
+    """
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: use one of {', '.join(STAGES)}")
-    return load_yaml((root or repo_root()) / "k8s" / "app" / f"values-{stage}.yaml")
+    values = load_yaml((root or repo_root()) / "k8s" / "app" / f"values-{stage}.yaml")
+    if deployed:
+        values["model"] = {**values.get("model", {}), "version": "1"}
+    return values
 
 
 def render_chart(chart: Path, values: dict[str, Any], release: str,
@@ -193,7 +201,25 @@ def check_charts(root: Path | None = None) -> list[CheckResult]:
             problems.append(f"{stage} must not be a canary Ingress")
         results.append(CheckResult(f"workloads app ({stage})", not problems,
                                    "; ".join(problems[:5]) or f"canary weight {weight}"))
+        results.append(undeployed_check(app, stage, root))
     return results
+
+
+def undeployed_check(app: Path, stage: str, root: Path) -> CheckResult:
+    """A registered, never deployed stage runs no pods and routes nothing.
+
+    Its alias may not exist yet: pods would crash-loop and ``argocd app wait --health``
+    would time out; a canary Ingress would send its share of users to no pod.
+    """
+    docs = render_chart(app, stage_values(stage, root, deployed=False), f"movierec-{stage}",
+                        f"movierec-{stage}")
+    deployment = next((d for d in docs if d["kind"] == "Deployment"), {})
+    problems = [f"the Deployment has {deployment.get('spec', {}).get('replicas')} replicas"
+                ] if deployment.get("spec", {}).get("replicas") != 0 else []
+    problems += [f"it renders a {d['kind']}" for d in docs
+                 if d["kind"] in ("Ingress", "HorizontalPodAutoscaler")]
+    return CheckResult(f"undeployed app ({stage})", not problems,
+                       "; ".join(problems) or "no pods, no Ingress, no autoscaler")
 
 
 # --- Monitoring files and the repository-wide scans -------------------------------------------
