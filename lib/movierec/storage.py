@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -39,6 +40,7 @@ SCHEME = "s3://"
 MANIFEST = "_COMPLETE"
 MANIFEST_FORMAT = 1
 GENERATION_PREFIX = "_v"
+GENERATION_PATTERN = re.compile(r"_v\d{8}T\d{6}-[0-9a-f]{8}")  # as upload_folder names it
 ENV_ENDPOINT = "MOVIEREC_S3_ENDPOINT"
 ENDPOINT_ENVS = (ENV_ENDPOINT, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 CREDENTIAL_ENVS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -253,6 +255,10 @@ def read_manifest(uri: str) -> dict[str, Any]:
             manifest.get("files"), dict) or not manifest.get("generation"):
         raise StorageError(f"{uri}: {MANIFEST} has an unknown format "
                            f"{manifest.get('format')!r} (expected {MANIFEST_FORMAT})")
+    # The generation names a local folder too (materialize): a plain name, nothing else.
+    if not GENERATION_PATTERN.fullmatch(str(manifest["generation"])):
+        raise StorageError(f"{uri}: {MANIFEST} names an invalid generation "
+                           f"{manifest['generation']!r}: upload the folder again")
     return manifest
 
 
@@ -332,16 +338,21 @@ def materialize(uri: str | Path) -> Path:
     with _locked(root):
         if folder.is_dir() and _cache_matches(folder, manifest):
             return folder
-        if folder.exists():  # a damaged copy: set aside first, so a failed download keeps it
+        if folder.exists():  # a damaged copy: renamed away first, so the name is free
             damaged = root / f".{folder.name}.damaged-{uuid.uuid4().hex[:8]}"
             os.replace(folder, damaged)
             shutil.rmtree(damaged, ignore_errors=True)
         download_folder(uri, folder, manifest)
-        copies = sorted(p for p in root.iterdir()
-                        if p.is_dir() and p.name.startswith(GENERATION_PREFIX))
-        for old in copies[:-2]:
-            if old != folder:  # an older generation re-published as the current one
-                shutil.rmtree(old, ignore_errors=True)
+        copies = sorted(p for p in root.iterdir() if GENERATION_PATTERN.fullmatch(p.name))
+        stale = [p for p in copies[:-2] if p != folder]  # folder: re-published as current
+        # Before per-generation folders, the copy lay in root itself, stamped beside it.
+        stale += [p for p in root.iterdir() if p.name != ".lock" and p not in copies]
+        stale.append(root.with_name(root.name + ".manifest.json"))
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
     return folder
 
 

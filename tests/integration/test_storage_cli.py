@@ -66,8 +66,9 @@ def test_prepare_train_export_serve_through_object_storage(
     bundle = served["settings"].bundle
     assert bundle.is_relative_to(isolated_home / "remote")
     assert verify_bundle(bundle)["run_id"] == run_id
-    # The data was downloaded once and reused by train and export (one cache entry each).
-    assert len(list((isolated_home / "remote").glob("*.manifest.json"))) == 2
+    # The data was downloaded once and reused by train and export: one copy each of the
+    # data and the bundle.
+    assert len(list((isolated_home / "remote").glob(f"*/{storage.GENERATION_PREFIX}*"))) == 2
 
 
 def test_ray_train_checkpoints_land_in_object_storage(bucket: str, small_prepared: Path) -> None:

@@ -130,7 +130,7 @@ def test_ml1m_age_codes_are_named_and_an_empty_split_is_a_clear_error(tmp_path: 
     from movierec.evaluation.report import detailed_report
 
     data = tiny_data(tmp_path, [[1, 2, 3]] * 4, [4] * 4, [5] * 4, 6)
-    data.users = data.users.with_columns(age=pl.Series([1, 18, 50, 56]))
+    data.users = data.users.with_columns(age=pl.Series([7, 18, 50, 56]))
     ranked = rank_users(lambda users, seqs: np.random.default_rng(0).random((len(users), 7)),
                         data, "valid", max_len=5, sampled=False)
     ranked.sampled_ranks[:] = 0
@@ -138,7 +138,12 @@ def test_ml1m_age_codes_are_named_and_an_empty_split_is_a_clear_error(tmp_path: 
         "0s", "10s", "50s"}  # real ages: decades
     data.card = {"name": "ml-1m", "source": {"layout": "dat"}}
     assert set(detailed_report(ranked, data, "valid")["slices"]["age"]) == {
-        "under 18", "18-24", "50-55", "56+"}  # ML-1M's codes: its groups, 50 and 56 apart
+        "18-24", "50-55", "56+", "unknown"}  # ML-1M's codes: its groups, 50 and 56 apart
+    # Prepared again (a lifecycle round is "canonical"): the codes are recognised.
+    data.card = {"name": "canonical", "source": {"layout": "canonical"}}
+    data.users = data.users.with_columns(age=pl.Series([1, 18, 50, 56]))
+    assert set(detailed_report(ranked, data, "valid")["slices"]["age"]) == {
+        "under 18", "18-24", "50-55", "56+"}
     data.valid_item[:] = 0
     nobody = rank_users(lambda users, seqs: np.zeros((len(users), 7)), data, "valid",
                         max_len=5, sampled=False)

@@ -408,6 +408,10 @@ def test_recommend_sends_the_stored_tie_only_when_the_model_uses_it(
      "postgresql://app@db/fb?password=***&sslmode=require"),
     ("postgresql://app@db/fb?sslmode=require", "postgresql://app@db/fb?sslmode=require"),
     ("sqlite:///feedback.db", "sqlite:///feedback.db"),
+    ("postgresql:///db?host=/var/run/postgresql&password=s3cr3t",  # no host: kept as written
+     "postgresql:///db?host=/var/run/postgresql&password=***"),
+    ("postgresql://app@db/fb?sslpassword=k3y&sslmode=verify-full",
+     "postgresql://app@db/fb?sslpassword=***&sslmode=verify-full"),
 ])
 def test_mask_url_hides_both_places_a_password_can_be(url: str, shown: str) -> None:
     from movierec.serving.feedback import mask_url

@@ -312,3 +312,27 @@ def test_workflows_pass_the_object_store_settings_the_code_reads() -> None:
     env = {e["name"]: e.get("value") for e in
            lifecycle["spec"]["templates"][0]["container"]["env"]}
     assert env[ENV_RAY_STORAGE] == "{{workflow.parameters.storage}}"
+
+
+def test_a_manifest_cannot_name_a_path_as_its_generation(s3: S3, tmp_path: Path) -> None:
+    uri = s3.uri("data/a")
+    manifest = storage.upload_folder(_folder(tmp_path / "a"), uri)
+    # The generation becomes a local folder name: "../.." would reach outside the cache.
+    bad = {**manifest, "generation": "../../victim"}
+    s3.client.put_object(Bucket=s3.bucket, Key="data/a/_COMPLETE", Body=json.dumps(bad).encode())
+    with pytest.raises(storage.StorageError, match="invalid generation"):
+        storage.materialize(uri)
+
+
+def test_materialize_clears_the_old_cache_layout(s3: S3, tmp_path: Path,
+                                                 isolated_home: Path) -> None:
+    uri = s3.uri("data/a")
+    storage.upload_folder(_folder(tmp_path / "a"), uri)
+    root = storage.cache_dir(uri)  # a copy laid out as earlier versions left it
+    (root / "sub").mkdir(parents=True)
+    (root / "dataset.json").write_text("{}")
+    stamp = root.with_name(root.name + ".manifest.json")
+    stamp.write_text("{}")
+    folder = storage.materialize(uri)
+    assert sorted(p.name for p in root.iterdir()) == [".lock", folder.name]
+    assert not stamp.exists()

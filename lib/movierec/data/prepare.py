@@ -133,7 +133,9 @@ def side_tables(seq: pl.DataFrame, items_meta: pl.DataFrame,
              .select(ITEM_IDX_COL, ITEM_COL, *meta, "train_count"))
     users = seq.filter(pl.col(POSITION_COL) == 0).select(USER_IDX_COL, USER_COL)
     if users_meta is not None:
-        users = users.join(users_meta.unique(USER_COL, keep="first"), on=USER_COL, how="left")
+        # In user_idx order, as the table was: data_version hashes it row by row.
+        users = users.join(users_meta.unique(USER_COL, keep="first"), on=USER_COL, how="left",
+                           maintain_order="left")
     return items, users
 
 

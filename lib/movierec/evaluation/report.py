@@ -63,9 +63,17 @@ ML1M_AGE_GROUPS = {1: "under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45
                    50: "50-55", 56: "56+"}
 
 
-def _ages_are_ml1m_codes(card: dict[str, Any]) -> bool:
-    """Whether the dataset's ages are ML-1M's group codes (its .dat or RecBole files)."""
-    return card.get("name") == "ml-1m" or card.get("source", {}).get("layout") == "dat"
+def _ages_are_ml1m_codes(card: dict[str, Any], ages: pl.Series) -> bool:
+    """Whether the dataset's ages are ML-1M's group codes.
+
+    The card says so for ML-1M's own files; a folder prepared again from them (the
+    lifecycle's rounds are "canonical") is recognised by its values: only codes, 1 among
+    them, an age no rater has.
+    """
+    if card.get("name") == "ml-1m" or card.get("source", {}).get("layout") == "dat":
+        return True
+    values = set(ages.drop_nulls().to_list())
+    return 1 in values and values <= set(ML1M_AGE_GROUPS)
 
 
 def _age_bands(ages: pl.Series, coded: bool) -> pl.Series:
@@ -105,7 +113,7 @@ def detailed_report(ranked: RankedUsers, data: SequenceData, split: str,
         if column in users.columns and users[column].null_count() < users.height:
             values = users[column]
             if column == "age":
-                values = _age_bands(values, coded=_ages_are_ml1m_codes(data.card))
+                values = _age_bands(values, coded=_ages_are_ml1m_codes(data.card, values))
             slices[column] = _slice_table(ndcg, values.fill_null("unknown").to_numpy())
     return {"split": split, "users": len(ranked.users), "metrics": summarize(ranked, data),
             "ci95": ci, "slices": slices}

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from movierec.serving.feedback_pg import PostgresFeedbackStore
@@ -151,14 +151,16 @@ class FeedbackStore:
             self._conn.close()
 
 
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe for logs and errors).
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})  # libpq's connection parameters
 
-    Both places libpq takes one are masked: ``user:password@host`` and ``?password=``.
+
+def mask_url(url: str) -> str:
+    """``url`` with its secrets replaced by ``***`` (safe for logs and errors).
+
+    Masked: the password of ``user:password@host`` and the query parameters libpq takes
+    a secret from (``?password=``, ``?sslpassword=``). The rest is kept as written.
     """
     parts = urlsplit(url)
-    if parts.password is None and "password=" not in parts.query:
-        return url  # as it is: urlunsplit would turn sqlite:///x into sqlite:/x
     if parts.password is not None:
         host = parts.hostname or ""
         if ":" in host:  # an IPv6 literal keeps its brackets
@@ -166,14 +168,16 @@ def mask_url(url: str) -> str:
         netloc = f"{parts.username or ''}:***@{host}"
         if parts.port is not None:
             netloc += f":{parts.port}"
-        parts = parts._replace(netloc=netloc)
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if any(key == "password" for key, _ in pairs):
-            parts = parts._replace(query="&".join(
-                f"{key}={'***' if key == 'password' else quote(value, safe='')}"
-                for key, value in pairs))
-    return urlunsplit(parts)
+        url = urlunsplit(parts._replace(netloc=netloc))
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url
+    fragment_mark = "#" if "#" in query else ""
+    query, _, fragment = query.partition("#")
+    pairs = [pair.split("=", 1) if "=" in pair else [pair] for pair in query.split("&")]
+    masked = "&".join(f"{pair[0]}=***" if len(pair) == 2 and unquote(pair[0])
+                      in SECRET_QUERY_KEYS else "=".join(pair) for pair in pairs)
+    return f"{base}?{masked}{fragment_mark}{fragment}"
 
 
 def sqlite_path(url: str) -> Path:

@@ -98,11 +98,12 @@ class PostgresFeedbackStore:
         self._url = _libpq_url(url)
         self.path = mask_url(url)
         parts = urlsplit(self._url)
-        password = parts.password or dict(parse_qsl(parts.query)).get("password")
+        query = dict(parse_qsl(parts.query))
+        password = parts.password or query.get("password")
         self._file_password = None if password else _password_from_file(self.path)
         # The percent-decoded form is what a server or libpq message could echo.
-        self._secrets = [s for s in {password, unquote(password or ""), self._file_password}
-                         if s]
+        self._secrets = [s for s in {password, unquote(password or ""), self._file_password,
+                                     query.get("sslpassword")} if s]
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         try:

@@ -36,24 +36,37 @@ class OnlineHistory:
         self.max_per_user = max_per_user
         self.max_events = max_events
         self._watches: OrderedDict[int, list[tuple[int, int, int]]] = OrderedDict()
+        self._where: dict[int, dict[int, tuple[int, int, int]]] = {}  # user: movie: event
         self._arrival = itertools.count()
         self._total = 0
 
     def add(self, user_id: int, movie_id: int, timestamp: int) -> None:
-        """Record one accepted watch; the oldest entries go beyond the limits."""
+        """Record one accepted watch; the oldest entries go beyond the limits.
+
+        O(log n) plus one list move: the service replays every stored watch at start-up.
+        """
         events = self._watches.setdefault(user_id, [])
+        where = self._where.setdefault(user_id, {})
         self._watches.move_to_end(user_id)
-        before = len(events)
-        bisect.insort(events, (timestamp, next(self._arrival), movie_id))
-        same = [i for i, (_, _, movie) in enumerate(events) if movie == movie_id]
-        for i in reversed(same[:-1]):  # MovieLens has one rating per movie: keep the newest
-            del events[i]
+        event = (timestamp, next(self._arrival), movie_id)
+        earlier = where.get(movie_id)
+        if earlier is not None:  # MovieLens has one rating per movie: keep the newest
+            if earlier > event:
+                return
+            del events[bisect.bisect_left(events, earlier)]
+            self._total -= 1
+        bisect.insort(events, event)
+        where[movie_id] = event
+        self._total += 1
         if len(events) > self.max_per_user:
+            for _, _, movie in events[: len(events) - self.max_per_user]:
+                del where[movie]
+            self._total -= len(events) - self.max_per_user
             del events[: len(events) - self.max_per_user]
-        self._total += len(events) - before
         while self._total > self.max_events and len(self._watches) > 1:
-            _, forgotten = self._watches.popitem(last=False)
-            self._total -= len(forgotten)
+            forgotten, gone = self._watches.popitem(last=False)
+            del self._where[forgotten]
+            self._total -= len(gone)
 
     def extend(self, watches: Iterable[tuple[int, int, int]]) -> int:
         """Add ``(user_id, movie_id, timestamp)`` triples; return how many were added."""
