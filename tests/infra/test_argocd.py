@@ -41,7 +41,7 @@ def test_every_place_names_one_git_repository(repo_root: Path) -> None:
 def test_application_model_rejects_unknown_fields(repo_root: Path) -> None:
     doc = yaml.safe_load((repo_root / "k8s" / "argocd" / "canary.yaml").read_text())
     doc["spec"]["source"]["helmm"] = {}
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="helmm"):
         argocd_model.ArgoCDApplication.model_validate(doc)
 
 

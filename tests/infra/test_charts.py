@@ -89,13 +89,14 @@ def test_checks_catch_broken_workloads(rendered: dict[str, list[dict]]) -> None:
 def test_chart_refuses_latest_and_bad_canary_weight(repo_root: Path) -> None:
     import helm_python as helm
 
-    for path, value in ((("image", "tag"), "latest"), (("ingress", "canary", "weight"), 0)):
+    for path, value, match in ((("image", "tag"), "latest", "latest is not allowed"),
+                               (("ingress", "canary", "weight"), 0, "use 1-100")):
         values = manifests.stage_values("canary", repo_root)
         node = values
         for key in path[:-1]:
             node = node.setdefault(key, {})
         node[path[-1]] = value
-        with pytest.raises(helm.HelmError):
+        with pytest.raises(helm.HelmError, match=match):
             manifests.render_chart(repo_root / "k8s" / "app", values, "x", "x")
 
 

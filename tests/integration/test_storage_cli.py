@@ -72,11 +72,16 @@ def test_prepare_train_export_serve_through_object_storage(
 
 
 def test_ray_train_checkpoints_land_in_object_storage(bucket: str, small_prepared: Path) -> None:
+    import ray
+
     from movierec.training.config import TrainConfig
     from movierec.training.ray_runner import fit_on_ray
 
-    result = fit_on_ray(TrainConfig(epochs=2), small_prepared, workers=1,
-                        storage=f"s3://{bucket}/ray-results")
+    try:
+        result = fit_on_ray(TrainConfig(epochs=2), small_prepared, workers=1,
+                            storage=f"s3://{bucket}/ray-results")
+    finally:  # its workers carry this test's environment (home, endpoint, keys)
+        ray.shutdown()
     assert result.best_epoch >= 1
     client = boto3.client("s3", endpoint_url=storage.endpoint(),
                           region_name="us-east-1")

@@ -32,7 +32,7 @@ def test_lifecycle_and_monitor_notebooks(tmp_path: Path, notebook_home: Path) ->
             str(ROOT / "project_lifecycles.ipynb"), str(tmp_path / "lifecycles.out.ipynb"),
             kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
             parameters={**common, "FIRST_EPOCHS": 1, "EPOCHS": 4, "WORKERS": 0,
-                        "TRAFFIC_EVENTS": 300, "CANARY_EVENTS": 300, "LOAD_SECONDS": 2.0,
+                        "TRAFFIC_EVENTS": 300, "CANARY_EVENTS": 300, "LOAD_SECONDS": 2,
                         "KEEP_PLATFORM": True, "RESULTS_PATH": "lifecycles.json"})
         results = json.loads((tmp_path / "lifecycles.json").read_text())
         runs = results["runs"]
@@ -45,6 +45,14 @@ def test_lifecycle_and_monitor_notebooks(tmp_path: Path, notebook_home: Path) ->
         expected = runs[1]["candidate_version"] if runs[1]["decision"] == "promoted" else "1"
         assert results["production"] == expected
         assert results["status"]["production"] == expected  # the service agrees
+        # The registry's alias history tells the same story as the recorded decisions.
+        from movierec.registry.mlflow_registry import read_history
+
+        production = [e["to"] for e in read_history("production")]
+        promoted = [r["candidate_version"] for r in runs if r["decision"] == "promoted"]
+        assert production == promoted and production[-1] == expected
+        rolled_back = [r["candidate_version"] for r in runs if r["decision"] == "rolled_back"]
+        assert not set(rolled_back) & set(production)
         # figures: two run reports (the weak run stops at the gate: one panel) and drift
         assert count_images(tmp_path / "lifecycles.out.ipynb") >= 4
         token = (notebook_home / "platform" / "admin_token").read_text().strip()

@@ -68,11 +68,12 @@ def test_markdown_keeps_the_server_order_and_sorts_connections_numerically() -> 
     assert "- p99_at_32: p99 < 50 ms at 32 connections: 40.0 -> PASS" in markdown(report)
 
 
-def test_quick_defaults_and_bad_options() -> None:
+def test_quick_defaults_and_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     args = parse_args(["--quick"])
     assert args.connections == ",".join(map(str, QUICK_CONNECTIONS))
     assert (args.seconds, args.warmup, args.latency_seconds) == (3.0, 1.0, 0.6)
     assert parse_args(["--seconds", "7"]).seconds == 7.0
-    for bad in (["--repeats", "0"], ["--wrk-threads", "3"]):
+    for bad, why in ((["--repeats", "0"], "--repeats"), (["--wrk-threads", "3"], "--wrk-threads")):
         with pytest.raises(SystemExit):
             parse_args(bad)
+        assert why in capsys.readouterr().err  # refused for that option, not a typo

@@ -8,6 +8,7 @@ fail, exactly like the browser tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -295,10 +296,9 @@ class Service:
     url: str
 
 
-@pytest.fixture(scope="module")
-def service(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """``movierec serve`` with MOVIEREC_FEEDBACK_URL pointing at the cluster."""
-    root = tmp_path_factory.mktemp("pg-service")
+@contextlib.contextmanager
+def _serve(cluster: Cluster, root: Path) -> Iterator[Service]:
+    """``movierec serve`` with MOVIEREC_FEEDBACK_URL pointing at a new database."""
     bundle = make_bundle(root / "bundle")
     url, port, log = cluster.url(cluster.new_database()), free_port(), root / "server.log"
     env = {**os.environ, ENV_FEEDBACK_URL: url, "MOVIEREC_HOME": str(root / "home")}
@@ -317,6 +317,13 @@ def service(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def service(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A service the module's tests share (none of them stops it)."""
+    with _serve(cluster, tmp_path_factory.mktemp("pg-service")) as shared:
+        yield shared
 
 
 def _post(base: str, events: list[dict[str, object]]) -> httpx.Response:
@@ -351,24 +358,27 @@ def test_stopped_server_gives_503_and_the_service_recovers(service: Service,
         assert [t for _, _, t in store.watches()] == [1, 2, 3]  # the refused one is not there
     finally:
         store.close()
-
-
-def test_acknowledged_events_survive_kill_9_of_the_service(service: Service) -> None:
-    acknowledged = acknowledged_until_killed(service.base, service.proc, user_id=5,
-                                             at_least=300, batch=20)
-    assert len(acknowledged) >= 300
-    store = open_store(service.url)
-    try:
-        stored = {t for _, _, t in store.watches()}
-    finally:
-        store.close()
-    assert set(acknowledged) <= stored
     # The log (including the 503's traceback above) names the store without its password.
     text = service.log.read_text()
     assert PASSWORD not in text and quote(PASSWORD, safe="") not in text
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     serving = [line for line in lines if line.get("message") == "serving"]
     assert serving and serving[0]["feedback_db"].startswith(f"postgresql://{USER}:***@")
+
+
+def test_acknowledged_events_survive_kill_9_of_the_service(cluster: Cluster,
+                                                           tmp_path: Path) -> None:
+    with _serve(cluster, tmp_path) as own:  # killed below: not the module's shared one
+        acknowledged = acknowledged_until_killed(own.base, own.proc, user_id=5,
+                                                 at_least=300, batch=20)
+        url = own.url
+    assert len(acknowledged) >= 300
+    store = open_store(url)
+    try:
+        stored = {t for _, _, t in store.watches()}
+    finally:
+        store.close()
+    assert set(acknowledged) <= stored
 
 
 def test_round_data_reads_watches_from_postgres_like_sqlite(

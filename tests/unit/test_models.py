@@ -75,20 +75,20 @@ def test_config_defaults_and_hidden() -> None:
     assert sasrec.hidden == 50 and sasrec.user_width == 0
 
 
-@pytest.mark.parametrize("bad", [
-    {"learning_rate": 0.001},
-    {"sse_prob_user": 1.5},
-    {"sse_prob_item": -0.1},
-    {"d_item": 0},
-    {"d_user": 0},
-    {"n_heads": 3},  # 100 is not divisible by 3
-    {"kind": "bert4rec"},
-    {"dropout": 1.0},
-    {"ce_lookahead_weight": -0.1},
-    {"loss": "bce", "ce_lookahead_weight": 0.25},  # a second cross-entropy term needs ce
+@pytest.mark.parametrize(("bad", "match"), [
+    ({"learning_rate": 0.001}, "Extra inputs are not permitted"),
+    ({"sse_prob_user": 1.5}, "less than or equal to 1"),
+    ({"sse_prob_item": -0.1}, "greater than or equal to 0"),
+    ({"d_item": 0}, "greater than or equal to 1"),
+    ({"d_user": 0}, "positive user width"),
+    ({"n_heads": 3}, "not divisible"),  # 100 is not divisible by 3
+    ({"kind": "bert4rec"}, "'sse-pt' or 'sasrec'"),
+    ({"dropout": 1.0}, "less than or equal to 0.99"),
+    ({"ce_lookahead_weight": -0.1}, "greater than or equal to 0"),
+    ({"loss": "bce", "ce_lookahead_weight": 0.25}, "needs loss='ce'"),  # a second CE term
 ])
-def test_config_rejects(bad: dict[str, object]) -> None:
-    with pytest.raises(ValidationError):
+def test_config_rejects(bad: dict[str, object], match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
         ModelConfig(**bad)
 
 

@@ -4,7 +4,6 @@ cannot bind its port is reported at once."""
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -53,8 +52,6 @@ def test_platform_up_reports_an_mlflow_that_could_not_bind_at_once(tmp_path: Pat
         taken.listen()
         port = taken.getsockname()[1]
         platform = LocalPlatform(PlatformConfig(mlflow_port=port), home=tmp_path)
-        started = time.monotonic()
+        # The wait ends on the exit, not on its deadline (that would be a TimeoutError).
         with pytest.raises(RuntimeError, match=r"MLflow exited .*address already in use"):
             platform.up()
-    # Well inside the 60 s the health wait would otherwise have taken.
-    assert time.monotonic() - started < 45

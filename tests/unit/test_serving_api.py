@@ -179,8 +179,13 @@ def test_health_ready_version(client: TestClient, bundle_dir: Path, tmp_path: Pa
         "name": "movierec", "version": "7", "alias": "production", "data_version": "data-1",
         "trained_at": "2026-11-27T00:00:00Z", "run_id": "run-a", "precision": "fp32",
         "model_kind": "tiny", "git_commit": "abc123"}
-    unstarted = make_client(bundle_dir, tmp_path / "other")  # lifespan not run yet
-    assert unstarted.get("/ready").status_code == 503
+    # Lifespan not run yet (its model runs in a thread, so no child process is left).
+    unstarted = make_client(bundle_dir, tmp_path / "other", model_process=False)
+    try:
+        assert unstarted.get("/ready").status_code == 503
+    finally:
+        unstarted.app.state.serving.bundle.model.close()  # type: ignore[attr-defined]
+        unstarted.app.state.serving.store.close()  # type: ignore[attr-defined]
 
 
 def test_a_dead_model_process_fails_health_and_readiness(bundle_dir: Path,

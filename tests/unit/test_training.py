@@ -96,6 +96,43 @@ def test_early_stopping_restores_the_best_validation_epoch(small_prepared: Path)
     assert best["epoch_valid_mrr"] == pytest.approx(reciprocal_rank(ranked.full_ranks).mean())
 
 
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(
+        small_prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scripted validation curve: the best epoch is neither the first nor the last."""
+    import torch
+
+    from movierec.training import loop
+
+    curve = iter([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])  # best at epoch 2, then 2 without a gain
+    weights: list[dict[str, torch.Tensor]] = []  # the weights each validation scored
+
+    def scripted(scorer: object, data: object, split: str, max_len: int,
+                 batch_size: int) -> dict[str, np.ndarray]:
+        weights.append({k: v.clone() for k, v in scored_model.state_dict().items()})
+        value = next(curve)
+        return {"ndcg@10": np.full(3, value), "hr@10": np.full(3, value),
+                "mrr": np.full(3, value)}
+
+    real_scorer = loop.make_scorer
+
+    def capture(model: torch.nn.Module, device: torch.device) -> object:
+        nonlocal scored_model
+        scored_model = model
+        return real_scorer(model, device)
+
+    scored_model: torch.nn.Module | None = None
+    monkeypatch.setattr(loop, "full_ranking_per_user", scripted)
+    monkeypatch.setattr(loop, "make_scorer", capture)
+    config = TrainConfig.model_validate({**SMALL, "epochs": 6, "patience": 2, "refit": False})
+    result = fit(config, load_sequences(small_prepared), progress=False, final_test=False)
+    scores = [h["epoch_valid_ndcg_10"] for h in result.history]
+    assert scores == pytest.approx([0.1, 0.3, 0.2, 0.25])
+    assert result.best_epoch == 2  # stopped after epoch 4: two evaluations without a gain
+    restored = result.model.state_dict()
+    assert all(torch.equal(restored[k], weights[1][k]) for k in restored)  # epoch 2's
+    assert not all(torch.equal(restored[k], weights[3][k]) for k in restored)  # not the last
+
+
 def test_in_process_resume_continues_from_the_checkpoint(small_prepared: Path,
                                                          tmp_path: Path) -> None:
     data = load_sequences(small_prepared)
