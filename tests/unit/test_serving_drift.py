@@ -61,6 +61,16 @@ def test_gauges_follow_the_served_traffic() -> None:
     assert _gauge(metrics, "movierec_drift_ks") == pytest.approx(1.0)
     assert _gauge(metrics, "movierec_drift_unknown_item_rate") == pytest.approx(
         MIN_EVENTS / (210 + MIN_EVENTS))
+    # What `movierec monitor drift` reads: only the requests since the reload, while the
+    # histogram itself counts since the process started.
+    from prometheus_client import generate_latest
+
+    from movierec.monitoring.collect import length_histogram
+
+    buckets = length_histogram(generate_latest(metrics.registry).decode())
+    assert buckets[float("inf")] == MIN_EVENTS * 2 and buckets[10.0] == MIN_EVENTS * 2
+    assert metrics.registry.get_sample_value(
+        "movierec_sequence_length_count") == MIN_EVENTS * 7
 
 
 def test_watches_without_requests_give_no_length_verdict() -> None:

@@ -31,7 +31,8 @@ KNOWN_METRICS = {
     "movierec_recommended_item_popularity", "movierec_feedback_events_total",
     "movierec_reloads_total", "movierec_model_info", "movierec_batch_size",
     "movierec_queue_wait_seconds", "movierec_inference_seconds",
-    "movierec_drift_psi", "movierec_drift_ks", "movierec_drift_unknown_item_rate"}
+    "movierec_drift_psi", "movierec_drift_ks", "movierec_drift_unknown_item_rate",
+    "movierec_drift_events", "movierec_sequence_length_since_load"}
 _HIST_SUFFIX = re.compile(r"_(bucket|count|sum)$")
 
 

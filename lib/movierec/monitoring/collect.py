@@ -10,21 +10,33 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from movierec.monitoring.drift import DriftConfig, DriftReport, assess, plot_drift
+from movierec.monitoring.drift import (
+    SINCE_LOAD_METRIC,
+    DriftConfig,
+    DriftReport,
+    assess,
+    plot_drift,
+)
 
 LENGTH_METRIC = "movierec_sequence_length"
 
 
 def length_histogram(metrics_text: str) -> dict[float, float]:
-    """The ``movierec_sequence_length`` buckets (le -> cumulative count) of a /metrics page."""
-    buckets: dict[float, float] = {}
+    """History-length buckets (bound -> cumulative count) of a /metrics page.
+
+    The counts since the served bundle loaded when the service exports them
+    (``movierec_sequence_length_since_load``), so a promotion's reload in place does not mix
+    the previous version's traffic in; else the ``movierec_sequence_length`` histogram.
+    """
+    since: dict[float, float] = {}
+    total: dict[float, float] = {}
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != LENGTH_METRIC:
-            continue
         for sample in family.samples:
-            if sample.name.endswith("_bucket"):
-                buckets[float(sample.labels["le"])] = float(sample.value)
-    return buckets
+            if family.name == SINCE_LOAD_METRIC:
+                since[float(sample.labels["upto"])] = float(sample.value)
+            elif family.name == LENGTH_METRIC and sample.name.endswith("_bucket"):
+                total[float(sample.labels["le"])] = float(sample.value)
+    return since or total
 
 
 def served_hits(traffic_log: Path, arm: str = "production") -> list[bool]:

@@ -78,6 +78,8 @@ def histogram_cdf(buckets: dict[float, float]) -> tuple[np.ndarray, np.ndarray]:
     return edges, counts / total if total else counts * 0.0
 
 
+# The service's history-length buckets counted since its bundle loaded (serving.drift).
+SINCE_LOAD_METRIC = "movierec_sequence_length_since_load"
 HIT_RATE_WINDOW = 200  # requests per point of the online hit-rate curve
 
 

@@ -14,7 +14,14 @@ import threading
 import numpy as np
 from prometheus_client import Gauge, Histogram
 
-from movierec.monitoring.drift import DECILES, cdf_at, ks_from_cdfs, popularity_deciles, psi
+from movierec.monitoring.drift import (
+    DECILES,
+    SINCE_LOAD_METRIC,
+    cdf_at,
+    ks_from_cdfs,
+    popularity_deciles,
+    psi,
+)
 from movierec.serving.catalog import Catalog
 from movierec.serving.metrics import ServingMetrics
 
@@ -36,6 +43,12 @@ class DriftGauges:
                              registry=reg)
         self.events = Gauge("movierec_drift_events", "Watches compared since the bundle "
                             "was loaded.", registry=reg)
+        # movierec_sequence_length counts since the process started, across reloads; this is
+        # its share since the served bundle loaded (cumulative, as a histogram's buckets),
+        # what `movierec monitor drift` compares with the bundle's training histories.
+        self.lengths_since_load = Gauge(
+            SINCE_LOAD_METRIC, "Requests per history-length bucket since the bundle was "
+            "loaded (cumulative: at most `upto` items).", ["upto"], registry=reg)
         self._lock = threading.Lock()
         self._deciles = np.zeros(0, dtype=np.int64)
         self._expected = np.zeros(DECILES)
@@ -56,6 +69,8 @@ class DriftGauges:
             self._length_offset = _buckets(self._lengths)
             for gauge in (self.psi, self.ks, self.unknown, self.events):
                 gauge.set(0)  # the last bundle's verdict is not this one's
+            for le in self._length_offset:
+                self.lengths_since_load.labels(upto=_label(le)).set(0)
 
     def observe(self, known_items: np.ndarray, unknown: int) -> None:
         """Count accepted watches: item indices the bundle knows, and unknown movies."""
@@ -67,14 +82,16 @@ class DriftGauges:
     def refresh(self) -> None:
         """Recompute the gauges (called before ``/metrics`` renders)."""
         with self._lock:
+            now = _buckets(self._lengths)
+            since = {le: now[le] - self._length_offset.get(le, 0.0) for le in now}
+            for le, count in since.items():
+                self.lengths_since_load.labels(upto=_label(le)).set(count)
             total = self._watched.sum() + self._unknown
             self.events.set(total)
             if total < MIN_EVENTS:
                 return
             self.psi.set(psi(self._expected, self._watched))
             self.unknown.set(self._unknown / total)
-            now = _buckets(self._lengths)
-            since = {le: now[le] - self._length_offset.get(le, 0.0) for le in now}
             served = since.get(float("inf"), 0.0)
             if served < MIN_EVENTS:  # watches but (almost) no requests: no length verdict
                 self.ks.set(0)
@@ -82,6 +99,11 @@ class DriftGauges:
             edges = np.asarray(sorted(le for le in since if np.isfinite(le)))
             served_cdf = np.asarray([since[e] for e in edges]) / served
             self.ks.set(ks_from_cdfs(cdf_at(self._train_lengths, edges), served_cdf))
+
+
+def _label(le: float) -> str:
+    """A bucket bound as Prometheus writes ``le``: ``"10.0"``, ``"+Inf"``."""
+    return "+Inf" if le == float("inf") else repr(float(le))
 
 
 def _buckets(histogram: Histogram) -> dict[float, float]:
