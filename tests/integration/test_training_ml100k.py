@@ -84,8 +84,12 @@ def test_tune_saves_a_trainable_best_config_and_logs_trials(small_prepared: Path
     trials = mlflow.search_runs(filter_string="tags.kind = 'trial' and "
                                 f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
                                 output_format="list")
-    assert len(trials) == 2
+    assert len(trials) == 2 and scores["failed_trials"] == 0
     for trial in trials:
+        # The whole config each trial trained, tagged like a train run.
+        params, tags = trial.data.params, trial.data.tags
+        assert (params["model.max_len"], params["epochs"], params["refit"]) == ("20", "2", "False")
+        assert tags["status"] == "finished" and tags["git_commit"]
         steps = mlflow.MlflowClient().get_metric_history(trial.info.run_id,
                                                          "epoch_valid_ndcg_10")
         assert 1 <= len(steps) <= 2

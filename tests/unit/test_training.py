@@ -158,6 +158,11 @@ def test_in_process_resume_continues_from_the_checkpoint(small_prepared: Path,
                                         "model": {**small.get("model", {}), "dropout": 0.1}})
     with pytest.raises(ValueError, match=r"\(model\.dropout: 0\.3 -> 0\.1; patience: 10 -> 3\)"):
         fit(other, data, LocalHooks(tmp_path, resume=True), progress=False)
+    # Nor is the same config on other data (a folder prepared again, say).
+    other_data = replace(data, card={**data.card, "data_version": "0123456789abcdef"})
+    with pytest.raises(ValueError, match=r"trained on data_version .* not 0123456789abcdef"):
+        fit(TrainConfig.model_validate({**small, "epochs": 4}), other_data,
+            LocalHooks(tmp_path, resume=True), progress=False)
 
 
 def test_progress_bar_shows_the_last_evaluated_and_the_best_validation_score() -> None:

@@ -123,6 +123,7 @@ def register_tune(sub: argparse._SubParsersAction) -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Tune and write the best TrainConfig (usable as ``train --config``)."""
+    from movierec.files import write_json_atomic  # noqa: PLC0415
     from movierec.storage import materialize  # noqa: PLC0415
     from movierec.training.config import TrainConfig  # noqa: PLC0415
     from movierec.training.tuning import METRIC, TuneConfig, tune_model  # noqa: PLC0415
@@ -131,11 +132,10 @@ def run_tune(args: argparse.Namespace) -> int:
     summary = tune_model(base, materialize(args.data), TuneConfig(
         samples=args.samples, max_epochs=args.max_epochs, grace_epochs=args.grace_epochs,
         concurrent=args.concurrent, seed=args.seed))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary["best_config"], indent=2) + "\n")
+    write_json_atomic(args.out, summary["best_config"], sort_keys=False)
     trials = args.out.with_name(args.out.stem + ".trials.json")
-    trials.write_text(json.dumps({k: v for k, v in summary.items() if k != "best_config"},
-                                 indent=2, default=str) + "\n")
+    write_json_atomic(trials, {k: v for k, v in summary.items() if k != "best_config"},
+                      sort_keys=False, default=str)
     print(f"best {METRIC} {summary[METRIC]:.4f} with {summary['best_trial']}")
     print(f"wrote {args.out} (use: movierec train --config {args.out}) and every trial's "
           f"score to {trials}")

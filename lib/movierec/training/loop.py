@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -292,6 +293,11 @@ def _train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer,
         raise ValueError(f"{len(batches)} batches per epoch cannot feed {hooks.world_size} "
                          f"workers: lower batch_size ({config.batch_size}) or the workers")
     per_worker = len(batches) // hooks.world_size
+    if hooks.world_size > 1:
+        # Each worker's dropout masks from (batches' seed, epoch, rank): independent across
+        # workers, and the same after a resume, whose checkpoint holds rank 0's state only.
+        torch.manual_seed(int(np.random.SeedSequence(
+            [batches.seed, epoch, hooks.rank]).generate_state(1)[0]))
     losses = []
     for index, batch in enumerate(batches.epoch(epoch)):
         if index // hooks.world_size >= per_worker or index % hooks.world_size != hooks.rank:
@@ -303,12 +309,20 @@ def _train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer,
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    mean_loss = float(np.mean(losses))
+    mean_loss, seconds = float(np.mean(losses)), time.perf_counter() - tick
+    if hooks.world_size > 1 and dist.is_initialized():
+        # The epoch's loss over every worker's batches (rank 0's record is the one logged),
+        # and the time of the slowest worker.
+        totals = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        slowest = torch.tensor([seconds], dtype=torch.float64, device=device)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        mean_loss, seconds = float(totals[0] / totals[1]), float(slowest[0])
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"the training loss is {mean_loss} in epoch {epoch}: training "
                                  f"diverged; lower lr ({config.lr:g}) or train in fp32 "
                                  f"(precision is {config.precision})")
-    return {"epoch": epoch, "loss": mean_loss, "train_seconds": time.perf_counter() - tick}
+    return {"epoch": epoch, "loss": mean_loss, "train_seconds": seconds}
 
 
 def _validate(model: nn.Module, data: SequenceData, config: TrainConfig, device: torch.device,
@@ -370,8 +384,14 @@ def fit(config: TrainConfig, data: SequenceData, hooks: Hooks | None = None,
     resumed = hooks.load_checkpoint()
     if resumed:
         check_same_run(resumed["loop"].get("config"), config)
+        saved_data = resumed["loop"].get("data_version")
+        if saved_data is not None and saved_data != data.data_version:
+            raise ValueError(f"the checkpoint was trained on data_version {saved_data}, not "
+                             f"{data.data_version} ({data.folder}): resume on the same "
+                             "prepared data, or start over without resume")
     state = {**_new_state(), **resumed["loop"]} if resumed else _new_state()
     state["config"] = config.model_dump(mode="json")
+    state["data_version"] = data.data_version
     started -= state["seconds"]  # a resumed run's times include those before the crash
     if resumed:  # saved with the next checkpoint; a crash before one is written forgets it
         state["resumes"] = [*state["resumes"], {k: state[k] for k in ("phase", "epoch", "branch")}]

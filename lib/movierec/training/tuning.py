@@ -20,7 +20,7 @@ from movierec.data.dataset import load_sequences
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import LocalHooks
 from movierec.training.loop import fit
-from movierec.training.tracking import flatten, log_json_artifact, tracked_run
+from movierec.training.tracking import flatten, git_commit, log_json_artifact, tracked_run
 
 METRIC = "epoch_valid_ndcg_10"
 
@@ -116,24 +116,43 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> di
         run_config=tune.RunConfig(storage_path=str(get_settings().home / "ray_results"),
                                   name=f"tune-{int(time.time() * 1000)}"))
     grid = tuner.fit()
-    best = grid.get_best_result(metric=METRIC, mode="max", scope="all")
-    best_config = apply_sample(base, best.config)
     card = json.loads((Path(data_dir) / "dataset.json").read_text())
     trials = []
-    with tracked_run("tune", tune_config.model_dump(),
-                     {"data_version": card["data_version"], "kind": "tune"}) as mlflow:
+    tags = {"data_version": card["data_version"], "git_commit": git_commit()}
+    with tracked_run("tune", tune_config.model_dump(), {**tags, "kind": "tune"}) as mlflow:
+        log_json_artifact(mlflow, "base_config.json", base.model_dump())
         for result in grid:
             history = result.metrics_dataframe
-            score = float(history[METRIC].max()) if history is not None and len(history) else 0.0
+            failed = result.error is not None
+            score = (float(history[METRIC].max()) if history is not None and len(history)
+                     and not failed else None)
             trials.append({"config": result.config, METRIC: score,
-                           "epochs": len(history) if history is not None else 0})
+                           "epochs": len(history) if history is not None else 0,
+                           "error": _one_line(result.error) if failed else None})
             with mlflow.start_run(run_name="trial", nested=True):
-                mlflow.log_params(flatten(result.config))
-                mlflow.set_tags({"data_version": card["data_version"], "kind": "trial"})
+                # The whole config the trial trained, as a train run logs it.
+                mlflow.log_params(flatten(apply_sample(trial_base, result.config).model_dump()))
+                mlflow.set_tags({**tags, "kind": "trial",
+                                 "status": "failed" if failed else "finished"})
                 for _, row in (history.iterrows() if history is not None else []):
                     mlflow.log_metrics({METRIC: float(row[METRIC]), "loss": float(row["loss"])},
                                        step=int(row["epoch"]))
-        mlflow.log_metric(f"best_{METRIC}", max(t[METRIC] for t in trials))
+        scored = [t for t in trials if t[METRIC] is not None]
+        if not scored:
+            raise RuntimeError(f"every one of the {len(trials)} trials failed; the first: "
+                               f"{next((t['error'] for t in trials), 'no trial ran')}")
+        # The best validation score of any epoch of a trial that did not fail (as ASHA's
+        # scope="all"); a crashed trial's partial curve does not choose the config.
+        best = max(scored, key=lambda t: t[METRIC])
+        best_config = apply_sample(base, best["config"])
+        mlflow.log_metric(f"best_{METRIC}", best[METRIC])
+        mlflow.log_metric("failed_trials", len(trials) - len(scored))
         log_json_artifact(mlflow, "best_config.json", best_config.model_dump())
-    return {"best_config": best_config.model_dump(), "best_trial": best.config,
-            METRIC: max(t[METRIC] for t in trials), "trials": trials}
+    return {"best_config": best_config.model_dump(), "best_trial": best["config"],
+            METRIC: best[METRIC], "trials": trials, "failed_trials": len(trials) - len(scored)}
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's type and first line (a trial's traceback stays in Ray's logs)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
