@@ -55,3 +55,32 @@ def write_json_atomic(path: Path, value: Any, *, indent: int | None = 2,
     """:func:`write_atomic` of ``value`` as JSON (``json.dumps``' options) and a newline."""
     text = json.dumps(value, indent=indent, sort_keys=sort_keys, default=default)
     return write_text_atomic(path, text + "\n")
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (a config), with one-line errors naming it.
+
+    Args:
+        path: The file.
+        what: How the user gave it, for the messages (``"--config"``).
+
+    Raises:
+        ValueError: Missing, a folder, unreadable, not JSON, or not a JSON object.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what} {path}: is a folder, not a JSON file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what} {path}: cannot be read ({error})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} {path}: not valid JSON (line {error.lineno}, column "
+                         f"{error.colno}: {error.msg}); it takes a JSON object") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} {path}: holds a JSON {type(value).__name__}, not an object "
+                         "of settings")
+    return value

@@ -103,8 +103,8 @@ def run_prepare(args: argparse.Namespace) -> int:
             card = prepare(config, Path(tmp) / "prepared", source=source)
             storage.upload_folder(Path(tmp) / "prepared", args.out)
     print(json.dumps(card, indent=2) if args.json else format_card(card))
-    if storage.is_remote(args.out) and not args.json:
-        print(f"  uploaded    {args.out}")
+    if not args.json:
+        print(f"  {'uploaded' if storage.is_remote(args.out) else 'written':<11} {args.out}")
     return 0
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from movierec.cli.types import int_range
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate``."""
@@ -14,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "reload each run's weights and report bootstrap 95%% CIs and slices "
                          "(history length, demographics).")
     cmd.add_argument("runs", nargs="*", help="MLflow run ids (default: the latest --latest)")
-    cmd.add_argument("--latest", type=int, default=5, help="how many recent runs to compare")
+    cmd.add_argument("--latest", type=int_range(1), default=5,
+                     help="how many recent runs to compare (default: 5)")
     cmd.add_argument("--data", help="prepared folder or s3://BUCKET/PREFIX: also write detailed "
                      "reports")
     cmd.add_argument("--split", choices=("valid", "test"), default="test")
@@ -24,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Write ``comparison.md``/``.json`` (and ``report-<run>.json``) and print the table."""
+    from movierec.data.prepare import load_card  # noqa: PLC0415
     from movierec.evaluation.compare import compare_runs, evaluate_run  # noqa: PLC0415
     from movierec.storage import materialize  # noqa: PLC0415
     from movierec.training.tracking import search_runs  # noqa: PLC0415
@@ -31,13 +35,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     run_ids = args.runs or search_runs(args.latest)
     if not run_ids:
         raise ValueError("no finished runs to compare: train one with `movierec train`")
+    data_dir = None
+    if args.data:  # checked before anything is written
+        data_dir = materialize(args.data)
+        load_card(data_dir)
     table = compare_runs(run_ids, args.split)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comparison.json").write_text(json.dumps(table, indent=2) + "\n")
     (args.out / "comparison.md").write_text(table["markdown"] + "\n")
     print(table["markdown"])
-    if args.data:
-        data_dir = materialize(args.data)
+    if data_dir is not None:
         for run_id in run_ids:
             report = evaluate_run(run_id, data_dir, args.split)
             (args.out / f"report-{run_id}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -46,5 +53,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
             ci = report["ci95"]["full"]["ndcg@10"]
             print(f"{report['model']} ({run_id[:8]}): full NDCG@10 "
                   f"{report['metrics']['full']['ndcg@10']:.4f} [95% CI {ci[0]:.4f}, {ci[1]:.4f}]")
-    print(f"wrote {args.out}/comparison.md")
+    reports = " and report-<run>.json" if data_dir is not None else ""
+    print(f"wrote {args.out}/comparison.md, comparison.json{reports}")
     return 0

@@ -1,7 +1,7 @@
 """``movierec infra ...``: Terraform, inventories, the cluster, GPU nodes and offline checks.
 
 Every subcommand has ``--dry-run``, which prints the exact commands (or requests) it would
-run and touches nothing; ``check`` runs every offline validation and exits 1 on a failure.
+run and touches nothing; ``check`` runs every offline validation and exits 3 on a failure.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from movierec.cli.lifecycle import VERDICT_NO
 
 if TYPE_CHECKING:
     from movierec.infra.openstack import GpuLeaseConfig
@@ -44,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     inv.set_defaults(run=run_inventory)
     check = _dry(cmds.add_parser("check", help="every offline validation, as a table",
                                  description="Terraform, Ansible, checkov, the repository "
-                                 "scan and the k8s/workflows checks; exit 1 on any failure."))
+                                 "scan and the k8s/workflows checks; exit 3 on any failure."))
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     check.set_defaults(run=run_check)
 
@@ -108,12 +110,11 @@ def run_terraform(args: argparse.Namespace) -> int:
 
 def run_inventory(args: argparse.Namespace) -> int:
     """Write the inventories from the Terraform outputs."""
+    from movierec.files import read_json_object  # noqa: PLC0415
     from movierec.infra import inventory, terraform  # noqa: PLC0415
 
     if args.outputs:
-        if not args.outputs.is_file():
-            raise FileNotFoundError(f"--outputs {args.outputs}: no such file")
-        raw = json.loads(args.outputs.read_text())
+        raw = read_json_object(args.outputs, "--outputs")
     elif args.dry_run:
         print("[dry-run] terraform output -json (in tf/kvm), then write "
               f"{args.out or inventory.default_inventory_dir()}/inventory.yml and "
@@ -145,7 +146,7 @@ def run_check(args: argparse.Namespace) -> int:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     else:
         print(validate.format_table(results))
-    return 0 if all(r.passed for r in results) else 1
+    return 0 if all(r.passed for r in results) else VERDICT_NO
 
 
 def run_cluster_up(args: argparse.Namespace) -> int:

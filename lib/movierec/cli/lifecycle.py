@@ -150,11 +150,12 @@ def run_platform(args: argparse.Namespace) -> int:
 
 def _configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """The LifecycleConfig (``--config`` plus flags) and TrainConfig of a pipeline run."""
+    from movierec.files import read_json_object  # noqa: PLC0415
     from movierec.lifecycle.config import LifecycleConfig  # noqa: PLC0415
     from movierec.training.config import TrainConfig  # noqa: PLC0415
 
-    base = (LifecycleConfig.model_validate_json(args.config.read_text()) if args.config
-            else LifecycleConfig())
+    base = (LifecycleConfig.model_validate(read_json_object(args.config, "--config"))
+            if args.config else LifecycleConfig())
     overrides = {k: v for k, v in (("share", args.canary_share),
                                    ("events", args.canary_events)) if v is not None}
     # Validate the merged canary settings (model_copy alone would skip validation).

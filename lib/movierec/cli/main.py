@@ -1,12 +1,17 @@
 """The ``movierec`` console script: builds the parser from the command groups and runs one.
 
-Errors the user can fix (missing files, bad data, bad options) are printed as one clear
-line on stderr with exit status 2, never as a traceback.
+Exit status: 0 done; 2 an error the user can fix (missing files, bad data, bad options, an
+unknown run or version), printed as one line on stderr, never as a traceback
+(``MOVIEREC_TRACEBACK=1`` shows it); 3 a "no" answer (drift found, a canary analysis
+that rolls back, replayed requests that failed, a failed infrastructure check; a pipeline
+that rolls a candidate back did its job and exits 0); 1 a pipeline run that failed
+(its report says why) or a bug (the traceback is shown); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,6 +25,7 @@ from movierec.cli import lifecycle as lifecycle_cli
 from movierec.cli import registry as registry_cli
 from movierec.cli import serve as serve_cli
 from movierec.cli import train as train_cli
+from movierec.cli.types import Parser
 from movierec.data.movielens import ParseError
 from movierec.data.sources import FetchError
 from movierec.data.validate import DataValidationError
@@ -37,14 +43,34 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register,
                                                                 lifecycle_cli.register_monitor,
                                                                 lifecycle_cli.register_demo,
                                                                 infra_cli.register]
-USER_ERRORS = (FetchError, ParseError, DataValidationError, FileNotFoundError, FileExistsError,
-               NotADirectoryError, ValidationError, ValueError, ToolMissingError,
-               RegistryError)
+USER_ERRORS = (FetchError, ParseError, DataValidationError, OSError, ValueError,
+               ToolMissingError, RegistryError)
+# MLflow's answer to an id that does not exist (checked by name: importing mlflow is slow).
+_MLFLOW_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one line to print for an error the user can fix; None for anything else."""
+    if isinstance(exc, ValidationError):
+        # "epochs: Input should be greater than or equal to 1 (got 0)", one per problem.
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
+                    + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict) else "")
+                    for e in exc.errors()]
+        return f"invalid {exc.title} settings: " + "; ".join(problems)
+    if type(exc).__name__ == "MlflowException" and getattr(
+            exc, "error_code", None) in _MLFLOW_NOT_FOUND:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = os.environ.get("MLFLOW_TRACKING_URI") or "the local store"
+        return (f"{first} (in MLflow at {where}; `movierec evaluate` lists recent runs, "
+                "`movierec registry history` the versions)")
+    if isinstance(exc, USER_ERRORS):
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser; every command and subcommand has ``--help``."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="movierec",
         description="movierec: personalized movie recommendation, from MovieLens to serving.")
     parser.add_argument("--version", action="version", version=f"movierec {__version__}")
@@ -59,8 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except USER_ERRORS as exc:
-        print(f"movierec: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None or os.environ.get("MOVIEREC_TRACEBACK"):
+            raise
+        print(f"movierec: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("movierec: interrupted", file=sys.stderr)

@@ -7,6 +7,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from movierec.cli.types import positive_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``export`` and the ``registry`` group."""
@@ -23,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="bundle folder, or s3://BUCKET/PREFIX (written and verified "
                         "locally, then uploaded with a _COMPLETE manifest)")
     export.add_argument("--register", action="store_true", help="create a registry version")
-    export.add_argument("--max-fp32-diff", type=float, default=1e-4)
+    export.add_argument("--max-fp32-diff", type=positive_float, default=1e-4,
+                        help="largest score difference allowed between PyTorch and the fp32 "
+                        "ONNX model (default: 1e-4)")
     export.add_argument("--max-int8-ndcg-loss", type=float, default=0.005,
                         help="largest validation NDCG@10 loss of the int8 model; a larger "
                         "loss whose 95%% interval over users lies above zero leaves the "
@@ -35,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "registered model 'movierec'; every move is recorded.")
     cmds = registry.add_subparsers(dest="registry_command", metavar="SUBCOMMAND", required=True)
     history = cmds.add_parser("history", help="print every recorded alias move")
-    history.add_argument("--alias", help="only this alias")
+    history.add_argument("--alias", choices=("staging", "canary", "production"),
+                         help="only this alias")
     history.add_argument("--json", action="store_true")
     history.set_defaults(run=run_history)
     set_alias = cmds.add_parser("set-alias", help="point an alias at a version")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from movierec.cli.types import int_range
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``serve``."""
@@ -17,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "s3://BUCKET/PREFIX (downloaded, cached and verified first)")
     source.add_argument("--model", help="models:/movierec@ALIAS or models:/movierec/VERSION")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int_range(0, 65535), default=8000,
+                       help="TCP port (default: 8000)")
     serve.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     serve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     serve.add_argument("--threads", type=int, default=1,

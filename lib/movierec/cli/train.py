@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from movierec.cli.types import int_range
 
 if TYPE_CHECKING:  # torch is imported only when a command runs (the serving image has none)
     from movierec.training.config import TrainConfig
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--loss", choices=("bce", "ce"), help="default: the config's")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end first)")
     train.add_argument("--seed", type=int)
-    train.add_argument("--workers", type=int, default=0,
+    train.add_argument("--workers", type=int_range(0), default=0,
                        help="0 trains in-process; N >= 1 uses Ray Train with N workers")
     train.add_argument("--gpu", action="store_true", help="one GPU per Ray worker (NCCL)")
     train.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
@@ -46,9 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge ``--config`` with the explicit flags (flags win)."""
+    from movierec.files import read_json_object  # noqa: PLC0415
     from movierec.training.config import TrainConfig  # noqa: PLC0415
 
-    raw: dict[str, Any] = json.loads(args.config.read_text()) if args.config else {}
+    raw: dict[str, Any] = read_json_object(args.config, "--config") if args.config else {}
     model = raw.setdefault("model", {})
     if args.model == "pop":
         raw["baseline"] = "pop"
@@ -68,6 +70,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, print the run id and a summary, write ``--metrics-out``."""
+    from movierec.files import write_json_atomic  # noqa: PLC0415
     from movierec.storage import materialize  # noqa: PLC0415
     from movierec.training.runner import train_and_track  # noqa: PLC0415 - torch is heavy
 
@@ -100,8 +103,8 @@ def run_train(args: argparse.Namespace) -> int:
           f"test sampled NDCG@10 {test['sampled']['ndcg@10']:.4f}, "
           f"full NDCG@10 {test['full']['ndcg@10']:.4f} ({summary['seconds']:.0f} s)")
     if args.metrics_out:
-        args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
-        args.metrics_out.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(args.metrics_out, summary, sort_keys=False)
+        print(f"wrote {args.metrics_out}")
     return 0
 
 

@@ -214,6 +214,10 @@ def prepare(config: PrepareConfig, out: Path, source: Path | None = None,
         filtered = filtered.filter(pl.col(RATING_COL) >= config.min_rating)
     below_rating = clean.height - filtered.height
     cored, kcore_passes = kcore(filtered, config.min_user, config.min_item)
+    if cored.is_empty():
+        raise ValueError(f"no interactions are left of {clean.height:,} after the filters "
+                         f"(min_rating={config.min_rating}, min_user={config.min_user}, "
+                         f"min_item={config.min_item}): loosen them")
     seq = sequence_and_split(cored, time_sorted=True)  # validate and filters keep order
     items, users = side_tables(seq, tables.items, tables.users)
     params = config.model_dump(exclude={"strict"})
@@ -259,5 +263,6 @@ def load_card(folder: Path) -> dict[str, Any]:
     """Read ``dataset.json`` from a prepared folder, with a clear error when it is missing."""
     path = Path(folder) / CARD_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `movierec data prepare --out {folder}`")
+        raise FileNotFoundError(f"{folder} is not a prepared dataset (no {CARD_FILE}): make one "
+                                f"with `movierec data prepare --dataset ml-100k --out {folder}`")
     return json.loads(path.read_text())

@@ -46,6 +46,16 @@ class ArmStats:
     p95_ms: float | None
     per_user: tuple[tuple[int, int], ...] = ()
 
+    def __post_init__(self) -> None:
+        # Counts from a query or a command line: impossible ones would divide by zero or
+        # promote on a hit rate above 1.
+        if not 0 <= self.errors <= self.requests:
+            raise ValueError(f"errors ({self.errors}) must be between 0 and the requests "
+                             f"({self.requests})")
+        if not 0 <= self.hits <= self.requests - self.errors:
+            raise ValueError(f"hits ({self.hits}) must be between 0 and the requests served "
+                             f"({self.requests} - {self.errors} errors)")
+
     @property
     def served(self) -> int:
         """Successful requests (the denominator of the hit rate)."""

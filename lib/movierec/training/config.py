@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -63,4 +62,6 @@ class TrainConfig(BaseModel):
     @classmethod
     def from_file(cls, path: Path) -> TrainConfig:
         """Read a JSON config; unknown keys fail with their names."""
-        return cls.model_validate(json.loads(Path(path).read_text()))
+        from movierec.files import read_json_object  # noqa: PLC0415
+
+        return cls.model_validate(read_json_object(Path(path), "--config"))

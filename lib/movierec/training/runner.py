@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 
 from movierec.data.dataset import load_sequences
+from movierec.data.prepare import load_card
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import LocalHooks
 from movierec.training.loop import FitResult, fit
@@ -63,7 +63,7 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
         printed by the CLI (``valid`` is the selected model's, ``test`` the final model's).
     """
     data_dir = Path(data_dir)
-    card = json.loads((data_dir / "dataset.json").read_text())
+    card = load_card(data_dir)  # before training: a wrong folder fails at once
     result = run_training(config, data_dir, workers, **options)
     name = model_name(config)
     tags = {"data_version": card["data_version"], "dataset": card["name"], "model": name,
@@ -111,7 +111,7 @@ def load_run_model(run_id: str, data_dir: Path) -> tuple[torch.nn.Module, TrainC
     from movierec.training.tracking import load_run  # noqa: PLC0415
 
     metrics, tags, folder = load_run(run_id)
-    card = json.loads((Path(data_dir) / "dataset.json").read_text())
+    card = load_card(Path(data_dir))
     if tags.get("data_version") != card["data_version"]:
         raise ValueError(f"run {run_id} was trained on data_version "
                          f"{tags.get('data_version')!r} but {data_dir} holds "

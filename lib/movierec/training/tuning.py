@@ -7,7 +7,6 @@ by the driver, after tuning, so that workers never write to the tracking store a
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from movierec.config import get_settings
 from movierec.data.dataset import load_sequences
+from movierec.data.prepare import load_card
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import LocalHooks
 from movierec.training.loop import fit
@@ -94,6 +94,7 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> di
     from ray import tune  # noqa: PLC0415
     from ray.tune.schedulers import ASHAScheduler  # noqa: PLC0415
 
+    card = load_card(Path(data_dir))  # before the search: a wrong folder fails at once
     if not ray.is_initialized():
         ray.init(num_cpus=tune_config.concurrent, include_dashboard=False, log_to_driver=False)
     # Trials are judged on validation, so a refit would only spend their time; the best
@@ -116,7 +117,6 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> di
         run_config=tune.RunConfig(storage_path=str(get_settings().home / "ray_results"),
                                   name=f"tune-{int(time.time() * 1000)}"))
     grid = tuner.fit()
-    card = json.loads((Path(data_dir) / "dataset.json").read_text())
     trials = []
     tags = {"data_version": card["data_version"], "git_commit": git_commit()}
     with tracked_run("tune", tune_config.model_dump(), {**tags, "kind": "tune"}) as mlflow:

@@ -154,8 +154,16 @@ class LocalPlatform:
         aliases are the truth: a stage serving another version is redeployed, a stage
         serving without an alias is retired. Each such action is appended to
         ``platform/reconcile.jsonl`` (see :meth:`reconcile_log`).
+
+        Raises:
+            ConnectionError: MLflow does not answer (the registry's client would retry for
+                minutes before failing).
         """
         from movierec.registry.mlflow_registry import current_version  # noqa: PLC0415
+
+        if not self._mlflow_healthy():
+            raise ConnectionError(f"MLflow at {self.config.mlflow_url} is not running, and the "
+                               "aliases live there: start it with `movierec platform up`")
 
         os.environ["MLFLOW_TRACKING_URI"] = self.config.mlflow_url
         result: dict[str, str | None] = {}
