@@ -34,12 +34,14 @@ from typing import Any
 
 from movierec.config import get_settings
 from movierec.data.sources import sha256_file
+from movierec.files import write_text_atomic
 from movierec.infra.commands import ToolMissingError
 
 SCHEME = "s3://"
 MANIFEST = "_COMPLETE"
 MANIFEST_FORMAT = 1
 GENERATION_PREFIX = "_v"
+LOCK_FILE, LATEST_COPY = ".lock", ".latest"  # materialize's lock and its newest copy's name
 GENERATION_PATTERN = re.compile(r"_v\d{8}T\d{6}-[0-9a-f]{8}")  # as upload_folder names it
 ENV_ENDPOINT = "MOVIEREC_S3_ENDPOINT"
 ENDPOINT_ENVS = (ENV_ENDPOINT, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -316,7 +318,7 @@ def cache_dir(uri: str) -> Path:
 def _locked(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (created if missing) across processes."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as handle:
+    with open(folder / LOCK_FILE, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
         yield
 
@@ -343,10 +345,15 @@ def materialize(uri: str | Path) -> Path:
             os.replace(folder, damaged)
             shutil.rmtree(damaged, ignore_errors=True)
         download_folder(uri, folder, manifest)
-        copies = sorted(p for p in root.iterdir() if GENERATION_PATTERN.fullmatch(p.name))
-        stale = [p for p in copies[:-2] if p != folder]  # folder: re-published as current
-        # Before per-generation folders, the copy lay in root itself, stamped beside it.
-        stale += [p for p in root.iterdir() if p.name != ".lock" and p not in copies]
+        # Keep this copy and the one served before it (by record: two uploads in one second
+        # would not sort by time), as upload_folder keeps two generations on the store.
+        latest = root / LATEST_COPY
+        previous = latest.read_text().strip() if latest.is_file() else ""
+        keep = {folder.name, previous, LOCK_FILE, LATEST_COPY}
+        write_text_atomic(latest, folder.name)
+        # Anything else goes, the old layout included (the copy lay in root itself then,
+        # stamped beside it).
+        stale = [p for p in root.iterdir() if p.name not in keep]
         stale.append(root.with_name(root.name + ".manifest.json"))
         for path in stale:
             if path.is_dir():

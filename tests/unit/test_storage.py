@@ -173,7 +173,7 @@ def test_materialize_reuses_the_cache_and_keeps_the_copy_a_reader_may_hold(
     third = storage.materialize(uri)
     # Only the previous copy is kept, as on the store; nothing temporary is left.
     assert sorted(p.name for p in first.parent.iterdir()) == sorted(
-        [".lock", second.name, third.name])
+        [".latest", ".lock", second.name, third.name])
 
 
 def test_concurrent_materialize_calls_share_one_download(s3: S3, tmp_path: Path,
@@ -334,5 +334,5 @@ def test_materialize_clears_the_old_cache_layout(s3: S3, tmp_path: Path,
     stamp = root.with_name(root.name + ".manifest.json")
     stamp.write_text("{}")
     folder = storage.materialize(uri)
-    assert sorted(p.name for p in root.iterdir()) == [".lock", folder.name]
+    assert sorted(p.name for p in root.iterdir()) == [".latest", ".lock", folder.name]
     assert not stamp.exists()

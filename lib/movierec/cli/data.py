@@ -95,10 +95,13 @@ def run_prepare(args: argparse.Namespace) -> int:
     config = PrepareConfig(dataset=args.dataset, min_rating=args.min_rating,
                            min_user=args.min_user, min_item=args.min_item, strict=args.strict)
     source = storage.materialize(args.source) if args.source else None
+    if not args.json:  # stdout stays pure JSON with --json
+        print(f"preparing {args.dataset}: parse, validate, split ...", flush=True)
     if not storage.is_remote(args.out):
         card = prepare(config, Path(args.out), source=source)
     else:
-        storage.parse_uri(args.out)  # a malformed URI fails before minutes of preparing
+        storage.parse_uri(args.out)  # a malformed URI or missing credentials fail before
+        storage.filesystem(args.out)  # minutes of preparing
         with tempfile.TemporaryDirectory(prefix="movierec-prepare-") as tmp:
             card = prepare(config, Path(tmp) / "prepared", source=source)
             storage.upload_folder(Path(tmp) / "prepared", args.out)

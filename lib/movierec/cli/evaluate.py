@@ -46,6 +46,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(table["markdown"])
     if data_dir is not None:
         for run_id in run_ids:
+            print(f"scoring run {run_id[:8]} on {args.split} (bootstrap CIs, slices) ...",
+                  flush=True)
             report = evaluate_run(run_id, data_dir, args.split)
             (args.out / f"report-{run_id}.json").write_text(json.dumps(report, indent=2) + "\n")
             if "warning" in report:

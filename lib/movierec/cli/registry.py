@@ -60,13 +60,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export (and optionally register) a run's bundle; ``--data``/``--out`` may be s3://."""
-    from movierec.storage import is_remote, materialize, parse_uri  # noqa: PLC0415
+    from movierec.storage import filesystem, is_remote, materialize, parse_uri  # noqa: PLC0415
 
+    if is_remote(args.out):  # a malformed URI or missing credentials fail before the work
+        parse_uri(args.out)
+        filesystem(args.out)
     data = materialize(args.data)
     if not is_remote(args.out):
         _export(args, data, Path(args.out))
         return 0
-    parse_uri(args.out)  # a malformed URI fails before the export work
     with tempfile.TemporaryDirectory(prefix="movierec-export-") as tmp:
         _export(args, data, Path(tmp) / "bundle", remote=args.out)
     return 0
@@ -81,14 +83,15 @@ def _export(args: argparse.Namespace, data: Path, out: Path, remote: str | None 
 
     config = ExportConfig(max_fp32_diff=args.max_fp32_diff,
                           max_int8_ndcg_loss=args.max_int8_ndcg_loss)
+    print(f"exporting run {args.run_id}: ONNX (fp32, int8) and parity checks ...", flush=True)
     try:
         metadata = bundle_from_run(args.run_id, data, out, config)
     except ExportError as error:  # a verdict on the model, not a crash: no traceback
         raise ValueError(f"export of run {args.run_id} refused: {error}") from error
     parity = metadata["parity"]
     summary = {k: v for k, v in parity.items() if k not in ("batches", "int8_reasons")}
-    print(f"bundle {remote or out} verified ({len(metadata['files'])} files); parity: "
-          f"{json.dumps(summary)}")
+    print(f"bundle verified ({len(metadata['files'])} files){'' if remote else f' at {out}'}; "
+          f"parity: {json.dumps(summary)}")
     if parity.get("int8_reasons"):
         print("int8 model left out of the bundle (fp32 ships): "
               + "; ".join(parity["int8_reasons"]))
