@@ -177,6 +177,12 @@ def build_manifest(local: Path, generation: str) -> dict[str, Any]:
                       for p in files}}
 
 
+def _new_generation() -> str:
+    """A generation name: the upload's time and a random suffix (GENERATION_PATTERN)."""
+    return (f"{GENERATION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+            f"-{uuid.uuid4().hex[:8]}")
+
+
 def upload_folder(local: str | Path, uri: str) -> dict[str, Any]:
     """Publish folder ``local`` at ``uri`` (files first, manifest last); return the manifest.
 
@@ -191,8 +197,7 @@ def upload_folder(local: str | Path, uri: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{local}: no such folder to upload")
     remote = parse_uri(uri)
     s3 = filesystem(uri)
-    generation = (f"{GENERATION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
-                  f"-{uuid.uuid4().hex[:8]}")
+    generation = _new_generation()
     manifest = build_manifest(local, generation)
     try:
         try:
@@ -345,12 +350,11 @@ def materialize(uri: str | Path) -> Path:
             os.replace(folder, damaged)
             shutil.rmtree(damaged, ignore_errors=True)
         download_folder(uri, folder, manifest)
-        # Keep this copy and the one served before it (by record: two uploads in one second
-        # would not sort by time), as upload_folder keeps two generations on the store.
-        latest = root / LATEST_COPY
-        previous = latest.read_text().strip() if latest.is_file() else ""
+        # Keep this copy and the one served before it, as upload_folder keeps two generations
+        # on the store. By record: two uploads in one second would not sort by time.
+        previous = _previous_copy(root, folder.name)
         keep = {folder.name, previous, LOCK_FILE, LATEST_COPY}
-        write_text_atomic(latest, folder.name)
+        write_text_atomic(root / LATEST_COPY, f"{folder.name}\n{previous}\n")
         # Anything else goes, the old layout included (the copy lay in root itself then,
         # stamped beside it).
         stale = [p for p in root.iterdir() if p.name not in keep]
@@ -361,6 +365,22 @@ def materialize(uri: str | Path) -> Path:
             else:
                 path.unlink(missing_ok=True)
     return folder
+
+
+def _previous_copy(root: Path, current: str) -> str:
+    """The copy to keep beside ``current``: the one served before it.
+
+    ``.latest`` records the newest copy and the one before; downloading the newest again
+    (a damaged copy) keeps that one. A cache without the record keeps its newest other
+    generation by name.
+    """
+    record = root / LATEST_COPY
+    if record.is_file():
+        names = [*record.read_text().split(), "", ""]
+        return names[1] if names[0] == current else names[0]
+    others = sorted(p.name for p in root.iterdir()
+                    if GENERATION_PATTERN.fullmatch(p.name) and p.name != current)
+    return others[-1] if others else ""
 
 
 def _cache_matches(folder: Path, manifest: dict[str, Any]) -> bool:

@@ -59,8 +59,10 @@ def test_unknown_ids_and_folders_are_one_line(capsys: pytest.CaptureFixture[str]
     (["evaluate", "--latest", "0"], "--latest: 0 is out of range"),
     (["export", "--run", "r", "--data", "d", "--out", "o", "--max-fp32-diff", "-1"],
      "--max-fp32-diff: -1 is out of range"),
-    (["canary", "analyze", "--canary-hits", "400", "--canary-requests", "300",
-      "--production-hits", "9", "--production-requests", "70"], "hits (400) must be between"),
+    (["canary", "analyze", "--canary-hits", "-1", "--canary-requests", "300",
+      "--production-hits", "9", "--production-requests", "70"], "hits (-1) must be between"),
+    (["canary", "analyze", "--canary-hits", "4", "--canary-requests", "3", "--canary-errors",
+      "5", "--production-hits", "9", "--production-requests", "70"], "errors (5) must be"),
 ])
 def test_impossible_numbers_are_refused_before_any_work(
         capsys: pytest.CaptureFixture[str], argv: list[str], says: str) -> None:
@@ -73,3 +75,53 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "(default: 30)" in out and "(default: 0)" in out  # --max-epochs, --seed
     assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_more_clicks_than_served_lists_count_as_one_each(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    main(["canary", "analyze", "--canary-hits", "400", "--canary-requests", "300",
+          "--production-hits", "90", "--production-requests", "700"])
+    captured = capsys.readouterr()
+    assert "400 hits for 300 served requests" in captured.err
+    assert json.loads(captured.out)["canary"]["hit_rate"] == 1.0
+
+
+def test_filters_that_leave_nothing_and_a_stopped_mlflow_are_one_line(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from movierec.serving.loadtest import free_port
+
+    assert main(["data", "synth", "--interactions", "500", "--users", "20", "--items", "50",
+                 "--out", str(tmp_path / "raw")]) == 0
+    capsys.readouterr()
+    line = _error(capsys, ["data", "prepare", "--dataset", "canonical", "--source",
+                           str(tmp_path / "raw"), "--min-user", "100000", "--out",
+                           str(tmp_path / "p")])
+    assert "no interactions are left of 500 after the filters" in line
+    assert not (tmp_path / "p").exists()
+    line = _error(capsys, ["platform", "reconcile", "--mlflow-port", str(free_port())])
+    assert "is not running" in line and "movierec platform up" in line
+
+
+def test_user_message_reads_mlflow_subclasses_and_keeps_lines_short() -> None:
+    from mlflow.exceptions import MlflowException, RestException
+    from pydantic import BaseModel, Field, ValidationError
+
+    from movierec.cli.main import user_message
+
+    missing = RestException({"error_code": "RESOURCE_DOES_NOT_EXIST",
+                             "message": "Run 'abc' not found"})  # as a tracking server says
+    assert "Run 'abc' not found" in (user_message(missing) or "")
+    other = MlflowException("Changing param values is not allowed",
+                            error_code="INVALID_PARAMETER_VALUE")
+    assert user_message(other) is None  # not an unknown id: a traceback, maybe a bug
+
+    class Settings(BaseModel):
+        name: str = Field(max_length=3)
+
+    try:
+        Settings(name="x" * 100_000)
+    except ValidationError as error:
+        message = user_message(error) or ""
+    assert message.startswith("invalid Settings settings: name:") and len(message) < 300

@@ -169,6 +169,7 @@ def test_materialize_reuses_the_cache_and_keeps_the_copy_a_reader_may_hold(
     (second / "sub" / "weights.bin").unlink()  # a damaged copy is downloaded again
     assert storage.materialize(uri) == second and len(downloads) == 3
     assert (second / "sub" / "weights.bin").is_file()
+    assert first.is_dir()  # still the copy served before, which a reader may hold
     storage.upload_folder(_folder(tmp_path / "v3", extra="3"), uri)
     third = storage.materialize(uri)
     # Only the previous copy is kept, as on the store; nothing temporary is left.
@@ -336,3 +337,20 @@ def test_materialize_clears_the_old_cache_layout(s3: S3, tmp_path: Path,
     folder = storage.materialize(uri)
     assert sorted(p.name for p in root.iterdir()) == [".latest", ".lock", folder.name]
     assert not stamp.exists()
+
+
+def test_the_copy_kept_is_the_one_served_before_not_the_first_by_name(
+        s3: S3, tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two uploads in one second: their generations sort by their random suffix, not time.
+    names = iter(["_v20261207T120000-ffffffff", "_v20261207T120000-00000000",
+                  "_v20261207T120000-88888888"])
+    monkeypatch.setattr(storage, "_new_generation", lambda: next(names))
+    uri = s3.uri("data/a")
+    copies = []
+    for i in range(3):
+        storage.upload_folder(_folder(tmp_path / str(i), extra=str(i)), uri)
+        copies.append(storage.materialize(uri).name)
+    assert copies == ["_v20261207T120000-ffffffff", "_v20261207T120000-00000000",
+                      "_v20261207T120000-88888888"]
+    kept = sorted(p.name for p in storage.cache_dir(uri).iterdir() if p.name.startswith("_v"))
+    assert kept == sorted(copies[1:])  # the newest and the one before, whatever their names

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``evaluate``."""
     cmd = sub.add_parser("evaluate", help="compare MLflow runs; detailed report with --data",
                          description="Compare runs in a markdown + JSON table. With --data, "
-                         "reload each run's weights and report bootstrap 95%% CIs and slices "
+                         "reload each run's weights and report bootstrap 95% CIs and slices "
                          "(history length, demographics).")
     cmd.add_argument("runs", nargs="*", help="MLflow run ids (default: the latest --latest)")
     cmd.add_argument("--latest", type=int_range(1), default=5,

@@ -250,9 +250,17 @@ def run_canary_analyze(args: argparse.Namespace) -> int:
     from movierec.lifecycle.canary import ArmStats, analyze  # noqa: PLC0415
     from movierec.lifecycle.config import CanaryConfig  # noqa: PLC0415
 
-    arms = {arm: ArmStats(getattr(args, f"{arm}_requests"), getattr(args, f"{arm}_errors"),
-                          getattr(args, f"{arm}_hits"), getattr(args, f"{arm}_p95_ms"))
-            for arm in ("canary", "production")}
+    arms = {}
+    for arm in ("canary", "production"):
+        requests, errors = getattr(args, f"{arm}_requests"), getattr(args, f"{arm}_errors")
+        hits = getattr(args, f"{arm}_hits")
+        if 0 <= errors <= requests and hits > requests - errors:
+            # Prometheus counts clicks on /feedback, which a client may send for lists it
+            # was not served (or the window cut differently): at most one per served list.
+            print(f"warning: {arm}: {hits} hits for {requests - errors} served requests; "
+                  "counted as one per served request", file=sys.stderr)
+            hits = requests - errors
+        arms[arm] = ArmStats(requests, errors, hits, getattr(args, f"{arm}_p95_ms"))
     config = CanaryConfig(alpha=args.alpha, max_error_rate=args.max_error_rate,
                           slo_p95_ms=args.slo_p95_ms)
     analysis = analyze(arms["canary"], arms["production"], config)

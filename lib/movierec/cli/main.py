@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import reprlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -46,7 +47,7 @@ GROUPS: list[Callable[[argparse._SubParsersAction], None]] = [data_cli.register,
 USER_ERRORS = (FetchError, ParseError, DataValidationError, OSError, ValueError,
                ToolMissingError, RegistryError)
 # MLflow's answer to an id that does not exist (checked by name: importing mlflow is slow).
-_MLFLOW_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+_MLFLOW_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 
 
 def user_message(exc: BaseException) -> str | None:
@@ -54,11 +55,12 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, ValidationError):
         # "epochs: Input should be greater than or equal to 1 (got 0)", one per problem.
         problems = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
-                    + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict) else "")
+                    + (f" (got {reprlib.repr(e['input'])})"
+                       if not isinstance(e.get("input"), dict) else "")
                     for e in exc.errors()]
         return f"invalid {exc.title} settings: " + "; ".join(problems)
-    if type(exc).__name__ == "MlflowException" and getattr(
-            exc, "error_code", None) in _MLFLOW_NOT_FOUND:
+    mlflow_error = any(c.__name__ == "MlflowException" for c in type(exc).__mro__)
+    if mlflow_error and getattr(exc, "error_code", None) == _MLFLOW_NOT_FOUND:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = os.environ.get("MLFLOW_TRACKING_URI") or "the local store"
         return (f"{first} (in MLflow at {where}; `movierec evaluate` lists recent runs, "
@@ -87,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except Exception as exc:
         message = user_message(exc)
-        if message is None or os.environ.get("MOVIEREC_TRACEBACK"):
+        if message is None or os.environ.get("MOVIEREC_TRACEBACK") == "1":
             raise
         print(f"movierec: error: {message}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from movierec.config import get_settings
 from movierec.data.dataset import load_sequences
@@ -129,11 +129,15 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> di
             trials.append({"config": result.config, METRIC: score,
                            "epochs": len(history) if history is not None else 0,
                            "error": _one_line(result.error) if failed else None})
+            try:  # the whole config the trial trained, as a train run logs it
+                params = flatten(apply_sample(trial_base, result.config).model_dump())
+            except ValidationError:  # a sample the base cannot take: that trial failed
+                params = flatten(result.config)
             with mlflow.start_run(run_name="trial", nested=True):
-                # The whole config the trial trained, as a train run logs it.
-                mlflow.log_params(flatten(apply_sample(trial_base, result.config).model_dump()))
+                mlflow.log_params(params)
                 mlflow.set_tags({**tags, "kind": "trial",
-                                 "status": "failed" if failed else "finished"})
+                                 "status": "failed" if failed else (
+                                     "finished" if score is not None else "no-score")})
                 for _, row in (history.iterrows() if history is not None else []):
                     mlflow.log_metrics({METRIC: float(row[METRIC]), "loss": float(row["loss"])},
                                        step=int(row["epoch"]))

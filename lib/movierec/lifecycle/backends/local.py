@@ -161,7 +161,7 @@ class LocalPlatform:
         """
         from movierec.registry.mlflow_registry import current_version  # noqa: PLC0415
 
-        if not self._mlflow_healthy():
+        if not poll(self._mlflow_healthy, 5.0, every=0.5):  # busy is not down
             raise ConnectionError(f"MLflow at {self.config.mlflow_url} is not running, and the "
                                "aliases live there: start it with `movierec platform up`")
 
