@@ -189,3 +189,29 @@ def test_rollback_production_deploys_and_moves_the_alias_in_the_backend_s_order(
     # chameleon's pods resolve the alias, so it moves first; locally the deploy goes first.
     assert calls == [(v1, v1 if follows_alias else v2)]
     assert reg.current_version("production") == v1
+
+
+def test_two_bundles_of_one_run_keep_their_own_files(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.registry import bundle as bundle_module
+    from tests.unit.test_serving_bundle import make_bundle
+
+    # The tiny test bundles are checksummed but hold no trained model kind: what the
+    # registry stores, not the model check, is under test here.
+    monkeypatch.setattr(bundle_module, "verify_bundle",
+                        lambda folder: json.loads((folder / "metadata.json").read_text()))
+    mlflow = configure()
+    with mlflow.start_run() as run:
+        mlflow.log_param("model", "tiny")
+    first, second = (make_bundle(tmp_path / name, seed=seed, run_id=run.info.run_id)
+                     for name, seed in (("a", 0), ("b", 1)))
+    v1 = reg.register_bundle(first, run.info.run_id)
+    reg.register_bundle(second, run.info.run_id)  # a second export of the same run
+    got = reg.download_bundle(v1, tmp_path / "got")
+    # Version 1 still serves its own files, not the later export's.
+    assert (got / "model.onnx").read_bytes() == (first / "model.onnx").read_bytes()
+    assert (got / "model.onnx").read_bytes() != (second / "model.onnx").read_bytes()
+    # Files replaced wholesale (metadata included) no longer pass as version 1.
+    (got / "metadata.json").write_text((second / "metadata.json").read_text())
+    with pytest.raises(reg.RegistryError, match="not the one registered as version"):
+        reg.download_bundle(v1, tmp_path / "got")

@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from movierec.config import get_settings
+from movierec.data.sources import sha256_file
+from movierec.registry.layout import METADATA_FILE
 from movierec.training.tracking import configure
 
 MODEL_NAME = "movierec"
 ALIASES = ("staging", "canary", "production")
 HISTORY_FILE = "registry_history.jsonl"
+# Version tags: where the version's bundle lies in its run, and the sha256 of its metadata.
+BUNDLE_PATH_TAG, BUNDLE_DIGEST_TAG = "bundle_path", "bundle_sha256"
 # What MLflow answers for a model or an alias that does not exist (a file store, SQLite or
 # a tracking server alike); every other error is a real failure.
 _NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
@@ -106,19 +110,24 @@ def register_bundle(bundle_dir: Path, run_id: str, description: str = "") -> str
     from movierec.registry.bundle import verify_bundle  # noqa: PLC0415 - onnxruntime import
 
     metadata = verify_bundle(bundle_dir)
+    # Named by its content: a second export of the same run (other thresholds) gets a path
+    # of its own instead of replacing the files an earlier version (production) serves.
+    digest = sha256_file(Path(bundle_dir) / METADATA_FILE)
+    artifact_path = f"bundle-{digest[:16]}"
     mlflow = configure()
     client = mlflow.MlflowClient()
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+        mlflow.log_artifacts(str(bundle_dir), artifact_path=artifact_path)
     try:
         client.get_registered_model(MODEL_NAME)
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(MODEL_NAME, description="movierec SSE-PT bundles")
-    source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
     version = client.create_model_version(
         MODEL_NAME, source=source, run_id=run_id, description=description,
         tags={"data_version": metadata["data_version"], "model_kind": metadata["model_kind"],
-              "git_commit": metadata.get("git_commit", "unknown")})
+              "git_commit": metadata.get("git_commit", "unknown"),
+              BUNDLE_PATH_TAG: artifact_path, BUNDLE_DIGEST_TAG: digest})
     return str(version.version)
 
 
@@ -203,12 +212,20 @@ def download_bundle(alias_or_version: str, dest: Path | None = None) -> Path:
     else:
         version = client.get_model_version_by_alias(MODEL_NAME, alias_or_version)
     dest = dest or get_settings().home / "bundles" / f"v{version.version}"
-    if not (dest / "metadata.json").exists():
+    tags = version.tags or {}
+    if not (dest / METADATA_FILE).exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = dest.parent / f".v{version.version}.part"
-        local = mlflow.artifacts.download_artifacts(run_id=version.run_id,
-                                                    artifact_path="bundle",
-                                                    dst_path=str(staging))
+        local = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=tags.get(BUNDLE_PATH_TAG, "bundle"),
+            dst_path=str(staging))  # "bundle": versions registered before the tag
         Path(local).rename(dest)  # complete downloads only: a partial one stays in .part
         shutil.rmtree(staging, ignore_errors=True)
+    # The bundle's files are checked against its metadata when served; this ties the
+    # metadata to the version, so files replaced wholesale are caught too.
+    expected = tags.get(BUNDLE_DIGEST_TAG)
+    if expected and sha256_file(dest / METADATA_FILE) != expected:
+        raise RegistryError(f"{dest}: its {METADATA_FILE} is not the one registered as version "
+                            f"{version.version} (sha256 differs): delete the folder to "
+                            "download it again, or the artifacts were replaced")
     return dest
