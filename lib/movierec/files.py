@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -84,3 +85,24 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
         raise ValueError(f"{what} {path}: holds a JSON {type(value).__name__}, not an object "
                          "of settings")
     return value
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Rename folder ``new`` to ``dest``; a previous ``dest`` is kept until that succeeded.
+
+    POSIX cannot rename a folder over a non-empty one, so the previous folder steps aside
+    first and is deleted only once ``new`` is in place; if that rename fails, it comes
+    back. Between the two renames ``dest`` is briefly absent, never partial.
+    """
+    backup = None
+    if dest.exists():
+        backup = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, backup)
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, dest)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from movierec.data.movielens import parse_folder
@@ -15,8 +16,9 @@ GOOD = ["1\t1\t5\t100", "1\t2\t3\t200", "2\t3\t4\t150"]
     ("1\t1\t7\t300", "rating_out_of_range", r"u.data line 4: rating missing or outside.*=7"),
     ("1\t1\t0\t300", "rating_out_of_range", r"u.data line 4"),
     ("1\t1\t\t300", "rating_out_of_range", r"u.data line 4"),
-    ("1\t1\t5\t-1", "bad_timestamp", r"u.data line 4: timestamp missing or negative"),
+    ("1\t1\t5\t-1", "bad_timestamp", r"u.data line 4: timestamp missing, negative or in"),
     ("1\t1\t5\t", "bad_timestamp", r"u.data line 4"),
+    ("1\t1\t5\t881250949000", "bad_timestamp", r"in the future \(milliseconds"),
     ("1\t1\t2\t100", "duplicate_interaction", r"u.data line 4: repeats an earlier"),
     ("1\t99\t5\t300", "item_without_metadata", r"u.data line 4: item id absent"),
     ("1\t1\t5", "malformed_line", r"u.data line 4: line cannot be split"),
@@ -51,3 +53,12 @@ def test_lenient_counts_every_rule_and_keeps_the_first_duplicate(tmp_path: Path)
     assert clean["line"].to_list() == [1, 2, 3]
     assert report.rows_dropped == 4
     assert "dropped 4" in report.summary()
+
+
+def test_a_repeat_of_a_rejected_row_is_kept(tmp_path: Path) -> None:
+    # The first copy has a rating out of range; the second is the valid row, not a repeat.
+    folder = write_ml100k(tmp_path / "ml-100k", [*GOOD, "1\t1\t9\t500", "1\t1\t4\t500"])
+    clean, report = validate(parse_folder(folder), strict=False)
+    assert report.rules["rating_out_of_range"].count == 1
+    assert report.rules["duplicate_interaction"].count == 0
+    assert clean.filter((pl.col("user_id") == 1) & (pl.col("timestamp") == 500)).height == 1

@@ -63,3 +63,30 @@ def test_json_options(tmp_path: Path) -> None:
     path = write_json_atomic(tmp_path / "a.json", {"b": 1, "a": Path("/x")}, indent=None,
                              sort_keys=True, default=str)
     assert path.read_text() == '{"a": "/x", "b": 1}\n'
+
+
+def test_replace_folder_swaps_and_puts_the_old_one_back_when_the_swap_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from movierec.files import replace_folder
+
+    dest, new = tmp_path / "data", tmp_path / ".data.tmp"
+    for folder, text in ((dest, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "card.json").write_text(text)
+    real = os.replace
+
+    def fail_the_swap(src: object, dst: object) -> None:
+        if Path(src) == new:
+            raise OSError("disk full")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_the_swap)
+    with pytest.raises(OSError, match="disk full"):
+        replace_folder(new, dest)
+    assert (dest / "card.json").read_text() == "old"  # the earlier version is back
+    monkeypatch.setattr(os, "replace", real)
+    replace_folder(new, dest)
+    assert (dest / "card.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no backup left

@@ -153,7 +153,7 @@ def _slow_read(data: bytes, file: str, separator: str, has_header: bool, columns
             raise ParseError(f"{file} line {line}: not valid UTF-8 ({exc.reason}); re-encode "
                              "the file or use --lenient to drop such lines") from exc
         text = data.decode("utf-8", errors="replace")
-    lines = text.split("\n")
+    lines = text.removeprefix("\ufeff").split("\n")  # a BOM, as the fast path ignores it
     if lines and lines[-1] == "":
         lines.pop()
     if has_header:
@@ -368,13 +368,20 @@ def parse_folder(folder: Path, lenient: bool = False) -> RawTables:
     """Detect the layout of ``folder`` and parse it into canonical tables."""
     layout, marker = detect_layout(folder)
     try:
-        return _PARSERS[layout](marker.parent, lenient)
+        tables = _PARSERS[layout](marker.parent, lenient)
     except FileNotFoundError as exc:  # polars raises it without a filename
         missing = Path(exc.filename).name if exc.filename else str(exc).splitlines()[0]
         raise ParseError(f"{marker.parent}: a required file is missing: {missing}") from exc
     except UnicodeDecodeError as exc:
         raise ParseError(f"{marker.parent}: a metadata file is not in the expected "
                          f"encoding ({exc})") from exc
+    except pl.exceptions.PolarsError as exc:  # a file of the wrong shape or types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ParseError(f"{marker.parent} ({layout} layout): a file does not have the "
+                         f"expected columns or types: {first[:300]}") from exc
+    if tables.items.is_empty():  # every item would then be "without metadata"
+        raise ParseError(f"{marker.parent}: the movie metadata holds no movies")
+    return tables
 
 
 def write_canonical(tables: RawTables, out: Path) -> None:

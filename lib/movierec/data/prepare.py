@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 import uuid
@@ -48,6 +47,7 @@ from movierec.data.movielens import parse_folder, unpack
 from movierec.data.ordering import sort_in_time
 from movierec.data.sources import Source, resolve_source
 from movierec.data.validate import ValidationReport, validate
+from movierec.files import replace_folder
 
 # Bump when the prepared layout or the preparation logic changes what a version means.
 PREPARED_FORMAT = 1
@@ -178,19 +178,15 @@ def _write_atomically(out: Path, tables: dict[str, pl.DataFrame], card: dict[str
     """Write everything to a sibling temp folder, then swap it in: no half-written output."""
     check_output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex
-    tmp, old = out.with_name(f".{out.name}.{tag}.tmp"), out.with_name(f".{out.name}.{tag}.old")
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     tmp.mkdir()  # not mkdtemp: its mode 0700 would keep other users out of shared data
     try:
         for name, frame in tables.items():
             frame.write_parquet(tmp / f"{name}.parquet", compression="lz4")
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        if out.exists():  # the earlier version steps aside first, and goes only after
-            os.replace(out, old)
-        os.replace(tmp, out)
+        replace_folder(tmp, out)  # a failed swap puts the earlier version back
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare(config: PrepareConfig, out: Path, source: Path | None = None,

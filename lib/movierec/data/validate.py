@@ -7,6 +7,7 @@ value; ``--lenient`` drops the flagged rows and the report says how many, per ru
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import polars as pl
@@ -44,8 +45,8 @@ def interaction_rules(known_items: pl.Series | None,
                       duplicates_possible: bool = True) -> list[Rule]:
     """The rules, in the order they are checked and reported."""
     ok = ~pl.col(MALFORMED_COL)
-    duplicate = (ok & pl.struct(USER_COL, ITEM_COL, TIMESTAMP_COL).is_first_distinct().not_()
-                 if duplicates_possible else pl.lit(False))
+    # Later than a day from now: milliseconds read as seconds land tens of millennia ahead.
+    latest = int(time.time()) + 86_400
     rules = [
         Rule("malformed_line", "line cannot be split into user, item, rating, timestamp",
              pl.col(MALFORMED_COL), USER_COL),
@@ -56,17 +57,26 @@ def interaction_rules(known_items: pl.Series | None,
         Rule("rating_out_of_range", f"rating missing or outside {RATING_MIN}-{RATING_MAX:g}",
              ok & ~pl.col(RATING_COL).is_between(RATING_MIN, RATING_MAX).fill_null(False),
              RATING_COL),
-        Rule("bad_timestamp", "timestamp missing or negative",
-             ok & (pl.col(TIMESTAMP_COL).is_null() | (pl.col(TIMESTAMP_COL) < 0)),
-             TIMESTAMP_COL),
-        # Only later copies are flagged, so the first (user, item, timestamp) row is kept.
-        Rule("duplicate_interaction", "repeats an earlier (user, item, timestamp) row",
-             duplicate, ITEM_COL),
+        Rule("bad_timestamp", "timestamp missing, negative or in the future (milliseconds "
+             "instead of seconds?)",
+             ok & (pl.col(TIMESTAMP_COL).is_null() | (pl.col(TIMESTAMP_COL) < 0)
+                   | (pl.col(TIMESTAMP_COL) > latest)), TIMESTAMP_COL),
     ]
     if known_items is not None:
         rules.append(Rule("item_without_metadata", "item id absent from the movie metadata",
                           ok & pl.col(ITEM_COL).is_not_null()
                           & ~pl.col(ITEM_COL).is_in(known_items.implode()), ITEM_COL))
+    if duplicates_possible:
+        # Only later copies of a row that is kept are flagged: a rejected first copy (a bad
+        # rating, say) must not take a valid repeat down with it.
+        kept = ~pl.any_horizontal([rule.flags for rule in rules])
+        key = pl.when(kept).then(pl.struct(USER_COL, ITEM_COL, TIMESTAMP_COL))
+        duplicate = kept & key.is_first_distinct().not_()
+    else:
+        duplicate = pl.lit(False)
+    # Reported after the field checks, before the metadata check, as it always was.
+    rules.insert(5, Rule("duplicate_interaction", "repeats an earlier (user, item, timestamp) "
+                         "row", duplicate, ITEM_COL))
     return rules
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import uuid
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from movierec.data.sources import sha256_file
 from movierec.evaluation.compare import unflatten_metrics
 from movierec.export.onnx import PADDING_CEILING, ExportConfig, OrtScorer
 from movierec.export.parity import export_and_check
+from movierec.files import replace_folder
 from movierec.models import SSEPT, PopularityModel
 from movierec.registry.layout import (
     FORMAT,
@@ -155,7 +155,7 @@ def write_bundle(model: nn.Module, train_config: TrainConfig, data_dir: Path, ou
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=_json_default))
         verify_bundle(tmp)
-        _publish(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -166,26 +166,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; a previous ``out`` is moved aside first and restored on error.
-
-    POSIX cannot rename a folder over a non-empty one, so this is two renames; between them
-    ``out`` is briefly absent (never partial).
-    """
-    backup = None
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, backup)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if backup is not None:
-            os.replace(backup, out)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 def _run_finished_at(run_id: str) -> str | None:
