@@ -116,3 +116,14 @@ def test_an_item_listed_twice_in_the_metadata_is_named(tmp_path: Path) -> None:
     (folder / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
     with pytest.raises(ParseError, match=r"lists 1 item id\(s\) more than once \(\[2\]\)"):
         parse_folder(folder)
+
+
+@pytest.mark.parametrize("header", ["movieId,userId,rating,timestamp", "1,1,4.0,100"])
+def test_a_csv_header_in_another_order_or_missing_is_refused(tmp_path: Path,
+                                                             header: str) -> None:
+    folder = write_csv(tmp_path / "ml-latest-small", ["1,2,4.0,100", "2,1,3.5,200"])
+    ratings = folder / "ratings.csv"
+    lines = ratings.read_text().splitlines()
+    ratings.write_text("\n".join([header, *lines[1:]]) + "\n")  # columns swapped, or no header
+    with pytest.raises(ParseError, match="expected 'userId,movieId,rating,timestamp'"):
+        parse_folder(folder)

@@ -297,10 +297,20 @@ def parse_dat(folder: Path, lenient: bool) -> RawTables:
     return RawTables(inter, _items_frame(items), users, "ratings.dat", Layout.DAT)
 
 
+CSV_RATING_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+
+
 def parse_csv(folder: Path, lenient: bool) -> RawTables:
     """ml-latest, ml-latest-small, ml-20m, ml-25m, ml-32m: ``ratings.csv`` and ``movies.csv``."""
-    inter = read_delimited_interactions(folder / "ratings.csv", ",", True, [0, 1, 2, 3], 4,
-                                        lenient)
+    ratings = folder / "ratings.csv"
+    with ratings.open(encoding="utf-8-sig") as handle:
+        header = [field.strip() for field in handle.readline().strip().split(",")]
+    # Columns are read by position, so a header in another order (or none, whose first
+    # rating would be skipped as one) must stop here rather than swap users and items.
+    if header != list(CSV_RATING_COLUMNS):
+        raise ParseError(f"{ratings}: the header is {','.join(header)!r}; expected "
+                         f"{','.join(CSV_RATING_COLUMNS)!r} as GroupLens writes it")
+    inter = read_delimited_interactions(ratings, ",", True, [0, 1, 2, 3], 4, lenient)
     movies = pl.read_csv(folder / "movies.csv", schema_overrides={"movieId": pl.Int64})
     items = _split_title_year(movies.rename({"movieId": ITEM_COL}), "title")
     genres = pl.col("genres").str.split("|")
