@@ -62,3 +62,11 @@ def test_a_repeat_of_a_rejected_row_is_kept(tmp_path: Path) -> None:
     assert report.rules["rating_out_of_range"].count == 1
     assert report.rules["duplicate_interaction"].count == 0
     assert clean.filter((pl.col("user_id") == 1) & (pl.col("timestamp") == 500)).height == 1
+
+
+def test_blank_lines_at_the_end_are_not_rows(tmp_path: Path) -> None:
+    folder = write_ml100k(tmp_path / "ml-100k", GOOD)
+    data = folder / "u.data"
+    data.write_text(data.read_text() + "\n  \n\n")  # an editor's trailing blank lines
+    clean, report = validate(parse_folder(folder), strict=True)
+    assert clean.height == len(GOOD) and report.rows_read == len(GOOD)

@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from movierec.export.runtime import MAX_LEN_KEY
-from movierec.serving.batcher import MicroBatcher, ShuttingDownError
+from movierec.serving.batcher import MicroBatcher, OverloadedError, ShuttingDownError
 from movierec.serving.catalog import BundleError
 from movierec.serving.engine import (
     LoadedBundle,
@@ -178,6 +178,35 @@ def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundl
     assert isinstance(queued, ShuttingDownError) and "shutting down" in str(queued)
     assert finished and isinstance(ran, np.ndarray)
     np.testing.assert_allclose(again, _direct(real, 1, np.array([3]))[1:], rtol=1e-5, atol=1e-5)
+
+
+def test_a_full_queue_refuses_at_once(two: tuple[LoadedBundle, LoadedBundle]) -> None:
+    real = two[0].model
+
+    class SlowModel:
+        def rank(self, *batch: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+            time.sleep(0.3)
+            return real.rank(*batch)
+
+    model = SlowModel()
+
+    async def main() -> list[BaseException | np.ndarray]:
+        batcher = MicroBatcher(max_batch_size=2, max_queue_delay_ms=500, max_queued=2)
+        await batcher.start()
+        tasks = []
+        for user in range(1, 10):  # far more than the model, its next batch and 2 queued
+            tasks.append(asyncio.create_task(
+                _scores(batcher, model, user, np.array([user]))))  # type: ignore[arg-type]
+            await asyncio.sleep(0.01)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(main())
+    refused = [r for r in results if isinstance(r, OverloadedError)]
+    answered = [r for r in results if isinstance(r, np.ndarray)]
+    assert refused and answered and len(refused) + len(answered) == len(results)
+    assert "overloaded (2 requests queued)" in str(refused[0])
 
 
 def test_a_lone_request_does_not_wait_for_company(two: tuple[LoadedBundle, LoadedBundle]) -> None:

@@ -154,7 +154,7 @@ def _slow_read(data: bytes, file: str, separator: str, has_header: bool, columns
                              "the file or use --lenient to drop such lines") from exc
         text = data.decode("utf-8", errors="replace")
     lines = text.removeprefix("\ufeff").split("\n")  # a BOM, as the fast path ignores it
-    if lines and lines[-1] == "":
+    while lines and not lines[-1].strip():  # blank lines after the last row hold no data
         lines.pop()
     if has_header:
         lines = lines[1:]

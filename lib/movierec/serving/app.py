@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from movierec import __version__
 from movierec.serving.admin import ReloadManager, admin_router
-from movierec.serving.batcher import MicroBatcher, ShuttingDownError
+from movierec.serving.batcher import MicroBatcher, OverloadedError, ShuttingDownError
 from movierec.serving.catalog import BundleError, Catalog, movie_json_prefix
 from movierec.serving.drift import DriftGauges
 from movierec.serving.engine import LoadedBundle, load_bundle, top_k
@@ -171,7 +171,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     except BaseException:
         store.close()
         raise
-    batcher = MicroBatcher(settings.max_batch_size, settings.max_queue_delay_ms, metrics)
+    batcher = MicroBatcher(settings.max_batch_size, settings.max_queue_delay_ms, metrics,
+                           max_queued=settings.max_queued_requests)
     state = ServingState(settings, bundle, store, online, metrics, batcher)
     state.publish(bundle)
     reloads = ReloadManager(state)
@@ -214,7 +215,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                             headers={"Retry-After": RETRY_AFTER_S})
 
     @app.exception_handler(ShuttingDownError)
-    async def shutting_down(request: Request, exc: ShuttingDownError) -> JSONResponse:
+    @app.exception_handler(OverloadedError)
+    async def shutting_down(request: Request, exc: RuntimeError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER_S})
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_body_bytes,

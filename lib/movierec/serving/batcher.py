@@ -24,7 +24,7 @@ from movierec.serving.ranking import Ranked, Ranker
 from movierec.serving.worker import SLOTS, ModelProcess
 
 log = logging.getLogger("movierec.serving")
-__all__ = ["MicroBatcher", "ShuttingDownError"]
+__all__ = ["MicroBatcher", "OverloadedError", "ShuttingDownError"]
 # Batches handed to the model at once: one running, the next formed and waiting (the
 # model process has one pipe for each).
 PIPELINE_DEPTH = SLOTS
@@ -36,6 +36,10 @@ DRAIN_S = 10.0  # how long stop() lets the batches already with the model finish
 
 class ShuttingDownError(RuntimeError):
     """A queued request that the stopping server will not score (answered with a 503)."""
+
+
+class OverloadedError(RuntimeError):
+    """The queue is full: the request is refused at once (a 503) rather than left to wait."""
 
 
 @dataclass
@@ -62,8 +66,9 @@ class MicroBatcher:
     """
 
     def __init__(self, max_batch_size: int = 32, max_queue_delay_ms: float = 2.0,
-                 metrics: ServingMetrics | None = None) -> None:
+                 metrics: ServingMetrics | None = None, max_queued: int = 4096) -> None:
         self.max_batch_size = max_batch_size
+        self.max_queued = max_queued
         self.max_delay = max_queue_delay_ms / 1000.0
         self.metrics = metrics
         self._executor: ThreadPoolExecutor | None = None  # the model thread, while running
@@ -83,7 +88,7 @@ class MicroBatcher:
         """Start the batching loop on the running event loop."""
         if self.max_batch_size > 1 and not self.running:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
-            self._queue = asyncio.Queue()
+            self._queue = asyncio.Queue(maxsize=self.max_queued)
             self._slots = asyncio.Semaphore(PIPELINE_DEPTH)
             self._task = asyncio.create_task(self._loop(), name="movierec-batcher")
 
@@ -126,7 +131,11 @@ class MicroBatcher:
         try:
             if not self.running or self._queue is None:
                 return (await self._rank(model, [job], None))[0]
-            await self._queue.put(job)
+            try:
+                self._queue.put_nowait(job)
+            except asyncio.QueueFull:  # overloaded: shed the request now, not after a wait
+                raise OverloadedError(f"the service is overloaded ({self.max_queued} requests "
+                                      "queued); retry shortly") from None
             return await job.future
         finally:
             left = self._pending.pop(model) - 1

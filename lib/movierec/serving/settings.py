@@ -35,6 +35,8 @@ class ServeSettings(BaseModel):
         device: ``cpu``, or ``cuda`` when onnxruntime has the CUDA provider (else CPU).
         max_batch_size: Requests per ONNX Runtime call; 1 disables micro-batching.
         max_queue_delay_ms: How long a request may wait for others to join its batch.
+        max_queued_requests: Requests waiting for a batch at most; more are refused at once
+            with a 503 and ``Retry-After`` (shedding load instead of queueing without end).
         threads: ONNX Runtime intra-op threads (None: one per physical core).
         model_process: Run the model in a child process (default), so it never waits for
             the event loop's GIL; False keeps it in a thread of the server process.
@@ -63,6 +65,7 @@ class ServeSettings(BaseModel):
     # connections a limit of 32 leaves one batch and nothing to overlap (bench/serve.py).
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_queue_delay_ms: float = Field(2.0, ge=0, le=1000)
+    max_queued_requests: int = Field(4096, ge=1)
     threads: int | None = Field(None, ge=1, le=256)
     model_process: bool = True
     max_sequence_length: int = Field(1000, ge=1, le=100_000)
