@@ -147,17 +147,20 @@ def test_disabled_batching_runs_alone(two: tuple[LoadedBundle, LoadedBundle]) ->
     assert metrics.registry.get_sample_value("movierec_batch_size_count") == 5
 
 
+class _SlowModel:
+    """A real model, slowed down so the model thread stays busy."""
+
+    def __init__(self, real: OnnxModel) -> None:
+        self.real = real
+
+    def rank(self, *batch: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        time.sleep(0.3)
+        return self.real.rank(*batch)
+
+
 def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundle]) -> None:
     real = two[0].model
-
-    class SlowModel:
-        """The real model, slowed down so the model thread stays busy."""
-
-        def rank(self, *batch: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-            time.sleep(0.3)
-            return real.rank(*batch)
-
-    model = SlowModel()
+    model = _SlowModel(real)
 
     async def main() -> tuple[list[BaseException | np.ndarray], bool, np.ndarray]:
         batcher = MicroBatcher(max_batch_size=8, max_queue_delay_ms=500)
@@ -181,14 +184,7 @@ def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundl
 
 
 def test_a_full_queue_refuses_at_once(two: tuple[LoadedBundle, LoadedBundle]) -> None:
-    real = two[0].model
-
-    class SlowModel:
-        def rank(self, *batch: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-            time.sleep(0.3)
-            return real.rank(*batch)
-
-    model = SlowModel()
+    model = _SlowModel(two[0].model)
 
     async def main() -> list[BaseException | np.ndarray]:
         batcher = MicroBatcher(max_batch_size=2, max_queue_delay_ms=500, max_queued=2)
