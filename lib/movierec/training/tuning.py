@@ -20,7 +20,7 @@ from movierec.data.prepare import load_card
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import LocalHooks
 from movierec.training.loop import fit
-from movierec.training.tracking import flatten, git_commit, log_json_artifact, tracked_run
+from movierec.training.tracking import log_json_artifact, tracked_run
 
 METRIC = "epoch_valid_ndcg_10"
 
@@ -118,7 +118,7 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> di
                                   name=f"tune-{int(time.time() * 1000)}"))
     grid = tuner.fit()
     trials = []
-    tags = {"data_version": card["data_version"], "git_commit": git_commit()}
+    tags = {"data_version": card["data_version"]}  # tracked_run adds the git commit
     with tracked_run("tune", tune_config.model_dump(), {**tags, "kind": "tune"}) as mlflow:
         log_json_artifact(mlflow, "base_config.json", base.model_dump())
         for result in grid:
@@ -130,14 +130,12 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> di
                            "epochs": len(history) if history is not None else 0,
                            "error": _one_line(result.error) if failed else None})
             try:  # the whole config the trial trained, as a train run logs it
-                params = flatten(apply_sample(trial_base, result.config).model_dump())
+                params = apply_sample(trial_base, result.config).model_dump()
             except ValidationError:  # a sample the base cannot take: that trial failed
-                params = flatten(result.config)
-            with mlflow.start_run(run_name="trial", nested=True):
-                mlflow.log_params(params)
-                mlflow.set_tags({**tags, "kind": "trial",
-                                 "status": "failed" if failed else (
-                                     "finished" if score is not None else "no-score")})
+                params = result.config
+            status = "failed" if failed else ("finished" if score is not None else "no-score")
+            with tracked_run("trial", params, {**tags, "kind": "trial", "status": status},
+                             nested=True):
                 for _, row in (history.iterrows() if history is not None else []):
                     mlflow.log_metrics({METRIC: float(row[METRIC]), "loss": float(row["loss"])},
                                        step=int(row["epoch"]))
