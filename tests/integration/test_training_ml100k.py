@@ -24,16 +24,24 @@ def test_short_training_beats_popularity_on_full_ranking(ml100k_prepared: Path) 
     assert model.test["full"]["ndcg@10"] > pop.test["full"]["ndcg@10"]
 
 
-def test_ray_train_two_workers_resumes_after_a_failure(small_prepared: Path) -> None:
+def test_ray_train_two_workers_resumes_after_a_failure(
+        small_prepared: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import ray
 
     config = TrainConfig.model_validate({
         "epochs": 3, "batch_size": 16, "threads": 1,
         "model": {"max_len": 20, "d_item": 16, "d_user": 8, "n_blocks": 1}})
+    heard: list[dict] = []
     try:
-        result = fit_on_ray(config, small_prepared, workers=2, crash_once_at_epoch=1)
+        result = fit_on_ray(config, small_prepared, workers=2, crash_once_at_epoch=1,
+                            progress=True, on_epoch=heard.append)
     finally:
         ray.shutdown()
+    # The driver heard every epoch as it finished, the refit's too, in order, and its
+    # progress bars show both phases.
+    assert heard == result.history + result.refit_history
+    bars = capsys.readouterr().err
+    assert "train sse-pt on 2 Ray workers" in bars and "refit sse-pt on 2 Ray workers" in bars
     # The group was restarted from the epoch-1 checkpoint (not from scratch, which would
     # record no resume) and finished all three epochs.
     assert result.resumes == [{"phase": "select", "epoch": 1, "branch": 0}]

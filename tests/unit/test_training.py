@@ -348,6 +348,66 @@ def test_cli_train_contract_and_mlflow_record(small_prepared: Path, tmp_path: Pa
     assert {"config.json", "dataset.json", "model", "id_mapping"} <= artifacts
 
 
+def test_training_is_tracked_while_it_runs_and_a_failed_run_ends_failed(
+        small_prepared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from movierec.training import runner
+
+    seen: list[tuple[str, int, float | None]] = []
+
+    class Watching(runner.EpochLogger):
+        def __call__(self, record: dict) -> None:
+            super().__call__(record)
+            run = mlflow.MlflowClient().get_run(self.run_id)
+            seen.append((run.info.status, record["epoch"], run.data.metrics.get("loss")))
+            if "refit_loss" in record:
+                raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(runner, "EpochLogger", Watching)
+    config = TrainConfig.model_validate({**SMALL, "epochs": 2, "patience": 5})
+    with pytest.raises(RuntimeError, match="went away"):
+        runner.train_and_track(config, small_prepared, progress=False)
+    # Each selection epoch was in MLflow, in a running run, as soon as it ended.
+    client = mlflow.MlflowClient()
+    run = client.search_runs([mlflow.get_experiment_by_name("movierec").experiment_id])[0]
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert [s[:2] for s in seen] == [("RUNNING", 1), ("RUNNING", 2), ("RUNNING", 1)]
+    assert [s[2] for s in seen[:2]] == losses
+    # The failure ended the run as FAILED, so it is no finished training run to compare.
+    assert run.info.status == "FAILED"
+    from movierec.training.tracking import search_runs
+    assert run.info.run_id not in search_runs()
+
+
+def test_epoch_logger_survives_a_tracking_outage_and_catches_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from movierec.training.tracking import EpochLogger, configure
+
+    configure()
+    with mlflow.start_run() as run:
+        logger = EpochLogger(run.info.run_id)
+        real, calls = logger._client.log_batch, []
+
+        def flaky(*args: object, **kwargs: object) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise ConnectionError("tracking server down")
+            real(*args, **kwargs)
+
+        monkeypatch.setattr(logger._client, "log_batch", flaky)
+        history = [{"epoch": 1, "loss": 3.0}, {"epoch": 2, "loss": 2.0}]
+        with pytest.warns(RuntimeWarning, match="tracking server down"):
+            for record in history:
+                logger(record)  # the first fails: training goes on
+        logger.flush(history)  # logs the missed epoch only
+    steps = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in steps) == [(1, 3.0), (2, 2.0)]
+    assert len(calls) == 3
+
+
 def test_evaluate_compares_runs_and_reports_cis(small_prepared: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     # SASRec ranks against its own sampled negatives (eval_seed 7), and the report must too.
@@ -391,7 +451,7 @@ def test_evaluate_compares_runs_and_reports_cis(small_prepared: Path, tmp_path: 
 
 def test_learning_curves_show_the_refit_and_its_soup_branches() -> None:
     from movierec.evaluation.plots import plot_learning_curves, run_history
-    from movierec.training.tracking import configure, log_history
+    from movierec.training.tracking import EpochLogger, configure
 
     mlflow = configure()
     history = [{"epoch": 1, "loss": 5.0, "epoch_valid_ndcg_10": 0.1},
@@ -399,7 +459,7 @@ def test_learning_curves_show_the_refit_and_its_soup_branches() -> None:
                {"epoch": 1, "refit_loss": 5.1}, {"epoch": 2, "refit_loss": 4.2},
                {"epoch": 2, "refit_loss_1": 4.3}, {"epoch": 2, "refit_loss_2": 4.4}]
     with mlflow.start_run() as run:
-        log_history(mlflow, history)
+        EpochLogger(run.info.run_id).flush(history)
     read = run_history(run.info.run_id)
     assert read == [{"epoch": 1, "loss": 5.0, "epoch_valid_ndcg_10": 0.1, "refit_loss": 5.1},
                     {"epoch": 2, "loss": 4.0, "epoch_valid_ndcg_10": 0.2, "refit_loss": 4.2,

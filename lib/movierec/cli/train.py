@@ -83,15 +83,14 @@ def run_train(args: argparse.Namespace) -> int:
                          "itself")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir, the folder of the checkpoint")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"progress": not args.quiet}
     if args.workers:
-        options = {"use_gpu": args.gpu, "address": args.ray_address, "storage": args.storage}
+        options.update(use_gpu=args.gpu, address=args.ray_address, storage=args.storage)
     elif args.storage:
         raise ValueError("--storage holds Ray Train checkpoints: use it with --workers N >= 1 "
                          "(in-process training checkpoints to --checkpoint-dir)")
     else:
-        options = {"checkpoint_dir": args.checkpoint_dir, "resume": args.resume,
-                   "progress": not args.quiet}
+        options.update(checkpoint_dir=args.checkpoint_dir, resume=args.resume)
     summary = train_and_track(config, materialize(args.data), workers=args.workers, **options)
     print(f"run_id {summary['run_id']}")
     test = summary["test"]

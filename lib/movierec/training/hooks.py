@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +17,8 @@ from movierec.training.config import TrainConfig
 
 # Settings a resumed run may change: they do not alter what the checkpoint is part of.
 RESUMABLE_CHANGES = frozenset({"epochs", "threads", "device", "eval_batch_size"})
+# Told each epoch's record as soon as it is finished (live tracking, a driver's progress).
+EpochListener = Callable[[dict[str, Any]], None]
 
 
 def check_same_run(saved: dict[str, Any] | None, config: TrainConfig) -> None:
@@ -63,13 +66,17 @@ class Hooks(Protocol):
 
 
 class LocalHooks:
-    """In-process runner: optional checkpoint file per run, resumable."""
+    """In-process runner: optional checkpoint file per run, resumable.
+
+    ``on_epoch`` hears each epoch's record once its checkpoint is written.
+    """
 
     rank, world_size = 0, 1
 
-    def __init__(self, checkpoint_dir: Path | None = None, resume: bool = False) -> None:
+    def __init__(self, checkpoint_dir: Path | None = None, resume: bool = False,
+                 on_epoch: EpochListener | None = None) -> None:
         self.checkpoint = checkpoint_dir / "checkpoint.pt" if checkpoint_dir else None
-        self.resume = resume
+        self.resume, self.on_epoch = resume, on_epoch
 
     def wrap(self, objective: nn.Module) -> nn.Module:
         """No wrapping in-process."""
@@ -93,6 +100,7 @@ class LocalHooks:
 
     def report(self, record: dict[str, Any], state: dict[str, Any]) -> None:
         """Write the checkpoint atomically (a crash mid-write keeps the previous one)."""
-        if self.checkpoint is None:
-            return
-        write_atomic(self.checkpoint, lambda handle: torch.save(state, handle))
+        if self.checkpoint is not None:
+            write_atomic(self.checkpoint, lambda handle: torch.save(state, handle))
+        if self.on_epoch is not None:
+            self.on_epoch(record)

@@ -20,6 +20,7 @@ from movierec.config import get_settings
 from movierec.data.dataset import load_sequences
 from movierec.models import build_model
 from movierec.training.config import TrainConfig
+from movierec.training.hooks import EpochListener
 from movierec.training.loop import FitResult, fit
 
 STATE_FILE = "state.pt"
@@ -124,7 +125,8 @@ def run_storage(storage: str | Path | None) -> tuple[str, Any]:
 def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bool = False,
                address: str | None = None, max_failures: int = 2,
                crash_once_at_epoch: int | None = None,
-               storage: str | Path | None = None) -> FitResult:
+               storage: str | Path | None = None, progress: bool = False,
+               on_epoch: EpochListener | None = None) -> FitResult:
     """Train with ``workers`` Ray Train workers and return the rank-0 result.
 
     Args:
@@ -137,10 +139,15 @@ def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bo
         crash_once_at_epoch: Test hook; a worker fails once after this epoch.
         storage: Checkpoints and results: a folder or ``s3://BUCKET/PREFIX`` (see
             :func:`run_storage`).
+        progress: A progress bar on the driver, one epoch at a time, as in-process.
+        on_epoch: Hears rank 0's record of each epoch on the driver, as it finishes
+            (called from a thread of the driver).
     """
     import ray  # noqa: PLC0415
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
+
+    from movierec.training.ray_progress import DriverProgress, relayed_epochs  # noqa: PLC0415
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Resolved first: missing object-store credentials fail before Ray starts.
@@ -158,14 +165,21 @@ def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bo
         local_root.mkdir(parents=True, exist_ok=True)
         loop_config.update(crash_once_at_epoch=crash_once_at_epoch,
                            crash_marker=str(local_root / f"{name}.crashed"))
-    trainer = TorchTrainer(
-        _train_worker, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=RunConfig(storage_path=storage_path, storage_filesystem=storage_filesystem,
-                             name=name,
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    result = trainer.fit()
+    bar = DriverProgress(config, workers, enabled=progress)
+    listeners = [bar] if on_epoch is None else [bar, on_epoch]
+    try:
+        with relayed_epochs(*listeners) as relay:
+            trainer = TorchTrainer(
+                _train_worker, train_loop_config=loop_config,
+                scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+                run_config=RunConfig(storage_path=storage_path,
+                                     storage_filesystem=storage_filesystem, name=name,
+                                     failure_config=FailureConfig(max_failures=max_failures),
+                                     checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                     callbacks=[relay]))
+            result = trainer.fit()
+    finally:
+        bar.close()
     if result.error is not None:
         raise RuntimeError(f"Ray training failed: {result.error}") from result.error
     if result.checkpoint is None:

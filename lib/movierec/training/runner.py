@@ -11,10 +11,10 @@ import torch
 from movierec.data.dataset import load_sequences
 from movierec.data.prepare import load_card
 from movierec.training.config import TrainConfig
-from movierec.training.hooks import LocalHooks
+from movierec.training.hooks import EpochListener, LocalHooks
 from movierec.training.loop import FitResult, fit
 from movierec.training.tracking import (
-    log_history,
+    EpochLogger,
     log_json_artifact,
     metric_items,
     tracked_run,
@@ -28,11 +28,14 @@ def model_name(config: TrainConfig) -> str:
 
 def run_training(config: TrainConfig, data_dir: Path, workers: int = 0,
                  checkpoint_dir: Path | None = None, resume: bool = False,
-                 progress: bool = True, **ray_options: Any) -> FitResult:
+                 progress: bool = True, on_epoch: EpochListener | None = None,
+                 **ray_options: Any) -> FitResult:
     """Train with the in-process runner (``workers == 0``) or Ray Train (``workers >= 1``).
 
     ``checkpoint_dir`` and ``resume`` are the in-process runner's; Ray Train checkpoints to
-    its own storage and resumes by itself. ``ray_options`` go to ``fit_on_ray``.
+    its own storage and resumes by itself. ``ray_options`` go to ``fit_on_ray``. Both
+    runners show a progress bar (on Ray, the driver's) and tell ``on_epoch`` each epoch's
+    record as it finishes.
 
     Raises:
         ValueError: An option of one runner given to the other (it would be ignored).
@@ -46,16 +49,22 @@ def run_training(config: TrainConfig, data_dir: Path, workers: int = 0,
                          "workers >= 1")
     if workers == 0 or config.baseline == "pop":
         data = load_sequences(data_dir)
-        return fit(config, data, LocalHooks(checkpoint_dir, resume), progress=progress)
+        return fit(config, data, LocalHooks(checkpoint_dir, resume, on_epoch),
+                   progress=progress)
     from movierec.training.ray_runner import fit_on_ray  # noqa: PLC0415 - Ray is heavy
 
-    return fit_on_ray(config, data_dir, workers, **ray_options)
+    return fit_on_ray(config, data_dir, workers, progress=progress, on_epoch=on_epoch,
+                      **ray_options)
 
 
 def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
                     run_name: str | None = None, nested: bool = False,
                     **options: Any) -> dict[str, Any]:
-    """Train, then log params, history, metrics, tags and artifacts to one MLflow run.
+    """Train and record it in one MLflow run: params, history, metrics, tags and artifacts.
+
+    The run opens before training (an unreachable tracking server fails at once) and takes
+    each epoch's loss and validation figures as they come; a run whose training fails ends
+    as FAILED.
 
     Returns:
         ``{"run_id", "best_epoch", "refit_epochs", "soup_branches", "valid", "test",
@@ -64,13 +73,15 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
     """
     data_dir = Path(data_dir)
     card = load_card(data_dir)  # before training: a wrong folder fails at once
-    result = run_training(config, data_dir, workers, **options)
     name = model_name(config)
     tags = {"data_version": card["data_version"], "dataset": card["name"], "model": name,
             "runner": "ray" if workers and config.baseline != "pop" else "in-process"}
     params = {**config.model_dump(), "workers": workers, "data_dir": str(data_dir)}
     with tracked_run(run_name or name, params, tags, nested=nested) as mlflow:
-        log_history(mlflow, result.history + result.refit_history)
+        run_id = mlflow.active_run().info.run_id
+        epochs = EpochLogger(run_id)
+        result = run_training(config, data_dir, workers, on_epoch=epochs, **options)
+        epochs.flush(result.history + result.refit_history)  # a resumed run's earlier epochs
         mlflow.log_metrics({**metric_items(result.valid, "valid"),
                             **metric_items(result.test, "test"),
                             "best_epoch": result.best_epoch, "seconds": result.seconds,
@@ -87,7 +98,6 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
             mlflow.log_artifact(str(weights), artifact_path="model")
         for table in ("items.parquet", "users.parquet"):  # the id mapping
             mlflow.log_artifact(str(data_dir / table), artifact_path="id_mapping")
-        run_id = mlflow.active_run().info.run_id
     return {"run_id": run_id, "model": name, "best_epoch": result.best_epoch,
             "refit_epochs": result.refit_epochs, "soup_branches": result.soup_branches,
             "valid": result.valid, "test": result.test, "seconds": round(result.seconds, 2),

@@ -10,7 +10,9 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -94,11 +96,53 @@ def tracked_run(run_name: str, params: dict[str, Any], tags: dict[str, str],
         yield mlflow
 
 
-def log_history(mlflow: Any, history: list[dict[str, Any]]) -> None:
-    """Per-epoch loss and validation metrics, with the epoch as the step."""
-    for record in history:
-        values = {k: float(v) for k, v in record.items() if k != "epoch"}
-        mlflow.log_metrics(values, step=int(record["epoch"]))
+def _record_key(record: dict[str, Any]) -> tuple[int, tuple[str, ...]]:
+    """What tells epoch records apart: the epoch and which figures it has (phase, branch)."""
+    return int(record["epoch"]), tuple(sorted(record))
+
+
+class EpochLogger:
+    """Logs each epoch's record to one MLflow run while training goes on.
+
+    Called from any thread (Ray's records arrive on a thread of the driver), so it names
+    its run instead of relying on MLflow's active run, which is per thread. Tracking must
+    not stop a training run: a failed call warns once, and ``flush`` logs that record again
+    with any others the listener never saw (a resumed run's earlier epochs), where a
+    failure does count.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        mlflow = configure()
+        self._client, self.run_id = mlflow.MlflowClient(), run_id
+        self._logged: set[tuple[int, tuple[str, ...]]] = set()
+        self._warned = False
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        """Log one epoch's figures now (a failure warns; ``flush`` tries again)."""
+        try:
+            self._log(record)
+        except Exception as error:  # any tracking failure is retried at the end
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"MLflow did not take epoch {record.get('epoch')}'s metrics "
+                              f"({type(error).__name__}: {error}); training goes on and "
+                              "they are logged again at the end", RuntimeWarning,
+                              stacklevel=2)
+
+    def flush(self, history: Iterable[dict[str, Any]]) -> None:
+        """Log every record of ``history`` not logged yet (errors propagate here)."""
+        for record in history:
+            if _record_key(record) not in self._logged:
+                self._log(record)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric  # noqa: PLC0415 - MLflow is imported lazily
+
+        step, now = int(record["epoch"]), int(time.time() * 1000)
+        self._client.log_batch(self.run_id, metrics=[
+            Metric(key, float(value), now, step) for key, value in record.items()
+            if key != "epoch"])
+        self._logged.add(_record_key(record))
 
 
 def log_json_artifact(mlflow: Any, name: str, payload: Any) -> None:
