@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -106,3 +107,31 @@ def replace_folder(new: Path, dest: Path) -> None:
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def replaceable_folder(out: Path, marker: str) -> bool:
+    """Whether ``out`` may be replaced whole: absent, empty, or holding ``marker`` (ours).
+
+    Writers that swap in a whole folder check it first, so that ``--out .`` or
+    ``--out ~/datasets`` is refused instead of deleted.
+    """
+    return not out.exists() or (out.is_dir() and ((out / marker).is_file()
+                                                  or not any(out.iterdir())))
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty sibling of ``out`` to fill; on success it replaces ``out`` whole.
+
+    Readers see the previous folder or the new one, never a half-written one; on an error
+    the staged folder is removed and ``out`` is left as it was. Check
+    ``replaceable_folder`` first: the previous ``out`` is deleted.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    staged.mkdir()  # not mkdtemp: its mode 0700 would keep other users out of shared data
+    try:
+        yield staged
+        replace_folder(staged, out)  # a failed swap puts the earlier version back
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)

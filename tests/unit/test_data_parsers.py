@@ -127,3 +127,44 @@ def test_a_csv_header_in_another_order_or_missing_is_refused(tmp_path: Path,
     ratings.write_text("\n".join([header, *lines[1:]]) + "\n")  # columns swapped, or no header
     with pytest.raises(ParseError, match="expected 'userId,movieId,rating,timestamp'"):
         parse_folder(folder)
+
+
+def test_ratings_dat_with_a_broken_separator_is_malformed(tmp_path: Path) -> None:
+    # Seven ':'-fields read as user 1, item 3, rating 5, time 7 before the '::' were checked.
+    folder = write_ml1m(tmp_path / "ml-1m", ["1::1::5::978300760", "1:2:3:4:5:6:7"])
+    frame = parse_folder(folder, lenient=True).interactions
+    assert frame["malformed"].to_list() == [False, True]
+    assert frame["raw"].to_list() == [None, "1:2:3:4:5:6:7"]
+
+
+def test_a_malformed_line_is_quoted_as_it_is_in_the_file(tmp_path: Path) -> None:
+    from movierec.data.validate import DataValidationError, validate
+
+    folder = write_ml100k(tmp_path / "ml-100k", ["1\t1\t5\t100", "1\t2x\t3\t200"])
+    with pytest.raises(DataValidationError, match=r"u.data line 2: .* \('1\\t2x\\t3\\t200'\)"):
+        validate(parse_folder(folder))
+
+
+def test_canonical_parquet_ids_and_times_lose_nothing_silently(tmp_path: Path) -> None:
+    from movierec.data.validate import DataValidationError, validate
+
+    folder = write_ml100k(tmp_path / "ml-100k", RATINGS_TAB)
+    canonical = tmp_path / "canonical"
+    canonical.mkdir()
+    parse_folder(folder).items.write_parquet(canonical / "items.parquet")
+    frame = pl.DataFrame({"user_id": [1.0, 2.5, 3.0], "item_id": [1.0, 2.0, float("nan")],
+                          "rating": [4.0, 4.0, 4.0], "timestamp": [100, 200, 2**53 + 1]})
+    frame.write_parquet(canonical / "interactions.parquet")
+    tables = parse_folder(canonical)
+    inter = tables.interactions
+    # 2.5 is no user and NaN no item: malformed rows, not users 2 and 0.
+    assert inter["malformed"].to_list() == [False, True, True]
+    assert inter["raw"][1] == "user_id=2.5, item_id=2.0"
+    # An integer timestamp is kept exactly (a Float64 round trip made it 2**53).
+    assert inter["timestamp"][2] == 2**53 + 1
+    with pytest.raises(DataValidationError, match=r"interactions.parquet line 2: .*'user_id=2.5"):
+        validate(tables)
+    frame.with_columns(pl.col("user_id").cast(pl.String)).write_parquet(
+        canonical / "interactions.parquet")
+    with pytest.raises(ParseError, match="column user_id is String; expected numbers"):
+        parse_folder(canonical)

@@ -157,3 +157,11 @@ def test_synthetic_data_is_canonical_and_seeded(tmp_path: Path) -> None:
     # Zipf popularity: the most popular item is far above the median item.
     counts = a["interactions"]["item_id"].value_counts()["count"]
     assert counts.max() > 5 * counts.median()
+    # Written whole over an earlier synthetic folder; a folder of other files is refused.
+    assert write_synthetic(SynthConfig(interactions=600, seed=1), tmp_path / "syn")["users"] == 10
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a canonical folder"):
+        write_synthetic(config, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

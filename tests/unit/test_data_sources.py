@@ -44,7 +44,7 @@ def test_download_verifies_and_records_checksum_on_first_use(mirror: Path, tmp_p
     # A cached file that changed afterwards is refused.
     with first.path.open("ab") as handle:
         handle.write(b"tampered")
-    with pytest.raises(FetchError, match=r"differs from the .* recorded on first download"):
+    with pytest.raises(FetchError, match=r"differs from the .* recorded on first use"):
         resolve_source("ml-latest-small")
 
 
@@ -110,3 +110,28 @@ def test_local_sources_and_errors(tmp_path: Path, ml100k_dir: Path,
         resolve_source("ml-7m")
     with pytest.raises(FetchError, match="needs --source"):
         resolve_source("canonical")
+
+
+def test_a_local_copy_is_checked_before_use(tmp_path: Path, ml100k_dir: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    datasets = tmp_path / "datasets"
+    monkeypatch.setenv("MOVIEREC_DATASETS", str(datasets))
+    # ml-100k in RecBole's layout: each file against its pin.
+    shutil.copytree(ml100k_dir, datasets / "ml-100k")
+    assert "sha256 pinned" in resolve_source("ml-100k").origin
+    users = datasets / "ml-100k" / "ml-100k.user"
+    users.write_text(users.read_text().replace("\tM\t", "\tF\t", 1))
+    with pytest.raises(FetchError, match=r"ml-100k.user: sha256 .* is not the pinned"):
+        resolve_source("ml-100k")
+    assert resolve_source("ml-100k", datasets / "ml-100k").origin.startswith("local ")
+    # Another layout: the hash recorded on first use, and a later change refused.
+    grouplens = datasets / "ml-1m"
+    grouplens.mkdir()
+    (grouplens / "ratings.dat").write_text("1::1193::5::978300760\n")
+    first = resolve_source("ml-1m")
+    assert resolve_source("ml-1m").sha256 == first.sha256
+    (grouplens / "ratings.dat").write_text("1::1193::4::978300760\n")
+    with pytest.raises(FetchError, match=r"recorded on first use \(key 'local:ml-1m'"):
+        resolve_source("ml-1m")

@@ -3,8 +3,9 @@
 Canonical tables (original MovieLens ids are kept):
 
 - interactions: ``user_id`` Int64, ``item_id`` Int64, ``rating`` Float64, ``timestamp`` Int64
-  (seconds), plus ``line`` (1-based line in the source file, for error messages) and
-  ``malformed`` (the line could not be split into typed fields).
+  (seconds), plus ``line`` (1-based line in the source file, for error messages),
+  ``malformed`` (the line could not be split into typed fields) and, when the line-exact
+  reader ran, ``raw`` (a malformed line's text, as error messages quote it; null elsewhere).
 - items: ``item_id``, ``title``, ``year`` (nullable), ``genres`` (list of str).
 - users (optional): ``user_id``, ``age``, ``gender``, ``occupation``, ``zip_code``.
 
@@ -35,6 +36,7 @@ from movierec.data.columns import (
 )
 
 MALFORMED_COL = "malformed"
+RAW_COL = "raw"  # a malformed line's text (first 120 characters)
 INTERACTION_COLS = (USER_COL, ITEM_COL, RATING_COL, TIMESTAMP_COL)
 _TYPES = {USER_COL: pl.Int64, ITEM_COL: pl.Int64, RATING_COL: pl.Float64,
           TIMESTAMP_COL: pl.Float64}
@@ -115,12 +117,14 @@ def _finish(frame: pl.DataFrame, first_line: int) -> pl.DataFrame:
         (pl.int_range(pl.len(), dtype=pl.Int64) + first_line).alias(LINE_COL),
         pl.col(MALFORMED_COL) if MALFORMED_COL in frame.columns
         else pl.lit(False).alias(MALFORMED_COL),
+        *([pl.col(RAW_COL)] if RAW_COL in frame.columns else []),
     )
 
 
 def _fast_read(data: bytes, separator: str, has_header: bool, columns: list[int],
                n_fields: int) -> pl.DataFrame:
     """Typed columnar read; raises on anything irregular (then the slow path runs)."""
+    empty = [i for i in range(n_fields) if i not in columns]  # e.g. inside ratings.dat's '::'
     frame = pl.read_csv(data, separator=separator, has_header=has_header, quote_char=None,
                         new_columns=[f"c{i}" for i in range(n_fields)],
                         schema_overrides={f"c{c}": t for c, t in zip(columns, _TYPES.values(),
@@ -128,6 +132,9 @@ def _fast_read(data: bytes, separator: str, has_header: bool, columns: list[int]
                         infer_schema_length=100)
     if frame.width != n_fields:
         raise ParseError("field count")
+    if not has_header and empty and frame.select(
+            pl.any_horizontal(pl.col(f"c{i}").is_not_null() for i in empty).any()).item():
+        raise ParseError("a separator is broken")
     expected_rows = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) - int(has_header)
     if frame.height != expected_rows:  # blank lines were skipped: line numbers would lie
         raise ParseError("row count")
@@ -144,7 +151,11 @@ def _fast_read(data: bytes, separator: str, has_header: bool, columns: list[int]
 
 def _slow_read(data: bytes, file: str, separator: str, has_header: bool, columns: list[int],
                n_fields: int, lenient: bool) -> pl.DataFrame:
-    """Line-exact read: every line is kept and malformed ones are flagged, not dropped."""
+    """Line-exact read: every line is kept and malformed ones are flagged, not dropped.
+
+    Without a header, the fields between ``columns`` must be empty: they are the middle of a
+    two-character separator (ratings.dat's ``::``), so text there means a broken one.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -160,18 +171,24 @@ def _slow_read(data: bytes, file: str, separator: str, has_header: bool, columns
         lines = lines[1:]
     raw = pl.DataFrame({"raw": lines}, schema={"raw": pl.String})
     parts = pl.col("raw").str.strip_suffix("\r").str.split(separator)
+    empty = [] if has_header else [i for i in range(n_fields) if i not in columns]
     typed = raw.select(
         *[parts.list.get(c, null_on_oob=True).str.strip_chars().cast(t, strict=False).alias(n)
           for c, (n, t) in zip(columns, _TYPES.items(), strict=True)],
         (parts.list.len() != n_fields).alias("_count_bad"),
         *[parts.list.get(c, null_on_oob=True).alias(f"_raw{c}") for c in columns],
+        pl.any_horizontal(False, *[parts.list.get(i, null_on_oob=True).fill_null("") != ""
+                                   for i in empty]).alias("_separator_bad"),
+        pl.col("raw"),
     )
     # A field that is present but does not parse as a number makes the line malformed.
     unparsable = pl.any_horizontal(
         [pl.col(f"_raw{c}").is_not_null() & (pl.col(f"_raw{c}").str.strip_chars() != "")
          & pl.col(n).is_null() for c, n in zip(columns, _TYPES, strict=True)]
     )
-    return typed.select(*_TYPES, (pl.col("_count_bad") | unparsable).alias(MALFORMED_COL))
+    malformed = pl.col("_count_bad") | unparsable | pl.col("_separator_bad")
+    return typed.select(*_TYPES, malformed.alias(MALFORMED_COL),
+                        pl.when(malformed).then(pl.col("raw").str.slice(0, 120)).alias(RAW_COL))
 
 
 def read_delimited_interactions(path: Path, separator: str, has_header: bool,
@@ -358,12 +375,46 @@ def parse_atomic(folder: Path, lenient: bool) -> RawTables:
     return RawTables(inter, _items_frame(items), users, inter_path.name, Layout.ATOMIC)
 
 
+def _canonical_interactions(frame: pl.DataFrame) -> pl.DataFrame:
+    """A canonical ``interactions.parquet`` in the canonical types, losing nothing silently.
+
+    Integer columns are kept as they are (a round trip through Float64 would round
+    timestamps above 2^53). Ids stored as floats must be whole numbers: a row with 3.5 as
+    an id is malformed, not user 3. Float timestamps are floored to seconds, as the text
+    readers do.
+
+    Raises:
+        ParseError: A column that is neither integer nor float (ratings: not numeric).
+    """
+    for column in INTERACTION_COLS:
+        dtype = frame.schema[column]
+        if not (dtype.is_integer() or dtype.is_float()):
+            raise ParseError(f"interactions.parquet: column {column} is {dtype}; expected "
+                             "numbers")
+    whole = [(pl.col(c) == pl.col(c).floor()) & pl.col(c).is_finite()
+             for c in (USER_COL, ITEM_COL) if frame.schema[c].is_float()]
+    malformed = ~pl.all_horizontal(True, *whole).fill_null(True)  # a null id: another rule
+    exact = [pl.col(c) if frame.schema[c].is_integer()
+             else pl.when(pl.col(c).is_finite()).then(pl.col(c).floor())
+             for c in (USER_COL, ITEM_COL, TIMESTAMP_COL)]
+    flagged = frame.with_columns(malformed.alias(MALFORMED_COL))
+    # The quoted ids only where a row is malformed: a column for 25M clean rows costs memory.
+    quoted = ([pl.when(malformed).then(pl.format("user_id={}, item_id={}", USER_COL, ITEM_COL))
+               .alias(RAW_COL)] if flagged[MALFORMED_COL].any() else [])
+    return flagged.select(
+        *[value.cast(pl.Int64, strict=False).alias(c)
+          for value, c in zip(exact, (USER_COL, ITEM_COL, TIMESTAMP_COL), strict=True)],
+        pl.col(RATING_COL).cast(pl.Float64),
+        pl.col(MALFORMED_COL), *quoted,
+    ).select(*INTERACTION_COLS, MALFORMED_COL, *([RAW_COL] if quoted else []))
+
+
 def parse_canonical(folder: Path, lenient: bool) -> RawTables:
     """A canonical Parquet folder (written by ``movierec data synth`` or by hand)."""
-    del lenient  # Parquet is typed: there are no malformed lines, only rule violations.
+    del lenient  # Parquet is typed: malformed rows (fractional ids) are flagged as usual.
     inter = pl.read_parquet(folder / "interactions.parquet",
                             columns=list(INTERACTION_COLS))
-    inter = _finish(inter.with_columns(pl.col(c).cast(t) for c, t in _TYPES.items()), 1)
+    inter = _finish(_canonical_interactions(inter), 1)
     items = _items_frame(pl.read_parquet(folder / "items.parquet"))
     users_path = folder / "users.parquet"
     users = pl.read_parquet(users_path) if users_path.exists() else None

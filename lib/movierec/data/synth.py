@@ -23,6 +23,7 @@ from movierec.data.columns import (
     USER_COL,
     YEAR_COL,
 )
+from movierec.files import replaceable_folder, staged_folder
 
 GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
           "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
@@ -108,9 +109,18 @@ def generate(config: SynthConfig) -> dict[str, pl.DataFrame]:
 
 
 def write_synthetic(config: SynthConfig, out: Path) -> dict[str, int]:
-    """Generate and write a canonical folder; return its sizes."""
+    """Generate and write a canonical folder whole (never half of one); return its sizes.
+
+    Raises:
+        FileExistsError: ``out`` holds something other than a canonical folder, which
+            writing would replace; nothing was written or deleted.
+    """
+    if not replaceable_folder(out, "interactions.parquet"):
+        raise FileExistsError(f"{out} exists and is not a canonical folder (it has no "
+                              "interactions.parquet), and writing would replace it: choose "
+                              "a new or empty --out folder (nothing was written or deleted)")
     tables = generate(config)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, frame in tables.items():
-        frame.write_parquet(out / f"{name}.parquet")
+    with staged_folder(out) as staged:
+        for name, frame in tables.items():
+            frame.write_parquet(staged / f"{name}.parquet")
     return {name: frame.height for name, frame in tables.items()}

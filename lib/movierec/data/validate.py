@@ -14,7 +14,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from movierec.data.columns import ITEM_COL, LINE_COL, RATING_COL, TIMESTAMP_COL, USER_COL
-from movierec.data.movielens import MALFORMED_COL, RawTables
+from movierec.data.movielens import MALFORMED_COL, RAW_COL, RawTables
 from movierec.data.ordering import has_time_ties, sort_in_time
 
 RATING_MIN, RATING_MAX = 0.5, 5.0
@@ -41,15 +41,19 @@ def may_have_duplicates(inter: pl.DataFrame) -> bool:
     return bool(hashes.select((pl.all() == pl.all().shift(1)).any()).item())
 
 
-def interaction_rules(known_items: pl.Series | None,
-                      duplicates_possible: bool = True) -> list[Rule]:
-    """The rules, in the order they are checked and reported."""
+def interaction_rules(known_items: pl.Series | None, duplicates_possible: bool = True,
+                      malformed_shows: str = USER_COL) -> list[Rule]:
+    """The rules, in the order they are checked and reported.
+
+    ``malformed_shows`` is the column a malformed line's message quotes: the line's own
+    text (``raw``) where the reader kept it.
+    """
     ok = ~pl.col(MALFORMED_COL)
     # Later than a day from now: milliseconds read as seconds land tens of millennia ahead.
     latest = int(time.time()) + 86_400
     rules = [
         Rule("malformed_line", "line cannot be split into user, item, rating, timestamp",
-             pl.col(MALFORMED_COL), USER_COL),
+             pl.col(MALFORMED_COL), malformed_shows),
         Rule("bad_user_id", "user id missing or not a positive integer",
              ok & (pl.col(USER_COL).is_null() | (pl.col(USER_COL) <= 0)), USER_COL),
         Rule("bad_item_id", "item id missing or not a positive integer",
@@ -123,6 +127,11 @@ class DataValidationError(ValueError):
         self.report = report
 
 
+def _quote(column: str, value: object) -> str:
+    """How a message shows an offending value: a line's own text in quotes, else name=value."""
+    return repr(value) if column == RAW_COL else f"{column}={value}"
+
+
 def validate(tables: RawTables, strict: bool = True) -> tuple[pl.DataFrame, ValidationReport]:
     """Apply every rule to ``tables.interactions``.
 
@@ -143,7 +152,8 @@ def validate(tables: RawTables, strict: bool = True) -> tuple[pl.DataFrame, Vali
     inter = sort_in_time(tables.interactions)
     known = tables.items[ITEM_COL] if tables.items.height else None
     duplicates_possible = has_time_ties(inter) and may_have_duplicates(inter)
-    rules = interaction_rules(known, duplicates_possible=duplicates_possible)
+    rules = interaction_rules(known, duplicates_possible=duplicates_possible,
+                              malformed_shows=RAW_COL if RAW_COL in inter.columns else USER_COL)
     flagged = inter.with_columns([r.flags.alias(f"_bad_{r.name}") for r in rules])
     counts = flagged.select([pl.col(f"_bad_{r.name}").sum() for r in rules]).row(0)
     results: dict[str, RuleResult] = {}
@@ -152,12 +162,13 @@ def validate(tables: RawTables, strict: bool = True) -> tuple[pl.DataFrame, Vali
         examples: list[str] = []
         if count:
             bad = flagged.filter(pl.col(f"_bad_{rule.name}")).sort(LINE_COL).head(MAX_EXAMPLES)
-            examples = [f"{tables.interactions_file} line {line}: {rule.shows}={value}"
-                        for line, value in zip(bad[LINE_COL], bad[rule.shows], strict=True)]
+            quoted = [_quote(rule.shows, value) for value in bad[rule.shows]]
+            examples = [f"{tables.interactions_file} line {line}: {text}"
+                        for line, text in zip(bad[LINE_COL], quoted, strict=True)]
             first_error = first_error or (
-                f"{examples[0].split(':')[0]}: {rule.description} "
-                f"({rule.shows}={bad[rule.shows][0]}); {count:,} such row(s) in all. "
-                "Fix the file or use --lenient to drop such rows")
+                f"{examples[0].split(':')[0]}: {rule.description} ({quoted[0]}); "
+                f"{count:,} such row(s) in all. Fix the file or use --lenient to drop such "
+                "rows")
         results[rule.name] = RuleResult(description=rule.description, count=int(count),
                                         examples=examples)
     any_bad = pl.any_horizontal([pl.col(f"_bad_{r.name}") for r in rules])

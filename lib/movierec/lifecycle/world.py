@@ -24,6 +24,7 @@ from movierec.data.movielens import RawTables, parse_folder, unpack, write_canon
 from movierec.data.prepare import PrepareConfig, prepare
 from movierec.data.sources import resolve_source
 from movierec.data.validate import validate
+from movierec.files import staged_folder
 from movierec.lifecycle.gates import Panel
 
 WORLD_FILE = "world.json"
@@ -90,18 +91,16 @@ def build_world(dataset: str, future_share: float, source: Path | None = None,
     if base.is_empty() or future.is_empty():
         raise ValueError(f"future_share={future_share} leaves base={base.height}, "
                          f"future={future.height} interactions: choose a share in (0, 1)")
-    tmp = folder.with_name(folder.name + ".tmp")
-    write_canonical(RawTables(base, tables.items, tables.users, "", tables.layout),
-                    tmp / "base")
-    future.select(USER_COL, ITEM_COL, TIMESTAMP_COL).with_columns(
-        pl.col(TIMESTAMP_COL).cast(pl.Int64)).write_parquet(tmp / "future.parquet")
     card = {"dataset": dataset, "future_share": future_share, "cut_timestamp": cut,
             "base_interactions": base.height, "future_interactions": future.height,
             "future_users": future[USER_COL].n_unique(), "source": str(resolved.path),
             "source_sha256": resolved.sha256}
-    (tmp / WORLD_FILE).write_text(json.dumps(card, indent=2))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(folder)  # a half-built world is never mistaken for a finished one
+    with staged_folder(folder) as staged:  # a half-built world is never mistaken for one
+        write_canonical(RawTables(base, tables.items, tables.users, "", tables.layout),
+                        staged / "base")
+        future.select(USER_COL, ITEM_COL, TIMESTAMP_COL).with_columns(
+            pl.col(TIMESTAMP_COL).cast(pl.Int64)).write_parquet(staged / "future.parquet")
+        (staged / WORLD_FILE).write_text(json.dumps(card, indent=2))
     return World(folder, card)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from movierec.data.sources import sha256_file
 from movierec.evaluation.compare import unflatten_metrics
 from movierec.export.onnx import PADDING_CEILING, ExportConfig, OrtScorer
 from movierec.export.parity import export_and_check
-from movierec.files import replace_folder
+from movierec.files import replaceable_folder, staged_folder
 from movierec.models import SSEPT, PopularityModel
 from movierec.registry.layout import (
     FORMAT,
@@ -117,8 +116,7 @@ def write_bundle(model: nn.Module, train_config: TrainConfig, data_dir: Path, ou
     """
     export_config = export_config or ExportConfig()
     data_dir, out = Path(data_dir), Path(out)
-    if out.exists() and not (out.is_dir() and ((out / METADATA_FILE).exists()
-                                               or not any(out.iterdir()))):
+    if not replaceable_folder(out, METADATA_FILE):
         raise BundleError(f"{out} exists and is not a bundle: refusing to replace it "
                           "(choose an empty or new folder)")
     kind = _model_kind(model, train_config)
@@ -133,10 +131,7 @@ def write_bundle(model: nn.Module, train_config: TrainConfig, data_dir: Path, ou
     if run_metrics is None:
         run_metrics = {split: evaluate_split(model, data, train_config, torch.device("cpu"), split)
                        for split in (VALID, TEST)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_folder(out) as tmp:
         parity = export_and_check(model, max_len, tmp, data, export_config)
         shutil.copyfile(data_dir / ITEMS_FILE, tmp / ITEMS_FILE)
         shutil.copyfile(data_dir / USERS_FILE, tmp / USERS_FILE)
@@ -155,10 +150,6 @@ def write_bundle(model: nn.Module, train_config: TrainConfig, data_dir: Path, ou
         }
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=_json_default))
         verify_bundle(tmp)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return metadata
 
 
