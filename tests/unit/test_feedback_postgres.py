@@ -168,10 +168,10 @@ def test_round_trip_arrival_order_and_version_filter(pg_url: str, cluster: Clust
     assert PASSWORD not in store.path and quote(PASSWORD, safe="") not in store.path
     assert store.path == f"postgresql://{USER}:***@127.0.0.1:{cluster.port}/{database}"
     assert store._connection().execute("SHOW synchronous_commit").fetchone() == ("on",)
-    assert store.add([_watch(7, 3, 30), _watch(7, 1, 10), _watch(8, 2, 20)], "1") == 3
-    assert store.add([FeedbackEvent(7, movie_id(4), "impression", 40),
-                      FeedbackEvent(7, movie_id(4), "click", 41)], "1") == 2
-    assert store.add([_watch(9, 5, 5), _watch(2**62, 6, 2**40)], "2") == 2  # 64-bit ids
+    assert len(store.add([_watch(7, 3, 30), _watch(7, 1, 10), _watch(8, 2, 20)], "1")) == 3
+    assert len(store.add([FeedbackEvent(7, movie_id(4), "impression", 40),
+                          FeedbackEvent(7, movie_id(4), "click", 41)], "1")) == 2
+    assert len(store.add([_watch(9, 5, 5), _watch(2**62, 6, 2**40)], "2")) == 2  # 64-bit ids
     store.close()
 
     again = open_store(pg_url)  # the schema exists now: opening again keeps the data
@@ -326,6 +326,28 @@ def service(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield shared
 
 
+def test_event_ids_store_an_event_once_and_old_tables_gain_the_column(
+        pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:  # a table from before event ids, with a row
+        conn.execute("CREATE TABLE feedback (id BIGSERIAL PRIMARY KEY, user_id BIGINT NOT "
+                     "NULL, movie_id BIGINT NOT NULL, event TEXT NOT NULL, timestamp BIGINT "
+                     "NOT NULL, received_at DOUBLE PRECISION NOT NULL, model_version TEXT)")
+        conn.execute("INSERT INTO feedback (user_id, movie_id, event, timestamp, received_at) "
+                     "VALUES (1, 2, 'watch', 3, 0)")
+    store = open_store(pg_url)
+    try:
+        first = [FeedbackEvent(7, 1, "watch", 10, "w-1"), FeedbackEvent(7, 1, "click", 10, "c-1"),
+                 FeedbackEvent(7, 2, "impression", 11)]
+        assert store.add(first, "1") == first
+        resent = [*first, FeedbackEvent(7, 3, "watch", 12, "w-2"),
+                  FeedbackEvent(7, 3, "watch", 12, "w-2")]
+        assert store.add(resent, "1") == [first[2], resent[3]]
+        assert list(store.watches()) == [(1, 2, 3), (7, 1, 10), (7, 3, 12)]
+        assert store.count() == 6
+    finally:
+        store.close()
+
+
 def _post(base: str, events: list[dict[str, object]]) -> httpx.Response:
     return httpx.post(f"{base}/feedback", json={"events": events}, timeout=10)
 
@@ -345,14 +367,14 @@ def test_stopped_server_gives_503_and_the_service_recovers(service: Service,
         cluster.start()
     # The next request reconnects by itself: no restart of the service needed.
     again = [{"user_id": 1, "movie_id": movie_id(2), "event": "watch", "timestamp": 2}]
-    assert _post(service.base, again).json() == {"accepted": 1}
+    assert _post(service.base, again).json() == {"accepted": 1, "duplicates": 0}
     # A restart while the service is idle leaves it a dead connection that only the next
     # request discovers: that request must still succeed (nothing was sent, so retrying
     # it once is safe), not cost the client a 503.
     cluster.stop("fast")
     cluster.start()
     idle = [{"user_id": 1, "movie_id": movie_id(3), "event": "watch", "timestamp": 3}]
-    assert _post(service.base, idle).json() == {"accepted": 1}
+    assert _post(service.base, idle).json() == {"accepted": 1, "duplicates": 0}
     store = open_store(service.url)
     try:
         assert [t for _, _, t in store.watches()] == [1, 2, 3]  # the refused one is not there

@@ -137,7 +137,7 @@ def test_feedback_watch_joins_history_and_changes_recommendations(client: TestCl
               {"user_id": 999, "movie_id": top, "event": "impression", "timestamp": 1_700_000_001}]
     response = client.post("/feedback", json={"events": events})
     assert response.status_code == 200
-    assert response.json() == {"accepted": 2}
+    assert response.json() == {"accepted": 2, "duplicates": 0}
     after = client.post("/recommend", json={"user_id": 999}).json()
     assert after["fallback"] == "no_user_embedding"  # now has a history, still no embedding
     assert top not in {item["movie_id"] for item in after["items"]}
@@ -149,6 +149,50 @@ def test_feedback_watch_joins_history_and_changes_recommendations(client: TestCl
     assert rows == [(999, top, "watch", 1_700_000_000, "7"),
                     (999, top, "impression", 1_700_000_001, "7")]
     assert metric(client, "movierec_feedback_events_total", event="watch") == 1
+
+
+def test_resent_feedback_with_event_ids_is_stored_once(client: TestClient,
+                                                       tmp_path: Path) -> None:
+    events = [{"user_id": 5, "movie_id": movie_id(3), "event": "watch", "timestamp": 10,
+               "event_id": "a1b2-watch"},
+              {"user_id": 5, "movie_id": movie_id(3), "event": "click", "timestamp": 10,
+               "event_id": "a1b2-click"},
+              {"user_id": 5, "movie_id": movie_id(4), "event": "impression", "timestamp": 11}]
+    assert client.post("/feedback", json={"events": events}).json() == {
+        "accepted": 3, "duplicates": 0}
+    # The answer was lost, say, and the client sends it all again: the events with an id
+    # are not stored (or counted) twice; the one without an id cannot be told apart.
+    assert client.post("/feedback", json={"events": events}).json() == {
+        "accepted": 3, "duplicates": 2}
+    # Within one request too.
+    twice = [{**events[0], "event_id": "same"}, {**events[0], "event_id": "same"}]
+    assert client.post("/feedback", json={"events": twice}).json() == {
+        "accepted": 2, "duplicates": 1}
+    with sqlite3.connect(tmp_path / "fb.db") as db:
+        ids = [row[0] for row in db.execute("SELECT event_id FROM feedback ORDER BY id")]
+    assert ids == ["a1b2-watch", "a1b2-click", None, None, "same"]
+    assert metric(client, "movierec_feedback_events_total", event="watch") == 2
+    for bad in ("", "has space", "x" * 65):
+        refused = client.post("/feedback", json={"events": [{**events[0], "event_id": bad}]})
+        assert refused.status_code == 422, bad
+
+
+def test_a_store_made_before_event_ids_gains_the_column(tmp_path: Path) -> None:
+    from movierec.serving.feedback import FeedbackEvent, FeedbackStore
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id "
+                   "INTEGER NOT NULL, movie_id INTEGER NOT NULL, event TEXT NOT NULL, "
+                   "timestamp INTEGER NOT NULL, received_at REAL NOT NULL, model_version TEXT)")
+        db.execute("INSERT INTO feedback VALUES (1, 7, 8, 'watch', 9, 0.0, '1')")
+    store = FeedbackStore(path)
+    try:
+        watch = FeedbackEvent(7, 9, "watch", 10, event_id="e-1")
+        assert store.add([watch, watch]) == [watch]
+        assert list(store.watches()) == [(7, 8, 9), (7, 9, 10)]
+    finally:
+        store.close()
 
 
 def test_feedback_store_failure_is_503(client: TestClient,

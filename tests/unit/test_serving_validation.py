@@ -115,7 +115,7 @@ def test_feedback_limits(client: TestClient) -> None:
     too_many = client.post("/feedback", json={"events": [event] * 1001})
     assert too_many.status_code == 422
     assert client.post("/feedback", json={"events": [event] * 1000}).json() == {
-        "accepted": 1000}
+        "accepted": 1000, "duplicates": 0}
     millis = client.post("/feedback", json={"events": [{**event, "timestamp": 1.7e12}]})
     assert millis.status_code == 422
     millis = client.post("/feedback", json={"events": [{**event, "timestamp": 1_700_000_000_000}]})

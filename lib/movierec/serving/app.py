@@ -291,10 +291,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post("/feedback", response_model=FeedbackResponse)
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         """Store events; the answer comes only after they are committed to disk."""
-        events = [FeedbackEvent(e.user_id, e.movie_id, e.event, e.timestamp)
+        events = [FeedbackEvent(e.user_id, e.movie_id, e.event, e.timestamp, e.event_id)
                   for e in body.events]
         try:
-            count = await asyncio.to_thread(state.store.add, events, state.bundle.version)
+            stored = await asyncio.to_thread(state.store.add, events, state.bundle.version)
         except FeedbackStoreFullError as exc:
             # Expected under a full disk: one line, no traceback, and no server path in the
             # answer. Nothing of the request was stored, so the client may resend it all.
@@ -305,16 +305,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
         except FeedbackOutcomeUnknownError as exc:
             log.error("feedback commit outcome unknown", extra={"error": str(exc)})
             raise HTTPException(503, "feedback store lost the connection while committing: "
-                                "these events may have been stored, and resending them may "
-                                "store them twice", headers={"Retry-After": RETRY_AFTER_S}
-                                ) from exc
+                                "these events may have been stored; resending stores those "
+                                "with an event_id once, the others perhaps twice",
+                                headers={"Retry-After": RETRY_AFTER_S}) from exc
         except (FeedbackWriteError, sqlite3.Error) as exc:
             log.exception("feedback store failed")
             raise HTTPException(503, "feedback store unavailable: none of these events were "
                                 "stored; retry later",
                                 headers={"Retry-After": RETRY_AFTER_S}) from exc
         watched = []
-        for event in events:
+        for event in stored:  # a resent event was counted when it was first stored
             metrics.feedback_events.labels(event=event.event).inc()
             if event.event == "watch":
                 state.online.add(event.user_id, event.movie_id, event.timestamp)
@@ -322,7 +322,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if watched:
             known, unknown = state.bundle.catalog.to_indices(watched)
             state.drift.observe(known, len(unknown))
-        return FeedbackResponse(accepted=count)
+        return FeedbackResponse(accepted=len(events), duplicates=len(events) - len(stored))
 
     @app.get("/users/{user_id}/history", response_model=HistoryResponse)
     async def user_history(

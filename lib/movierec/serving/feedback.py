@@ -3,7 +3,9 @@
 SQLite in WAL mode with ``synchronous=FULL``: :meth:`FeedbackStore.add` returns only after
 the transaction is committed and synced, so an acknowledged event survives ``kill -9``.
 A write that fails (a full disk raises :class:`FeedbackStoreFullError`) is rolled back
-whole, and the store accepts writes again as soon as the cause is gone.
+whole, and the store accepts writes again as soon as the cause is gone. An event may carry
+a client-chosen ``event_id``: the store keeps one event per id, so a client that resends
+after a lost answer (or a 503 whose outcome is unknown) stores it once.
 ``postgresql://`` URLs open :class:`~movierec.serving.feedback_pg.PostgresFeedbackStore`,
 which keeps the same contract (see :func:`open_store`).
 """
@@ -36,10 +38,18 @@ CREATE TABLE IF NOT EXISTS feedback (
     event TEXT NOT NULL CHECK (event IN ('impression', 'click', 'watch')),
     timestamp INTEGER NOT NULL,
     received_at REAL NOT NULL,
-    model_version TEXT
+    model_version TEXT,
+    event_id TEXT
 );
-CREATE INDEX IF NOT EXISTS feedback_event_user ON feedback (event, user_id);
+CREATE INDEX IF NOT EXISTS feedback_event_user ON feedback (event, user_id)
 """
+# Added after the first release: stores created before it gain the column when opened.
+EVENT_ID_COLUMN = "ALTER TABLE feedback ADD COLUMN event_id TEXT"
+# One event per client id; events without one are all kept.
+EVENT_ID_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS feedback_event_id ON feedback (event_id) "
+                  "WHERE event_id IS NOT NULL")
+INSERT_COLUMNS = "user_id, movie_id, event, timestamp, received_at, model_version, event_id"
+SKIP_STORED_ID = "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
 
 
 class FeedbackStoreError(ValueError):
@@ -71,12 +81,21 @@ def _write_error(exc: sqlite3.Error, path: Path) -> FeedbackWriteError:
 
 @dataclass(frozen=True)
 class FeedbackEvent:
-    """One user event as stored."""
+    """One user event as stored; ``event_id`` (the client's) makes resending it harmless."""
 
     user_id: int
     movie_id: int
     event: str
     timestamp: int
+    event_id: str | None = None
+
+
+def insert_rows(events: Sequence[FeedbackEvent], model_version: str | None,
+                ) -> list[tuple[object, ...]]:
+    """The rows ``add`` inserts (``INSERT_COLUMNS``), received now."""
+    received = time.time()
+    return [(e.user_id, e.movie_id, e.event, e.timestamp, received, model_version, e.event_id)
+            for e in events]
 
 
 class FeedbackStore:
@@ -90,19 +109,39 @@ class FeedbackStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(_SCHEMA)
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")  # one process at a time adds the column
+            try:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._conn.execute(statement)
+                columns = {row[1] for row in self._conn.execute("PRAGMA table_info(feedback)")}
+                if "event_id" not in columns:
+                    self._conn.execute(EVENT_ID_COLUMN)
+                self._conn.execute(EVENT_ID_INDEX)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
 
-    def add(self, events: Sequence[FeedbackEvent], model_version: str | None = None) -> int:
-        """Insert ``events`` in one transaction; return the count once committed to disk."""
-        received = time.time()
-        rows = [(e.user_id, e.movie_id, e.event, e.timestamp, received, model_version)
-                for e in events]
+    def add(self, events: Sequence[FeedbackEvent],
+            model_version: str | None = None) -> list[FeedbackEvent]:
+        """Insert ``events`` in one transaction, committed to disk before this returns.
+
+        Returns:
+            The events stored now: all of them, less any whose ``event_id`` was stored
+            before (in this call or an earlier one).
+        """
+        rows = insert_rows(events, model_version)
+        insert = f"INSERT INTO feedback ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(
-                    "INSERT INTO feedback (user_id, movie_id, event, timestamp, received_at, "
-                    "model_version) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                if any(event.event_id for event in events):  # which ones are new, row by row
+                    stored = [event for event, row in zip(events, rows, strict=True)
+                              if self._conn.execute(f"{insert} {SKIP_STORED_ID}", row).rowcount]
+                else:
+                    self._conn.executemany(insert, rows)
+                    stored = list(events)
                 # COMMIT is inside the try: on a full disk it is COMMIT that fails, and a
                 # transaction left open would make every later BEGIN fail too (the store
                 # would never recover when space returns).
@@ -112,7 +151,7 @@ class FeedbackStore:
                 if isinstance(exc, sqlite3.Error):
                     raise _write_error(exc, self.path) from exc
                 raise
-        return len(rows)
+        return stored
 
     def _rollback(self) -> None:
         """End a failed transaction; nothing of it was acknowledged."""

@@ -12,17 +12,20 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from movierec.serving.feedback import (
+    EVENT_ID_INDEX,
+    INSERT_COLUMNS,
+    SKIP_STORED_ID,
     FeedbackEvent,
     FeedbackOutcomeUnknownError,
     FeedbackStoreError,
     FeedbackWriteError,
+    insert_rows,
     mask_url,
 )
 
@@ -46,12 +49,13 @@ CREATE TABLE IF NOT EXISTS feedback (
     event TEXT NOT NULL CHECK (event IN ('impression', 'click', 'watch')),
     timestamp BIGINT NOT NULL,
     received_at DOUBLE PRECISION NOT NULL,
-    model_version TEXT
+    model_version TEXT,
+    event_id TEXT
 );
 CREATE INDEX IF NOT EXISTS feedback_event_user ON feedback (event, user_id);
+ALTER TABLE feedback ADD COLUMN IF NOT EXISTS event_id TEXT;
 """
-_INSERT = ("INSERT INTO feedback (user_id, movie_id, event, timestamp, received_at, "
-           "model_version) VALUES (%s, %s, %s, %s, %s, %s)")
+_INSERT = f"INSERT INTO feedback ({INSERT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 
 
 def is_postgres_url(url: str) -> bool:
@@ -118,7 +122,7 @@ class PostgresFeedbackStore:
                 conn = self._connection()
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                    for statement in [*filter(str.strip, _SCHEMA.split(";")), EVENT_ID_INDEX]:
                         conn.execute(statement)
             except psycopg.Error as exc:
                 self._discard()
@@ -153,22 +157,27 @@ class PostgresFeedbackStore:
                 self._conn.close()
             self._conn = None
 
-    def add(self, events: Sequence[FeedbackEvent], model_version: str | None = None) -> int:
-        """Insert ``events`` in one transaction; return the count once COMMIT returned.
+    def add(self, events: Sequence[FeedbackEvent],
+            model_version: str | None = None) -> list[FeedbackEvent]:
+        """Insert ``events`` in one transaction, durable once COMMIT returned.
 
         A connection found dead before COMMIT was sent (the server restarted while idle)
         is replaced and the insert tried once more: nothing of the first try was stored.
         A failure during COMMIT is not retried, since the outcome is unknown there.
 
+        Returns:
+            The events stored now: all of them, less any whose ``event_id`` was stored
+            before (in this call or an earlier one).
+
         Raises:
             FeedbackWriteError: The events could not be stored (the server is down, or
                 refused them); the route answers 503 and the client may resend.
             FeedbackOutcomeUnknownError: The connection was lost during COMMIT; the route
-                answers 503 and says that resending may store the events twice.
+                answers 503 and says that resending may store the events twice (once, for
+                events with an ``event_id``).
         """
-        received = time.time()
-        rows = [(e.user_id, e.movie_id, e.event, e.timestamp, received, model_version)
-                for e in events]
+        rows = insert_rows(events, model_version)
+        with_ids = any(event.event_id for event in events)
         psycopg = self._psycopg
         with self._lock:
             for attempt in (1, 2):
@@ -176,9 +185,19 @@ class PostgresFeedbackStore:
                 try:
                     conn = self._connection()
                     with conn.transaction(), conn.cursor() as cur:
-                        cur.executemany(_INSERT, rows)
+                        if with_ids:  # RETURNING tells which rows were new, one set per row
+                            cur.executemany(f"{_INSERT} {SKIP_STORED_ID} RETURNING 1", rows,
+                                            returning=True)
+                            new = []
+                            for event in events:
+                                if cur.fetchone() is not None:
+                                    new.append(event)
+                                cur.nextset()
+                        else:
+                            cur.executemany(_INSERT, rows)
+                            new = list(events)
                         committing = True  # leaving the block sends COMMIT
-                    return len(rows)
+                    return new
                 except psycopg.OperationalError as exc:
                     self._discard()
                     if committing:  # the server may have committed before the line dropped

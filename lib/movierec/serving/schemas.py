@@ -104,6 +104,10 @@ class FeedbackEventIn(_Request):
     event: Literal["impression", "click", "watch"]
     timestamp: Int = Field(ge=0, le=MAX_TIMESTAMP,
                            description="Unix time in seconds (not milliseconds).")
+    event_id: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+        description="The client's id of this event (a UUID, say). The store keeps one event "
+                    "per id, so resending a request whose answer was lost stores it once.")
 
 
 class FeedbackRequest(_Request):
@@ -137,7 +141,9 @@ ADMIN_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 class FeedbackResponse(BaseModel):
     """Sent only after the events are committed to disk."""
 
-    accepted: int
+    accepted: int = Field(description="Events of the request now in the store (all of them).")
+    duplicates: int = Field(0, description="Of those, events whose event_id was stored "
+                                           "before: they were not stored again.")
 
 
 class VersionResponse(BaseModel):
