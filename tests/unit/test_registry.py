@@ -34,9 +34,11 @@ def test_alias_moves_are_recorded_with_who_when_from_to_and_why() -> None:
     assert all(e["at"] for e in events)
     tags = configure().MlflowClient().get_model_version(reg.MODEL_NAME, v2).tags
     assert tags["production_reason"] == "beat v1 by 0.01 NDCG@10"
-    # The history file is append-only JSON Lines.
-    lines = reg.history_path().read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[1])["to"] == v2
+    # The history file is append-only JSON Lines: each move written ahead, then done.
+    lines = [json.loads(line) for line in reg.history_path().read_text().splitlines()]
+    assert [(r.get("to"), r["state"]) for r in lines] == [
+        (v1, "pending"), (None, "done"), (v2, "pending"), (None, "done")]
+    assert lines[2]["id"] == lines[3]["id"] == events[1]["id"]
     reg.set_alias("staging", v3, "candidate")
     assert len(reg.read_history()) == 3
 
@@ -142,7 +144,8 @@ def test_a_torn_last_history_line_is_skipped_and_a_damaged_one_is_an_error() -> 
     assert reg.rollback("production", "after the crash")["to"] == v1
     # The next append cut the torn line first, so its own event reads back.
     assert [e["to"] for e in reg.read_history("production")] == [v1, v2, v1]
-    assert path.read_text() == whole + path.read_text().splitlines()[-1] + "\n"
+    after = path.read_text()  # the torn line is gone, then the rollback's two lines
+    assert after.startswith(whole) and len(after[len(whole):].splitlines()) == 2
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
     with pytest.raises(reg.RegistryError, match="line 2 is not JSON"):
@@ -215,3 +218,48 @@ def test_two_bundles_of_one_run_keep_their_own_files(tmp_path: Path,
     (got / "metadata.json").write_text((second / "metadata.json").read_text())
     with pytest.raises(reg.RegistryError, match="not the one registered as version"):
         reg.download_bundle(v1, tmp_path / "got")
+
+
+def test_a_move_cut_short_by_a_crash_is_settled_by_the_next_one(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    v1, v2, v3 = _versions(3)
+    reg.set_alias("production", v1, "first")
+
+    class Killed(BaseException):  # like SIGKILL: nothing after it runs
+        pass
+
+    # Killed after MLflow moved the alias, before the history said so.
+    real_append = reg._append_history
+    def append_until_done(record: dict) -> None:
+        if record.get("state") == "done":
+            raise Killed
+        real_append(record)
+    monkeypatch.setattr(reg, "_append_history", append_until_done)
+    with pytest.raises(Killed):
+        reg.set_alias("production", v2, "second")
+    monkeypatch.setattr(reg, "_append_history", real_append)
+    assert reg.current_version("production") == v2
+    assert [e["to"] for e in reg.read_history("production")] == [v1]  # not known yet
+    assert reg.read_history("production", every_state=True)[-1]["state"] == "pending"
+    # Killed while asking MLflow to move it: the alias never moved.
+    real_settle, real_client = reg._settle, reg._client
+    monkeypatch.setattr(reg, "_settle", lambda event: "killed")  # dies before settling
+    client = reg._client()
+    monkeypatch.setattr(reg, "_client", lambda: client)
+    def refuse(*args: object) -> None:
+        raise Killed
+    monkeypatch.setattr(client, "set_registered_model_alias", refuse)
+    with pytest.raises(Killed):
+        reg.set_alias("production", v3, "third")
+    monkeypatch.setattr(reg, "_settle", real_settle)
+    monkeypatch.setattr(reg, "_client", real_client)
+    # The next move settles both: the first took effect, the second did not.
+    reg.set_alias("staging", v3, "candidate")
+    states = [(e["to"], e["state"]) for e in reg.read_history("production", every_state=True)]
+    assert states == [(v1, "done"), (v2, "done"), (v3, "not applied")]
+    assert [e["to"] for e in reg.read_history("production")] == [v1, v2]
+    tags = configure().MlflowClient().get_model_version(reg.MODEL_NAME, v2).tags
+    assert tags["production_reason"] == "second"
+    assert reg.rollback("production")["to"] == v1  # from what really happened
+    assert main(["registry", "history", "--alias", "production"]) == 0
+    assert "third [not applied]" in capsys.readouterr().out

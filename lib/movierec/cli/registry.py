@@ -108,15 +108,17 @@ def run_history(args: argparse.Namespace) -> int:
     """Print the alias history."""
     from movierec.registry.mlflow_registry import read_history  # noqa: PLC0415
 
-    events = read_history(args.alias)
+    events = read_history(args.alias, every_state=True)
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
     if not events:
         print("no alias has been moved yet")
     for e in events:
+        # A move whose process died before it finished, or that never took effect.
+        state = "" if e["state"] == "done" else f" [{e['state']}]"
         print(f"{e['at']}  {e['alias']:<10} {e['from'] or '-':>4} -> {e['to'] or '-':<4} "
-              f"{e['action']:<8} by {e['who']}: {e['why']}")
+              f"{e['action']:<8} by {e['who']}: {e['why']}{state}")
     return 0
 
 

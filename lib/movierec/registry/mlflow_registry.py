@@ -2,18 +2,29 @@
 
 A version is a verified bundle logged as artifacts of its training run. Aliases
 (``staging``, ``canary``, ``production``) point at versions; every move is recorded twice,
-durably: as version tags (so MLflow's UI shows it) and as a line in an append-only JSON
-Lines history under ``MOVIEREC_HOME`` (fsynced before the call returns). ``rollback``
-moves an alias back to the version it pointed at before, and is recorded the same way.
+durably: as version tags (so MLflow's UI shows it) and in an append-only JSON Lines history
+under ``MOVIEREC_HOME`` (fsynced before the call returns). ``rollback`` moves an alias back
+to the version it pointed at before, and is recorded the same way.
+
+MLflow and the history file cannot change in one transaction, so a move is written ahead:
+its event goes to the history as ``pending``, then the alias moves, then a line marks the
+event ``done``. A process killed in between leaves a pending event; the next move (under
+the same file lock) settles it by asking MLflow where the alias points: ``done`` if the
+alias reached the event's target, else ``not applied``. The history thus never misses a
+move that happened, and never claims one that did not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import json
 import os
 import shutil
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +37,8 @@ from movierec.training.tracking import configure
 MODEL_NAME = "movierec"
 ALIASES = ("staging", "canary", "production")
 HISTORY_FILE = "registry_history.jsonl"
+# An event's state: in flight (or its process died), took effect, or never did.
+PENDING, DONE, NOT_APPLIED = "pending", "done", "not applied"
 # Version tags: where the version's bundle lies in its run, and the sha256 of its metadata.
 BUNDLE_PATH_TAG, BUNDLE_DIGEST_TAG = "bundle_path", "bundle_sha256"
 # What MLflow answers for a model or an alias that does not exist (a file store, SQLite or
@@ -83,22 +96,109 @@ def _drop_torn_line(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def read_history(alias: str | None = None) -> list[dict[str, Any]]:
-    """Every recorded alias move, oldest first (optionally for one alias)."""
+def _history_lines() -> list[dict[str, Any]]:
+    """The history file's records, oldest first (a torn last line is left out)."""
     path = history_path()
     if not path.exists():
         return []
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    events = []
+    records = []
     for number, line in enumerate(lines, start=1):
         try:
-            events.append(json.loads(line))
+            records.append(json.loads(line))
         except json.JSONDecodeError as error:
             if number == len(lines):  # torn by a crash mid-append (see _drop_torn_line)
                 break
             raise RegistryError(f"{path}: line {number} is not JSON ({error}); the history "
                                 "is damaged, restore it from a backup") from error
-    return [e for e in events if alias is None or e["alias"] == alias]
+    return records
+
+
+def read_history(alias: str | None = None, every_state: bool = False) -> list[dict[str, Any]]:
+    """Recorded alias moves, oldest first (optionally for one alias).
+
+    Args:
+        alias: Only this alias's moves.
+        every_state: Also the moves that are ``pending`` (in flight, or their process died
+            before settling them) or ``not applied``; by default only the moves that took
+            effect. Each event's ``state`` says which.
+    """
+    events: list[dict[str, Any]] = []
+    by_id: dict[str, dict[str, Any]] = {}
+    for record in _history_lines():
+        if "alias" not in record:  # the outcome of a pending event
+            if record.get("id") in by_id:
+                by_id[record["id"]]["state"] = record["state"]
+            continue
+        event = {**record, "state": record.get("state", DONE)}  # older lines: done
+        events.append(event)
+        if "id" in event:
+            by_id[event["id"]] = event
+    return [e for e in events if (alias is None or e["alias"] == alias)
+            and (every_state or e["state"] == DONE)]
+
+
+@contextlib.contextmanager
+def _history_lock() -> Iterator[None]:
+    """One alias move at a time on this machine, so a pending event is a dead process's."""
+    path = history_path().with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _settle(event: dict[str, Any]) -> str:
+    """Record whether a pending move took effect, asking MLflow where its alias points."""
+    state = DONE if current_version(event["alias"]) == event["to"] else NOT_APPLIED
+    if state == DONE and event["to"] is not None:  # its version tags may not have been set
+        _tag_version(event)
+    _append_history({"id": event["id"], "state": state})
+    return state
+
+
+def _tag_version(event: dict[str, Any]) -> None:
+    """The version's tags that show an alias move in MLflow's UI."""
+    client = _client()
+    client.set_model_version_tag(MODEL_NAME, event["to"], f"{event['alias']}_since",
+                                 event["at"])
+    client.set_model_version_tag(MODEL_NAME, event["to"], f"{event['alias']}_reason",
+                                 event["why"])
+
+
+def _move(alias: str, to: str | None, reason: str, who: str | None, action: str,
+          apply: Callable[[], None]) -> dict[str, Any]:
+    """Write the move ahead as pending, ``apply`` it in MLflow, then mark it done.
+
+    Earlier pending moves are settled first. When ``apply`` fails the move is settled at
+    once if MLflow can say where the alias points (else by the next move), and the error
+    is raised.
+
+    Raises:
+        RegistryError: Removing an alias that is not set.
+    """
+    with _history_lock():
+        for pending in read_history(every_state=True):
+            if pending["state"] == PENDING:
+                _settle(pending)
+        previous = current_version(alias)
+        if to is None and previous is None:
+            raise RegistryError(f"alias {alias!r} is not set")
+        event = {"alias": alias, "from": previous, "to": to, "who": who or getpass.getuser(),
+                 "why": reason, "action": action,
+                 "at": datetime.now(UTC).isoformat(timespec="seconds"), "unix": time.time(),
+                 "id": uuid.uuid4().hex}
+        _append_history({**event, "state": PENDING})
+        try:
+            apply()
+        except BaseException:
+            with contextlib.suppress(Exception):  # MLflow may be down: the next move settles
+                _settle(event)
+            raise
+        if to is not None:
+            _tag_version(event)
+        _append_history({"id": event["id"], "state": DONE})
+    return {**event, "state": DONE}
 
 
 def register_bundle(bundle_dir: Path, run_id: str, description: str = "") -> str:
@@ -155,27 +255,14 @@ def set_alias(alias: str, version: str, reason: str, who: str | None = None,
         raise RegistryError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
     client = _client()
     client.get_model_version(MODEL_NAME, version)  # fails clearly on an unknown version
-    event = {"alias": alias, "from": current_version(alias), "to": str(version),
-             "who": who or getpass.getuser(), "why": reason, "action": action,
-             "at": datetime.now(UTC).isoformat(timespec="seconds"), "unix": time.time()}
-    client.set_registered_model_alias(MODEL_NAME, alias, version)
-    client.set_model_version_tag(MODEL_NAME, version, f"{alias}_since", event["at"])
-    client.set_model_version_tag(MODEL_NAME, version, f"{alias}_reason", reason)
-    _append_history(event)
-    return event
+    return _move(alias, str(version), reason, who, action,
+                 lambda: client.set_registered_model_alias(MODEL_NAME, alias, version))
 
 
 def remove_alias(alias: str, reason: str, who: str | None = None) -> dict[str, Any]:
     """Remove ``alias`` (e.g. a rejected canary) and record it."""
-    previous = current_version(alias)
-    if previous is None:
-        raise RegistryError(f"alias {alias!r} is not set")
-    _client().delete_registered_model_alias(MODEL_NAME, alias)
-    event = {"alias": alias, "from": previous, "to": None, "who": who or getpass.getuser(),
-             "why": reason, "action": "remove",
-             "at": datetime.now(UTC).isoformat(timespec="seconds"), "unix": time.time()}
-    _append_history(event)
-    return event
+    return _move(alias, None, reason, who, "remove",
+                 lambda: _client().delete_registered_model_alias(MODEL_NAME, alias))
 
 
 def previous_version(alias: str) -> str:
