@@ -39,13 +39,28 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def test_the_edge_case_batch_holds_what_serving_sends(small_prepared: Path) -> None:
+    from movierec.data.columns import VALID
+    from movierec.export.parity import edge_case_batch
+
+    data = load_sequences(small_prepared)
+    users, seqs = edge_case_batch(data, data.eval_users(VALID), MAX_LEN)
+    lengths = (seqs != 0).sum(axis=1)
+    assert users[0] == users[1] == 0 and (users[2:] > 0).all()  # no user embedding, and known
+    assert lengths[0] == lengths[2] == 1 and lengths[1] == MAX_LEN == lengths.max()
+    # The long rows are the last max_len items of a history longer than that.
+    assert len(data.history(int(users[4]), VALID)) > 0 and (seqs[4] != 0).all()
+
+
 @pytest.mark.parametrize("kind", ["sse-pt", "sasrec", "pop"])
 def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
                                                 tmp_path: Path) -> None:
     data = load_sequences(small_prepared)
     model = tiny_model(kind, small_prepared)
     report = export_and_check(model, MAX_LEN, tmp_path, data, ExportConfig())
-    assert set(report["batches"]) == {"1", "8", "64"}
+    assert set(report["batches"]) == {"1", "8", "64", "edge"}
+    if kind != "pop":  # the edge cases' longest row is a history beyond max_len
+        assert report["batches"]["edge"]["fp32_trimmed_length"] == MAX_LEN
     for entry in report["batches"].values():
         assert entry["fp32_max_abs_diff"] <= 1e-4
         assert entry["fp32_top10_overlap"] == 1.0

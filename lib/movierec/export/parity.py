@@ -93,17 +93,47 @@ def int8_loss_verdict(pytorch_ndcg: np.ndarray, int8_ndcg: np.ndarray,
     return {"int8_ndcg_loss": loss, "int8_ndcg_loss_ci95": [low, high], "reason": reason}
 
 
+def edge_case_batch(data: SequenceData, eval_users: np.ndarray,
+                    max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs the service sends that real validation batches may lack, in one batch.
+
+    Rows: user 0 (no user embedding: a cold-start ``sequence``) with one item and with a
+    history longer than ``max_len``; a known user with one item, with their own history,
+    and with the longest history cut to ``max_len``. So one batch mixes a length of 1 with
+    the full width, as a micro-batch may.
+
+    Returns:
+        ``(users, left-padded histories)``.
+    """
+    user = int(eval_users[0])
+    longest = max(eval_users, key=lambda u: len(data.history(int(u), VALID)))
+    own, first = data.history(user, VALID), data.history(user, VALID)[:1]
+    # Longer than max_len even for a short catalogue: the history repeated.
+    long = np.resize(data.history(int(longest), VALID), max_len + 7)
+    rows = [(0, first), (0, long), (user, first), (user, own), (int(longest), long)]
+    users = np.array([u for u, _ in rows], dtype=np.int64)
+    return users, left_pad([seq for _, seq in rows], max_len)
+
+
 def _compare_batches(reference: nn.Module, variants: dict[str, OrtScorer], data: SequenceData,
                      eval_users: np.ndarray, config: ExportConfig,
                      ) -> tuple[dict[str, dict[str, Any]], dict[str, bool]]:
-    """Score differences and top-10 overlaps per batch size; whether column 0 stays excluded."""
+    """Score differences and top-10 overlaps per batch; whether column 0 stays excluded.
+
+    Batches: validation users at each of ``config.parity_batches`` sizes, and ``edge``
+    (see :func:`edge_case_batch`).
+    """
     max_len = variants["fp32"].max_len
     k = min(TOP_K, data.n_items)
-    batches: dict[str, dict[str, Any]] = {}
-    padding_ok = dict.fromkeys(variants, True)
+    inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for size in config.parity_batches:
         users = np.resize(eval_users, size).astype(np.int64)
-        seqs = left_pad([data.history(int(u), VALID) for u in users], max_len)
+        inputs[str(size)] = users, left_pad([data.history(int(u), VALID) for u in users],
+                                            max_len)
+    inputs["edge"] = edge_case_batch(data, eval_users, max_len)
+    batches: dict[str, dict[str, Any]] = {}
+    padding_ok = dict.fromkeys(variants, True)
+    for batch, (users, seqs) in inputs.items():
         with torch.no_grad():
             expected = reference.score_all(torch.as_tensor(users),
                                            torch.as_tensor(seqs)).float().numpy()
@@ -122,7 +152,7 @@ def _compare_batches(reference: nn.Module, variants: dict[str, OrtScorer], data:
                 entry[f"{name}_trimmed_top{TOP_K}_overlap"] = _top_k_overlap(expected,
                                                                             trimmed, k)
                 padding_ok[name] &= bool(np.all(trimmed[:, 0] <= PADDING_CEILING))
-        batches[str(size)] = entry
+        batches[batch] = entry
     return batches, padding_ok
 
 
@@ -132,7 +162,8 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
     """Compare the ONNX models with PyTorch on real validation histories.
 
     Per batch size in ``config.parity_batches`` (validation users, repeated when there are
-    fewer): max |score difference| and mean top-10 overlap for fp32 and int8, at max_len
+    fewer) and for a batch of edge cases (user 0, one item, histories beyond max_len, mixed
+    lengths): max |score difference| and mean top-10 overlap for fp32 and int8, at max_len
     and (dynamic graphs) at the batch's longest history. Over all validation users:
     full-ranking NDCG@10 of PyTorch, fp32 and int8, and the int8 loss's paired interval,
     the ONNX models fed as serving feeds them (batches of similar lengths cut to their
