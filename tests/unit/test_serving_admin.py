@@ -154,6 +154,32 @@ def test_one_reload_at_a_time(client: TestClient, monkeypatch: pytest.MonkeyPatc
     assert client.get("/admin/reload", headers=AUTH).json()["status"] == "ok"
 
 
+def test_a_reload_still_loading_at_shutdown_is_closed(
+        bundles: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOVIEREC_ADMIN_TOKEN", TOKEN)
+    loading, release, loaded = threading.Event(), threading.Event(), []
+    real = admin.load_bundle
+
+    def slow_load(*args: object, **kwargs: object) -> object:
+        loading.set()
+        release.wait(10)
+        bundle = real(*args, **kwargs)  # type: ignore[arg-type]
+        loaded.append(bundle)
+        return bundle
+
+    app = create_app(ServeSettings(bundle=bundles[0], threads=1,
+                                   feedback_url=str(tmp_path / "fb.db")))
+    with TestClient(app) as client:
+        monkeypatch.setattr(admin, "load_bundle", slow_load)
+        assert client.post("/admin/reload", headers=AUTH, json={}).status_code == 202
+        assert loading.wait(10)
+        # Shutdown begins while the bundle loads; the load finishes during it.
+        threading.Timer(0.3, release.set).start()
+    # The model that load produced, with its child process, did not outlive the server.
+    (bundle,) = loaded
+    assert isinstance(bundle.model, ModelProcess) and not bundle.model.alive
+
+
 def test_no_request_fails_while_reloading(client: TestClient,
                                           bundles: tuple[Path, Path]) -> None:
     stop = threading.Event()

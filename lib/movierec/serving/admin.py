@@ -18,13 +18,16 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from movierec.serving.catalog import BundleError
-from movierec.serving.engine import Ranker, load_bundle
+from movierec.serving.engine import LoadedBundle, Ranker, load_bundle
 from movierec.serving.schemas import ReloadRequest, ReloadStatus
 
 if TYPE_CHECKING:
     from movierec.serving.app import ServingState
 
 log = logging.getLogger("movierec.serving")
+# How long shutdown waits for a reload's loading thread (which cannot be interrupted) to
+# finish, so that the model it loaded, and its child process, are closed too.
+LOAD_WAIT_AT_SHUTDOWN_S = 30.0
 
 
 class ReloadManager:
@@ -34,6 +37,7 @@ class ReloadManager:
         self.state = state
         self.status = ReloadStatus(status="idle")
         self._task: asyncio.Task[None] | None = None
+        self._loading: asyncio.Future[LoadedBundle] | None = None  # the loading thread
         self._retiring: dict[asyncio.Task[None], Ranker] = {}  # old models still answering
 
     @property
@@ -58,10 +62,13 @@ class ReloadManager:
                    alias: str) -> None:
         settings = self.state.settings
         metrics = self.state.metrics
+        # Shielded: cancelling the reload (at shutdown) cannot stop the thread, and
+        # ``cancel`` then waits for what it loads in order to close it.
+        self._loading = asyncio.ensure_future(asyncio.to_thread(
+            load_bundle, path, precision, settings.threads,  # type: ignore[arg-type]
+            settings.device, version, alias, settings.model_process))
         try:
-            bundle = await asyncio.to_thread(load_bundle, path, precision,  # type: ignore[arg-type]
-                                             settings.threads, settings.device, version, alias,
-                                             settings.model_process)
+            bundle = await asyncio.shield(self._loading)
         except Exception as exc:
             # A failed reload keeps the current bundle: the service never stops serving.
             reason = str(exc) if isinstance(exc, BundleError) else f"{type(exc).__name__}: {exc}"
@@ -88,11 +95,26 @@ class ReloadManager:
         await asyncio.to_thread(model.close)
 
     async def cancel(self) -> None:
-        """Stop a reload in progress and close the models still retiring (at shutdown)."""
+        """Stop a reload in progress and close the models still retiring (at shutdown).
+
+        A bundle still loading is waited for (up to ``LOAD_WAIT_AT_SHUTDOWN_S``) and closed,
+        so that no model process outlives the server.
+        """
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        loading, self._loading = self._loading, None
+        if loading is not None and not loading.done():
+            try:
+                bundle = await asyncio.wait_for(loading, LOAD_WAIT_AT_SHUTDOWN_S)
+            except TimeoutError:
+                log.warning("a reload was still loading at shutdown",
+                            extra={"waited_s": LOAD_WAIT_AT_SHUTDOWN_S})
+            except Exception:  # a failed load holds nothing to close
+                pass
+            else:
+                await asyncio.to_thread(bundle.model.close)
         for task, model in list(self._retiring.items()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
