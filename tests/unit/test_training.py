@@ -574,3 +574,43 @@ def test_tune_config_refuses_a_grace_period_asha_cannot_use() -> None:
     assert TuneConfig(max_epochs=2, grace_epochs=1).grace_epochs == 1
     with pytest.raises(ValueError, match="ASHA could stop no trial early"):
         TuneConfig(max_epochs=5)  # the default grace period is 5 epochs
+
+
+def test_tuning_logs_failed_trials_and_never_chooses_them() -> None:
+    from types import SimpleNamespace
+
+    import mlflow
+    import pandas as pd
+
+    from movierec.training.tuning import METRIC, TuneConfig, record_trials
+
+    base = TrainConfig.model_validate({"epochs": 40})
+    trial_base = base.model_copy(update={"epochs": 3, "refit": False})
+    sample = {"d": 32, "n_blocks": 1, "dropout": 0.2, "lr": 1e-3, "sse_prob_user": 0.1,
+              "sse_prob_item": 0.1, "loss": "ce"}
+
+    def curve(*scores: float) -> pd.DataFrame:
+        return pd.DataFrame({"epoch": range(1, len(scores) + 1), METRIC: scores,
+                             "loss": [1.0] * len(scores)})
+
+    results = [  # a crash after its best epoch; a finished trial; no score; a bad sample
+        SimpleNamespace(config={**sample, "d": 64}, metrics_dataframe=curve(0.9),
+                        error=RuntimeError("worker died\ntraceback ...")),
+        SimpleNamespace(config=sample, metrics_dataframe=curve(0.1, 0.2), error=None),
+        SimpleNamespace(config={**sample, "d": 50}, metrics_dataframe=None, error=None),
+        SimpleNamespace(config={**sample, "dropout": 1.5}, metrics_dataframe=None,
+                        error=ValueError("dropout")),
+    ]
+    summary = record_trials(results, base, trial_base, TuneConfig(), {"data_version": "v"})
+    # The crashed trial's 0.9 does not choose the config; the finished trial's 0.2 does.
+    assert summary["best_trial"] == sample and summary[METRIC] == 0.2
+    assert summary["best_config"]["epochs"] == 40 and summary["failed_trials"] == 3
+    assert summary["trials"][0]["error"] == "RuntimeError: worker died"
+    children = mlflow.search_runs(filter_string="tags.kind = 'trial'", output_format="list")
+    statuses = sorted((run.data.tags["status"], run.data.params.get("model.d_item", "-"),
+                       run.data.params.get("dropout", "-")) for run in children)
+    assert statuses == [("failed", "-", "1.5"), ("failed", "64", "-"),
+                        ("finished", "32", "-"), ("no-score", "50", "-")]
+    with pytest.raises(RuntimeError, match="every one of the 2 trials failed; the first: "
+                                           "RuntimeError: worker died"):
+        record_trials(results[:1] + results[2:3], base, trial_base, TuneConfig(), {})

@@ -117,11 +117,32 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> di
         run_config=tune.RunConfig(storage_path=str(get_settings().home / "ray_results"),
                                   name=f"tune-{int(time.time() * 1000)}"))
     grid = tuner.fit()
+    return record_trials(list(grid), base, trial_base, tune_config,
+                         {"data_version": card["data_version"]})
+
+
+def record_trials(results: list[Any], base: TrainConfig, trial_base: TrainConfig,
+                  tune_config: TuneConfig, tags: dict[str, str]) -> dict[str, Any]:
+    """Log the search as an MLflow parent run with a child per trial; choose the best.
+
+    Args:
+        results: Ray Tune's results (``config``, ``error``, ``metrics_dataframe``).
+        base: The config the best sample is applied to (the user's, with its epochs).
+        trial_base: The config the trials trained (short, no refit).
+        tune_config: The search settings, logged as the parent's params.
+        tags: Tags of every run (``tracked_run`` adds the git commit).
+
+    Returns:
+        The best config (from trials that did not fail), its sample and score, every
+        trial's outcome, and how many failed.
+
+    Raises:
+        RuntimeError: Every trial failed (the first one's error is named).
+    """
     trials = []
-    tags = {"data_version": card["data_version"]}  # tracked_run adds the git commit
     with tracked_run("tune", tune_config.model_dump(), {**tags, "kind": "tune"}) as mlflow:
         log_json_artifact(mlflow, "base_config.json", base.model_dump())
-        for result in grid:
+        for result in results:
             history = result.metrics_dataframe
             failed = result.error is not None
             score = (float(history[METRIC].max()) if history is not None and len(history)
