@@ -123,10 +123,18 @@ def replaceable_folder(out: Path, marker: str) -> bool:
 def staged_folder(out: Path) -> Iterator[Path]:
     """Yield an empty sibling of ``out`` to fill; on success it replaces ``out`` whole.
 
-    Readers see the previous folder or the new one, never a half-written one; on an error
-    the staged folder is removed and ``out`` is left as it was. Check
-    ``replaceable_folder`` first: the previous ``out`` is deleted.
+    Readers never see a half-written folder: the previous one, the new one, or for a moment
+    between two renames none (``replace_folder``). On an error the staged folder is removed
+    and ``out`` is left as it was. Check ``replaceable_folder`` first: the previous ``out``
+    is deleted.
+
+    Raises:
+        ValueError: ``out`` is the current directory (``.``) or a filesystem root, which
+            cannot be swapped for another folder.
     """
+    if not out.name or Path(os.path.abspath(out)) == Path.cwd():
+        raise ValueError(f"{str(out)!r}: name the output folder (a new or empty one), not "
+                         "the current directory or a root, which cannot be replaced whole")
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     staged.mkdir()  # not mkdtemp: its mode 0700 would keep other users out of shared data

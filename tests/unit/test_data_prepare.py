@@ -144,7 +144,8 @@ def test_config_rejects_unknown_keys() -> None:
         PrepareConfig(dataset="ml-100k", min_ratings=4)  # type: ignore[call-arg]
 
 
-def test_synthetic_data_is_canonical_and_seeded(tmp_path: Path) -> None:
+def test_synthetic_data_is_canonical_and_seeded(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     config = SynthConfig(interactions=5_000, seed=3)
     a, b = generate(config), generate(config)
     assert a["interactions"].equals(b["interactions"])
@@ -165,3 +166,7 @@ def test_synthetic_data_is_canonical_and_seeded(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="not a canonical folder"):
         write_synthetic(config, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    with pytest.raises(ValueError, match="not the current directory"):
+        write_synthetic(config, Path("."))

@@ -263,3 +263,43 @@ def test_a_move_cut_short_by_a_crash_is_settled_by_the_next_one(
     assert reg.rollback("production")["to"] == v1  # from what really happened
     assert main(["registry", "history", "--alias", "production"]) == 0
     assert "third [not applied]" in capsys.readouterr().out
+
+
+def test_a_rollback_steps_back_from_a_move_its_process_never_finished(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    v1, v2 = _versions(2)
+    reg.set_alias("production", v1, "first")
+    real_append = reg._append_history
+
+    def die_before_done(record: dict) -> None:
+        if record.get("state") == "done":
+            raise KeyboardInterrupt  # the process goes away here
+        real_append(record)
+
+    monkeypatch.setattr(reg, "_append_history", die_before_done)
+    with pytest.raises(KeyboardInterrupt):
+        reg.set_alias("production", v2, "second")
+    monkeypatch.setattr(reg, "_append_history", real_append)
+    # The pending move to v2 did happen: a rollback steps back from it, to v1.
+    assert reg.rollback("production", "v2 misbehaves")["to"] == v1
+    assert [(e["to"], e["action"]) for e in reg.read_history("production")] == [
+        (v1, "set"), (v2, "set"), (v1, "rollback")]
+
+
+def test_a_move_the_server_applied_before_the_client_gave_up_is_a_success(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (v1,) = _versions(1)
+    client = reg._client()
+    monkeypatch.setattr(reg, "_client", lambda: client)
+    real = client.set_registered_model_alias
+
+    def applied_then_timed_out(*args: object) -> None:
+        real(*args)
+        raise TimeoutError("read timed out")
+
+    monkeypatch.setattr(client, "set_registered_model_alias", applied_then_timed_out)
+    event = reg.set_alias("canary", v1, "try it")
+    assert event["state"] == "done" and reg.current_version("canary") == v1
+    assert [e["state"] for e in reg.read_history("canary", every_state=True)] == ["done"]
+    tags = client.get_model_version(reg.MODEL_NAME, v1).tags
+    assert tags["canary_reason"] == "try it"

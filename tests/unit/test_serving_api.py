@@ -177,6 +177,29 @@ def test_resent_feedback_with_event_ids_is_stored_once(client: TestClient,
         assert refused.status_code == 422, bad
 
 
+def test_a_watch_resent_after_an_unknown_outcome_joins_the_history(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.serving.feedback import FeedbackOutcomeUnknownError
+
+    store = client.app.state.serving.store  # type: ignore[attr-defined]
+    real = store.add
+
+    def stored_then_lost(*args: object, **kwargs: object) -> object:
+        real(*args, **kwargs)  # committed, but the answer never came back
+        raise FeedbackOutcomeUnknownError("connection lost during COMMIT")
+
+    watch = {"user_id": 4242, "movie_id": movie_id(5), "event": "watch", "timestamp": 50,
+             "event_id": "w-4242"}
+    monkeypatch.setattr(store, "add", stored_then_lost)
+    assert client.post("/feedback", json={"events": [watch]}).status_code == 503
+    monkeypatch.setattr(store, "add", real)
+    assert client.post("/feedback", json={"events": [watch]}).json() == {
+        "accepted": 1, "duplicates": 1}
+    # Stored once, and the service now knows it (its first try never got that far).
+    history = client.get("/users/4242/history").json()["items"]
+    assert [item["movie_id"] for item in history] == [movie_id(5)]
+
+
 def test_a_store_made_before_event_ids_gains_the_column(tmp_path: Path) -> None:
     from movierec.serving.feedback import FeedbackEvent, FeedbackStore
 

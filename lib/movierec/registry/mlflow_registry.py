@@ -22,6 +22,7 @@ import getpass
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -138,14 +139,41 @@ def read_history(alias: str | None = None, every_state: bool = False) -> list[di
             and (every_state or e["state"] == DONE)]
 
 
+_LOCK_HELD = threading.local()  # this thread's depth inside _history_lock
+
+
 @contextlib.contextmanager
 def _history_lock() -> Iterator[None]:
-    """One alias move at a time on this machine, so a pending event is a dead process's."""
+    """One alias move at a time on this machine, so a pending event is a dead process's.
+
+    Re-entrant within a thread (a rollback picks its target and moves under one lock): a
+    second flock on a new descriptor would wait for the first forever.
+    """
+    depth = getattr(_LOCK_HELD, "depth", 0)
+    if depth:
+        _LOCK_HELD.depth = depth + 1
+        try:
+            yield
+        finally:
+            _LOCK_HELD.depth = depth
+        return
     path = history_path().with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
-        yield
+        _LOCK_HELD.depth = 1
+        try:
+            yield
+        finally:
+            _LOCK_HELD.depth = 0
+
+
+def settle_pending() -> None:
+    """Settle every move left pending by a process that died mid-move (see the module)."""
+    with _history_lock():
+        for event in read_history(every_state=True):
+            if event["state"] == PENDING:
+                _settle(event)
 
 
 def _settle(event: dict[str, Any]) -> str:
@@ -171,16 +199,14 @@ def _move(alias: str, to: str | None, reason: str, who: str | None, action: str,
     """Write the move ahead as pending, ``apply`` it in MLflow, then mark it done.
 
     Earlier pending moves are settled first. When ``apply`` fails the move is settled at
-    once if MLflow can say where the alias points (else by the next move), and the error
-    is raised.
+    once if MLflow can say where the alias points (else by the next move): the error is
+    raised unless the alias did move (a client timeout after the server applied it).
 
     Raises:
         RegistryError: Removing an alias that is not set.
     """
     with _history_lock():
-        for pending in read_history(every_state=True):
-            if pending["state"] == PENDING:
-                _settle(pending)
+        settle_pending()
         previous = current_version(alias)
         if to is None and previous is None:
             raise RegistryError(f"alias {alias!r} is not set")
@@ -191,10 +217,13 @@ def _move(alias: str, to: str | None, reason: str, who: str | None, action: str,
         _append_history({**event, "state": PENDING})
         try:
             apply()
-        except BaseException:
+        except Exception:
+            state = None
             with contextlib.suppress(Exception):  # MLflow may be down: the next move settles
-                _settle(event)
-            raise
+                state = _settle(event)
+            if state != DONE:
+                raise
+            return {**event, "state": DONE}
         if to is not None:
             _tag_version(event)
         _append_history({"id": event["id"], "state": DONE})
@@ -274,6 +303,7 @@ def previous_version(alias: str) -> str:
     Raises:
         RegistryError: The alias is not set, or has no earlier version.
     """
+    settle_pending()  # a move cut short by a crash may be the one to step back from
     current = current_version(alias)
     if current is None:
         raise RegistryError(f"alias {alias!r} is not set: nothing to roll back")
@@ -286,8 +316,9 @@ def previous_version(alias: str) -> str:
 
 
 def rollback(alias: str, reason: str = "rollback", who: str | None = None) -> dict[str, Any]:
-    """Move ``alias`` back to :func:`previous_version` and record it."""
-    return set_alias(alias, previous_version(alias), reason, who, action="rollback")
+    """Move ``alias`` back to :func:`previous_version` and record it (under one lock)."""
+    with _history_lock():
+        return set_alias(alias, previous_version(alias), reason, who, action="rollback")
 
 
 def download_bundle(alias_or_version: str, dest: Path | None = None) -> Path:

@@ -313,11 +313,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(503, "feedback store unavailable: none of these events were "
                                 "stored; retry later",
                                 headers={"Retry-After": RETRY_AFTER_S}) from exc
-        watched = []
-        for event in stored:  # a resent event was counted when it was first stored
-            metrics.feedback_events.labels(event=event.event).inc()
+        for event in events:
+            # Every watch, resent ones too: a first try may have been stored and answered
+            # 503 (its outcome unknown) before it got here. The history keeps one of each.
             if event.event == "watch":
                 state.online.add(event.user_id, event.movie_id, event.timestamp)
+        watched = []
+        for event in stored:  # counted once: a duplicate was counted when it was stored
+            metrics.feedback_events.labels(event=event.event).inc()
+            if event.event == "watch":
                 watched.append(event.movie_id)
         if watched:
             known, unknown = state.bundle.catalog.to_indices(watched)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from movierec.serving.feedback import (
+    EVENT_ID_COLUMN,
     EVENT_ID_INDEX,
     INSERT_COLUMNS,
     SKIP_STORED_ID,
@@ -53,8 +54,11 @@ CREATE TABLE IF NOT EXISTS feedback (
     event_id TEXT
 );
 CREATE INDEX IF NOT EXISTS feedback_event_user ON feedback (event, user_id);
-ALTER TABLE feedback ADD COLUMN IF NOT EXISTS event_id TEXT;
 """
+# Only when missing: ALTER TABLE takes an exclusive lock even when the column exists, and
+# would queue every insert behind a long read of the table on each service start.
+_HAS_EVENT_ID = ("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                 "current_schema() AND table_name = 'feedback' AND column_name = 'event_id'")
 _INSERT = f"INSERT INTO feedback ({INSERT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 
 
@@ -122,8 +126,11 @@ class PostgresFeedbackStore:
                 conn = self._connection()
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-                    for statement in [*filter(str.strip, _SCHEMA.split(";")), EVENT_ID_INDEX]:
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
                         conn.execute(statement)
+                    if conn.execute(_HAS_EVENT_ID).fetchone() is None:
+                        conn.execute(EVENT_ID_COLUMN)
+                    conn.execute(EVENT_ID_INDEX)
             except psycopg.Error as exc:
                 self._discard()
                 raise FeedbackStoreError(f"feedback_url {self.path}: "

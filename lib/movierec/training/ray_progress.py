@@ -24,6 +24,7 @@ from movierec.training.hooks import EpochListener
 from movierec.training.soup import refit_loss_branch, soup_plan
 
 POLL_SECONDS = 0.2
+PUT_TIMEOUT_S = 30.0
 
 
 class EpochRelay(UserCallback):
@@ -31,15 +32,23 @@ class EpochRelay(UserCallback):
 
     def __init__(self, records: Queue) -> None:
         self.records = records
+        self._broken = False
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
         """Queue rank 0's record of a finished epoch (the final report has no epoch)."""
         del run_context, checkpoint
-        if metrics and "epoch" in metrics[0]:
+        if self._broken or not metrics or "epoch" not in metrics[0]:
+            return
+        try:
             # Blocking put: the record is queued before the next report, so every record
             # is there by the time ``trainer.fit`` returns.
-            self.records.put(dict(metrics[0]))
+            self.records.put(dict(metrics[0]), timeout=PUT_TIMEOUT_S)
+        except Exception as error:  # a lost queue costs the live view, never the run
+            self._broken = True
+            warnings.warn(f"epoch records no longer reach the driver ({error}); training "
+                          "goes on and its result still comes back", RuntimeWarning,
+                          stacklevel=1)
 
 
 @contextmanager

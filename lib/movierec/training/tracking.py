@@ -106,28 +106,28 @@ class EpochLogger:
 
     Called from any thread (Ray's records arrive on a thread of the driver), so it names
     its run instead of relying on MLflow's active run, which is per thread. Tracking must
-    not stop a training run: a failed call warns once, and ``flush`` logs that record again
-    with any others the listener never saw (a resumed run's earlier epochs), where a
-    failure does count.
+    not stop or stall a training run: after a failed call (MLflow's client retries for
+    minutes first) it warns once and logs nothing more live; ``flush`` then logs every
+    record not logged yet, a resumed run's earlier epochs too, and there a failure counts.
     """
 
     def __init__(self, run_id: str) -> None:
         mlflow = configure()
         self._client, self.run_id = mlflow.MlflowClient(), run_id
         self._logged: set[tuple[int, tuple[str, ...]]] = set()
-        self._warned = False
+        self._failed = False
 
     def __call__(self, record: dict[str, Any]) -> None:
-        """Log one epoch's figures now (a failure warns; ``flush`` tries again)."""
+        """Log one epoch's figures now; after a failure, leave them to ``flush``."""
+        if self._failed:
+            return
         try:
             self._log(record)
         except Exception as error:  # any tracking failure is retried at the end
-            if not self._warned:
-                self._warned = True
-                warnings.warn(f"MLflow did not take epoch {record.get('epoch')}'s metrics "
-                              f"({type(error).__name__}: {error}); training goes on and "
-                              "they are logged again at the end", RuntimeWarning,
-                              stacklevel=2)
+            self._failed = True
+            warnings.warn(f"MLflow did not take epoch {record.get('epoch')}'s metrics "
+                          f"({type(error).__name__}: {error}); training goes on and the "
+                          "epochs are logged at the end", RuntimeWarning, stacklevel=2)
 
     def flush(self, history: Iterable[dict[str, Any]]) -> None:
         """Log every record of ``history`` not logged yet (errors propagate here)."""
