@@ -112,3 +112,33 @@ def test_arm_stats_count_hits_and_users_over_served_requests_only() -> None:
     assert (stats.requests, stats.errors, stats.served, stats.hits) == (5, 2, 3, 2)
     assert sorted(stats.per_user) == [(1, 1), (1, 2)]  # user 3 was never served
     assert stats.hit_rate == pytest.approx(2 / 3)
+
+
+def test_the_gate_scores_a_bundle_over_its_tie_orders_as_it_serves(world,
+                                                                    tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from movierec.data.columns import TEST
+    from movierec.data.tie_orders import trailing_tie_length
+    from movierec.lifecycle.gates import bundle_panel_ndcg
+    from movierec.registry.bundle import write_bundle
+    from tests.unit.export_fixtures import tiny_config, tiny_model
+
+    data_dir = tmp_path / "round"
+    prepare_round(world, tmp_path / "feedback.db", data_dir)
+    panel = build_panel(world, data_dir)
+    data = load_sequences(data_dir)
+    index = dict(zip(data.users["user_id"].to_list(), data.users["user_idx"].to_list(),
+                     strict=True))
+    assert panel.tie_tails is not None
+    assert panel.tie_tails.tolist() == [
+        trailing_tie_length(data.history_times(index[int(u)], TEST)) for u in panel.user_ids]
+    config = tiny_config("sse-pt")
+    config = config.model_copy(update={"model": config.model.model_copy(
+        update={"tie_orders": 8})})
+    write_bundle(tiny_model("sse-pt", data_dir), config, data_dir, tmp_path / "bundle")
+    over_orders = bundle_panel_ndcg(tmp_path / "bundle", panel)
+    as_stored = bundle_panel_ndcg(tmp_path / "bundle", replace(panel, tie_tails=None))
+    tied = panel.tie_tails >= 2
+    assert tied.any() and np.array_equal(over_orders[~tied], as_stored[~tied])
+    assert not np.array_equal(over_orders[tied], as_stored[tied])

@@ -30,11 +30,15 @@ class Panel:
         user_ids: One entry per user.
         histories: Each user's movies before the held-out one, oldest first.
         targets: The held-out movie per user.
+        tie_tails: How many of each history's newest movies share its newest timestamp
+            (``data.tie_orders``), so that a bundle with ``tie_orders`` is scored as it
+            serves; None when the data has no timestamps.
     """
 
     user_ids: np.ndarray
     histories: list[np.ndarray]
     targets: np.ndarray
+    tie_tails: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.user_ids.size)
@@ -135,6 +139,9 @@ def full_ranks(scores: np.ndarray, histories: list[np.ndarray], targets: np.ndar
 def bundle_panel_ndcg(bundle_dir: Path, panel: Panel) -> np.ndarray:
     """Per-user full-ranking NDCG@10 of a bundle's fp32 ONNX model on ``panel``.
 
+    Scored as the bundle serves: a model with ``tie_orders`` averages the orders of each
+    history's tied newest movies.
+
     Raises:
         ValueError: A panel target is unknown to the bundle (the panel must be frozen).
     """
@@ -152,7 +159,8 @@ def bundle_panel_ndcg(bundle_dir: Path, panel: Panel) -> np.ndarray:
     out = np.empty(len(panel), dtype=np.float64)
     for start in range(0, len(panel), SCORE_BATCH):
         stop = start + SCORE_BATCH
-        scores = bundle.model.run(users[start:stop], histories[start:stop])
+        ties = None if panel.tie_tails is None else panel.tie_tails[start:stop]
+        scores = bundle.model.scores(users[start:stop], histories[start:stop], ties)
         ranks = full_ranks(scores, histories[start:stop], targets[start:stop])
         out[start:stop] = ndcg_at_k(ranks, 10)
     return out

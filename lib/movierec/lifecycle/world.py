@@ -19,10 +19,11 @@ import numpy as np
 import polars as pl
 
 from movierec.config import Settings, get_settings
-from movierec.data.columns import ITEM_COL, RATING_COL, TIMESTAMP_COL, USER_COL
+from movierec.data.columns import ITEM_COL, RATING_COL, TEST, TIMESTAMP_COL, USER_COL
 from movierec.data.movielens import RawTables, parse_folder, unpack, write_canonical
 from movierec.data.prepare import PrepareConfig, prepare
 from movierec.data.sources import resolve_source
+from movierec.data.tie_orders import trailing_tie_length
 from movierec.data.validate import validate
 from movierec.files import staged_folder
 from movierec.lifecycle.gates import Panel
@@ -171,16 +172,18 @@ def build_panel(world: World, data_dir: Path) -> Panel:
     item_ids[data.items["item_idx"].to_numpy()] = data.items[ITEM_COL].to_numpy()
     user_ids = dict(zip(data.users["user_idx"].to_list(), data.users[USER_COL].to_list(),
                         strict=True))
-    users, histories, targets = [], [], []
+    users, histories, targets, tie_tails = [], [], [], []
     for user_idx in range(1, data.n_users + 1):
         user_id = int(user_ids[user_idx])
         if user_id in replaying or data.test_item[user_idx] == 0:
             continue
-        seen = np.concatenate([data.train[user_idx], data.valid_item[user_idx:user_idx + 1]])
+        # The test-time input: training items and the validation item, as a bundle holds.
         users.append(user_id)
-        histories.append(item_ids[seen[seen != 0]])
+        histories.append(item_ids[data.history(user_idx, TEST)])
         targets.append(item_ids[data.test_item[user_idx]])
+        tie_tails.append(trailing_tie_length(data.history_times(user_idx, TEST)))
     if not users:
         raise ValueError("every user replays future traffic: no panel users are left for "
                          "the offline gate; lower future_share")
-    return Panel(np.asarray(users, dtype=np.int64), histories, np.asarray(targets))
+    return Panel(np.asarray(users, dtype=np.int64), histories, np.asarray(targets),
+                 None if data.train_times is None else np.asarray(tie_tails, dtype=np.int64))
