@@ -24,7 +24,7 @@ OUTPUTS = {  # `terraform output -json` as tf/kvm/outputs.tf shapes it (document
 }
 EXPECTED_PLAYBOOKS = {"pre_k8s.yml", "post_k8s.yml", "ray_gpu.yml", "argocd/register_apps.yml",
                       "argocd/platform_secrets.yml", "argocd/workflow_templates.yml",
-                      "argocd/workflow_secrets.yml"}
+                      "argocd/workflow_secrets.yml", "argocd/build_images.yml"}
 
 
 def _load(path: Path) -> list[dict[str, Any]]:
@@ -169,3 +169,26 @@ def test_cluster_up_needs_the_inventory(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(ansible_infra, "default_inventory_dir", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match="movierec infra inventory"):
         ansible_infra.cluster_up(dry_run=False)
+
+
+def test_gpu_nodes_get_movierec_at_a_pinned_revision(repo_root: Path) -> None:
+    """Ray workers import movierec: the venv holds it, with requirements.txt's pins."""
+    play = _load(ansible_infra.ansible_dir() / "ray_gpu.yml")[0]
+    tasks = _tasks(play)
+    pips = [t["ansible.builtin.pip"] for t in tasks if "ansible.builtin.pip" in t]
+    assert any(str(p.get("requirements", "")).endswith("/movierec/requirements.txt") for p in pips)
+    own = next(p for p in pips if str(p.get("name", "")).endswith("/movierec"))
+    assert own["extra_args"] == "--no-deps" and own["virtualenv"] == "{{ ray_venv }}"
+    archive = next(t for t in tasks if t["name"].startswith("Package that revision"))
+    assert "archive" in archive["ansible.builtin.command"]["argv"]
+    assert play["vars"]["movierec_revision"] == "HEAD"
+    # The Ray in the venv is the one movierec pins, and the Python the images run.
+    pins = (repo_root / "requirements.txt").read_text()
+    assert f"ray[default,train,tune]=={play['vars']['ray_version']}" in pins
+    base = re.search(r"^FROM python:(\d+\.\d+\.\d+)-slim", (repo_root / "docker" /
+                     "Dockerfile.train").read_text(), flags=re.M).group(1)
+    assert play["vars"]["python_version"] == base
+    assert re.fullmatch(r"\d+\.\d+\.\d+", play["vars"]["uv_version"])
+    names = [t["name"] for t in tasks]
+    assert names.index("Movierec itself, at that revision (its dependencies are the pins above)") \
+        < names.index("Start the Ray head")

@@ -63,7 +63,7 @@ def test_platform_keeps_secrets_out_of_manifests(rendered: dict[str, list[dict]]
     for path in (Path(__file__).parents[2] / "k8s").rglob("values*.yaml"):
         assert "password" not in path.read_text().lower(), path
     pvcs = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
-    assert len(pvcs) == 4
+    assert len(pvcs) == 5  # postgres, minio, prometheus, grafana, registry
     prom = next(d for d in docs if d["kind"] == "ConfigMap"
                 and d["metadata"]["name"] == "platform-prometheus")
     assert "MovierecDriftItemPopularity" in prom["data"]["alerts.yaml"]
@@ -138,13 +138,26 @@ def test_every_object_names_its_namespace(rendered: dict[str, list[dict]]) -> No
                 assert doc["metadata"]["namespace"] == expected, (release, doc["kind"])
 
 
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, In/NotIn expressions) against pod labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        inside = labels.get(expr["key"]) in expr["values"]
+        if inside != (expr["operator"] == "In"):
+            return False
+    return True
+
+
 def test_network_policies_select_the_pods(rendered: dict[str, list[dict]]) -> None:
     for release, docs in rendered.items():
-        [policy] = [d for d in docs if d["kind"] == "NetworkPolicy"]
-        wanted = policy["spec"]["podSelector"]["matchLabels"]
+        policies = [d["spec"]["podSelector"] for d in docs if d["kind"] == "NetworkPolicy"]
         pods = [d["spec"]["template"]["metadata"]["labels"] for d in docs
                 if d["kind"] in ("Deployment", "Job")]
-        assert pods and all(wanted.items() <= labels.items() for labels in pods), release
+        assert pods and policies, release
+        # Every pod is selected by exactly one policy (the registry has its own).
+        for labels in pods:
+            assert sum(_selects(s, labels) for s in policies) == 1, (release, labels)
     # The app's policy admits ingress-nginx, Prometheus and the workflows (staging tests).
     policy = next(d for d in rendered["canary"] if d["kind"] == "NetworkPolicy")
     allowed = policy["spec"]["ingress"][0]["from"][1]["namespaceSelector"][

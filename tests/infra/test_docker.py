@@ -101,3 +101,24 @@ def test_checkov_passes_on_docker(repo_root: Path, checkov_bin: Path) -> None:
     for check in report["results"]["skipped_checks"]:  # only the ARG BASE one, with a reason
         assert check["check_id"] == "CKV_DOCKER_7"
         assert "pinned" in check["check_result"]["suppress_comment"]
+
+
+def test_gpu_training_image_runs_on_the_build_stages_python(repo_root: Path) -> None:
+    """The venv links the build stage's /usr/local/bin/python3.11: the runtime base is the same.
+
+    A GPU image is the same Dockerfile with torch's CUDA index (the wheels carry CUDA's user
+    libraries); a CUDA base image, which has no Python 3.11, is no longer an option.
+    """
+    text = (repo_root / "docker" / "Dockerfile.train").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.M)
+    build = next(base for base, stage in stages if stage == "build")
+    runtime = stages[-1]
+    assert runtime == (build, ""), "the runtime stage must start from the build stage's base"
+    assert "ARG BASE" not in text and "${BASE}" not in text
+    assert "COPY --from=build /opt/venv /opt/venv" in text
+    assert re.search(r'--index-url "\$TORCH_INDEX" "torch==\$\{TORCH_VERSION\}"', text)
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text
+    # The GPU build the docs and the cluster bootstrap use is that build argument.
+    readme = (repo_root / "docker" / "README.md").read_text()
+    assert "TORCH_INDEX=https://download.pytorch.org/whl/cu128" in readme
+    assert "nvidia/cuda" not in text + readme

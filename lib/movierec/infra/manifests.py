@@ -274,11 +274,12 @@ def scan_unpinned(root: Path | None = None) -> CheckResult:
 
 
 def validate_all(root: Path | None = None) -> list[CheckResult]:
-    """Every offline check of the cluster half: charts, ArgoCD, Argo, monitoring, pins."""
+    """Every offline check of the cluster half: charts, ArgoCD, Argo, monitoring, pins, registry."""
     # Imported here: those modules import this one (shared helpers), not the other way round.
     from movierec.infra.argo_checks import check_workflows  # noqa: PLC0415
     from movierec.infra.argocd_model import check_argocd  # noqa: PLC0415
+    from movierec.infra.images import check_registry  # noqa: PLC0415
 
     root = root or repo_root()
     return [*check_charts(root), *check_argocd(root), *check_workflows(root),
-            *check_monitoring(root), scan_unpinned(root)]
+            *check_monitoring(root), scan_unpinned(root), check_registry(root)]
