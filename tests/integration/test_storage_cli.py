@@ -71,18 +71,25 @@ def test_prepare_train_export_serve_through_object_storage(
     assert len(list((isolated_home / "remote").glob(f"*/{storage.GENERATION_PREFIX}*"))) == 2
 
 
-def test_ray_train_checkpoints_land_in_object_storage(bucket: str, small_prepared: Path) -> None:
+def test_ray_train_reads_data_from_and_checkpoints_to_object_storage(
+        bucket: str, small_prepared: Path, isolated_home: Path) -> None:
     import ray
 
     from movierec.training.config import TrainConfig
     from movierec.training.ray_runner import fit_on_ray
 
+    data_uri = f"s3://{bucket}/prepared/small"
+    storage.upload_folder(small_prepared, data_uri)
+    assert not (isolated_home / "remote").exists()  # nobody has a copy yet
     try:
-        result = fit_on_ray(TrainConfig(epochs=2), small_prepared, workers=1,
+        # The URI goes to the workers, which download the data for themselves (on a
+        # cluster the driver's copy is on another machine).
+        result = fit_on_ray(TrainConfig(epochs=2), data_uri, workers=1,
                             storage=f"s3://{bucket}/ray-results")
     finally:  # its workers carry this test's environment (home, endpoint, keys)
         ray.shutdown()
     assert result.best_epoch >= 1
+    assert len(list((isolated_home / "remote").glob(f"*/{storage.GENERATION_PREFIX}*"))) == 1
     client = boto3.client("s3", endpoint_url=storage.endpoint(),
                           region_name="us-east-1")
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]

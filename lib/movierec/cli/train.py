@@ -71,7 +71,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run_train(args: argparse.Namespace) -> int:
     """Train, print the run id and a summary, write ``--metrics-out``."""
     from movierec.files import write_json_atomic  # noqa: PLC0415
-    from movierec.storage import materialize  # noqa: PLC0415
     from movierec.training.runner import train_and_track  # noqa: PLC0415 - torch is heavy
 
     config = config_from_args(args)
@@ -91,7 +90,8 @@ def run_train(args: argparse.Namespace) -> int:
                          "(in-process training checkpoints to --checkpoint-dir)")
     else:
         options.update(checkpoint_dir=args.checkpoint_dir, resume=args.resume)
-    summary = train_and_track(config, materialize(args.data), workers=args.workers, **options)
+    # The URI itself: on Ray each worker downloads an s3:// folder (nodes share no disk).
+    summary = train_and_track(config, args.data, workers=args.workers, **options)
     print(f"run_id {summary['run_id']}")
     test = summary["test"]
     soup = (f", a soup of {summary['soup_branches']} branches"

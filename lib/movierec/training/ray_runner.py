@@ -90,9 +90,12 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     import ray.train  # noqa: PLC0415
 
+    from movierec.storage import materialize  # noqa: PLC0415
+
     config = TrainConfig.model_validate(loop_config["config"])
     torch.set_num_threads(config.threads or 1)
-    data = load_sequences(Path(loop_config["data_dir"]))
+    # Each worker's own copy of an s3:// folder (the nodes of a cluster share no disk).
+    data = load_sequences(materialize(loop_config["data"]))
     marker = loop_config.get("crash_marker")
     hooks = RayHooks(loop_config.get("crash_once_at_epoch"), Path(marker) if marker else None)
     result = fit(config, data, hooks, progress=False)
@@ -122,7 +125,7 @@ def run_storage(storage: str | Path | None) -> tuple[str, Any]:
     return pyarrow_location(str(chosen))
 
 
-def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bool = False,
+def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: bool = False,
                address: str | None = None, max_failures: int = 2,
                crash_once_at_epoch: int | None = None,
                storage: str | Path | None = None, progress: bool = False,
@@ -131,7 +134,9 @@ def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bo
 
     Args:
         config: The training configuration.
-        data_dir: Prepared data folder (every worker reads it; on a cluster, shared storage).
+        data: Prepared data: a folder every worker can read (one machine, a shared disk),
+            or ``s3://BUCKET/PREFIX``, which each worker downloads for itself (a cluster
+            whose nodes share no disk; they need the object store's credentials).
         workers: Number of DDP workers.
         use_gpu: One GPU per worker (NCCL backend).
         address: Ray cluster address; ``None`` starts a local Ray.
@@ -159,8 +164,10 @@ def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bo
             ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False)
     local_root = get_settings().home / "ray_results"
     name = f"train-{config.model.kind}-{int(time.time() * 1000)}"
-    loop_config: dict[str, Any] = {"config": config.model_dump(),
-                                   "data_dir": str(Path(data_dir).resolve())}
+    from movierec.storage import is_remote, materialize  # noqa: PLC0415
+
+    source = str(data) if is_remote(data) else str(Path(data).resolve())
+    loop_config: dict[str, Any] = {"config": config.model_dump(), "data": source}
     if crash_once_at_epoch is not None:
         local_root.mkdir(parents=True, exist_ok=True)
         loop_config.update(crash_once_at_epoch=crash_once_at_epoch,
@@ -186,8 +193,8 @@ def fit_on_ray(config: TrainConfig, data_dir: Path, workers: int, *, use_gpu: bo
         raise RuntimeError("Ray training ended without a final checkpoint")
     with result.checkpoint.as_directory() as folder:
         final = torch.load(Path(folder) / "final.pt", weights_only=False, map_location="cpu")
-    data = load_sequences(Path(data_dir))
-    model = build_model(config.model, data.n_users, data.n_items)
+    sequences = load_sequences(materialize(source))
+    model = build_model(config.model, sequences.n_users, sequences.n_items)
     model.load_state_dict(final["model"])
     return FitResult(model=model, best_epoch=int(result.metrics["best_epoch"]),
                      valid=final["valid"], test=final["test"], history=final["history"],

@@ -10,6 +10,7 @@ import torch
 
 from movierec.data.dataset import load_sequences
 from movierec.data.prepare import load_card
+from movierec.storage import materialize
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import EpochListener, LocalHooks
 from movierec.training.loop import FitResult, fit
@@ -26,14 +27,15 @@ def model_name(config: TrainConfig) -> str:
     return "pop" if config.baseline == "pop" else f"{config.model.kind}-{config.model.loss}"
 
 
-def run_training(config: TrainConfig, data_dir: Path, workers: int = 0,
+def run_training(config: TrainConfig, data: str | Path, workers: int = 0,
                  checkpoint_dir: Path | None = None, resume: bool = False,
                  progress: bool = True, on_epoch: EpochListener | None = None,
                  **ray_options: Any) -> FitResult:
     """Train with the in-process runner (``workers == 0``) or Ray Train (``workers >= 1``).
 
-    ``checkpoint_dir`` and ``resume`` are the in-process runner's; Ray Train checkpoints to
-    its own storage and resumes by itself. ``ray_options`` go to ``fit_on_ray``. Both
+    ``data`` is a prepared folder or ``s3://BUCKET/PREFIX`` (on Ray, each worker downloads
+    it). ``checkpoint_dir`` and ``resume`` are the in-process runner's; Ray Train checkpoints
+    to its own storage and resumes by itself. ``ray_options`` go to ``fit_on_ray``. Both
     runners show a progress bar (on Ray, the driver's) and tell ``on_epoch`` each epoch's
     record as it finishes.
 
@@ -48,16 +50,15 @@ def run_training(config: TrainConfig, data_dir: Path, workers: int = 0,
         raise ValueError(f"{', '.join(sorted(ray_options))}: Ray Train options, which need "
                          "workers >= 1")
     if workers == 0 or config.baseline == "pop":
-        data = load_sequences(data_dir)
-        return fit(config, data, LocalHooks(checkpoint_dir, resume, on_epoch),
-                   progress=progress)
+        return fit(config, load_sequences(materialize(data)),
+                   LocalHooks(checkpoint_dir, resume, on_epoch), progress=progress)
     from movierec.training.ray_runner import fit_on_ray  # noqa: PLC0415 - Ray is heavy
 
-    return fit_on_ray(config, data_dir, workers, progress=progress, on_epoch=on_epoch,
+    return fit_on_ray(config, data, workers, progress=progress, on_epoch=on_epoch,
                       **ray_options)
 
 
-def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
+def train_and_track(config: TrainConfig, data: str | Path, workers: int = 0,
                     run_name: str | None = None, nested: bool = False,
                     **options: Any) -> dict[str, Any]:
     """Train and record it in one MLflow run: params, history, metrics, tags and artifacts.
@@ -71,16 +72,16 @@ def train_and_track(config: TrainConfig, data_dir: Path, workers: int = 0,
         "seconds", "resumes", ...}`` as
         printed by the CLI (``valid`` is the selected model's, ``test`` the final model's).
     """
-    data_dir = Path(data_dir)
+    data_dir = materialize(data)  # s3://: the driver's own copy (Ray workers make theirs)
     card = load_card(data_dir)  # before training: a wrong folder fails at once
     name = model_name(config)
     tags = {"data_version": card["data_version"], "dataset": card["name"], "model": name,
             "runner": "ray" if workers and config.baseline != "pop" else "in-process"}
-    params = {**config.model_dump(), "workers": workers, "data_dir": str(data_dir)}
+    params = {**config.model_dump(), "workers": workers, "data_dir": str(data)}
     with tracked_run(run_name or name, params, tags, nested=nested) as mlflow:
         run_id = mlflow.active_run().info.run_id
         epochs = EpochLogger(run_id)
-        result = run_training(config, data_dir, workers, on_epoch=epochs, **options)
+        result = run_training(config, data, workers, on_epoch=epochs, **options)
         epochs.flush(result.history + result.refit_history)  # a resumed run's earlier epochs
         mlflow.log_metrics({**metric_items(result.valid, "valid"),
                             **metric_items(result.test, "test"),
