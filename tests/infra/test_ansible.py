@@ -192,3 +192,21 @@ def test_gpu_nodes_get_movierec_at_a_pinned_revision(repo_root: Path) -> None:
     names = [t["name"] for t in tasks]
     assert names.index("Movierec itself, at that revision (its dependencies are the pins above)") \
         < names.index("Start the Ray head")
+
+
+def test_ray_gets_the_object_store_without_logging_it_and_restarts_on_new_code() -> None:
+    """s3:// data: every worker downloads it, so Ray's environment holds the credentials."""
+    play = _load(ansible_infra.ansible_dir() / "ray_gpu.yml")[0]
+    tasks = {t["name"]: t for t in _tasks(play)}
+    starts = [t for name, t in tasks.items() if name.startswith(("Start the Ray head",
+                                                                 "Join the workers"))]
+    assert len(starts) == 2
+    for task in starts:
+        assert task["environment"] == "{{ ray_environment }}" and task["no_log"] is True
+    assert "s3_secret_access_key" in play["vars"]["ray_environment"]
+    assert play["vars"]["s3_secret_access_key"] == ""  # given at run time, never in the file
+    # A venv that got another movierec revision restarts Ray before it is started again.
+    names = list(tasks)
+    stop = "Stop Ray started from the earlier venv or before this movierec revision"
+    assert "movierec_install is changed" in tasks[stop]["loop"]
+    assert names.index(stop) < names.index("Is Ray already running here?")

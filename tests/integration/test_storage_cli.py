@@ -94,3 +94,17 @@ def test_ray_train_reads_data_from_and_checkpoints_to_object_storage(
                           region_name="us-east-1")
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert any("checkpoint" in key for key in keys), keys[:10]
+
+
+def test_a_worker_refuses_data_uploaded_after_the_driver_read_it(
+        bucket: str, small_prepared: Path) -> None:
+    from movierec.training.ray_runner import worker_data
+
+    data_uri = f"s3://{bucket}/prepared/small"
+    storage.upload_folder(small_prepared, data_uri)
+    first = storage.materialize(data_uri)
+    assert worker_data(data_uri, first.name) == first
+    storage.upload_folder(small_prepared, data_uri)  # a new generation meanwhile
+    with pytest.raises(RuntimeError, match="changed as training started"):
+        worker_data(data_uri, first.name)
+    assert worker_data(str(small_prepared), None) == small_prepared  # a local folder as it is

@@ -126,10 +126,13 @@ def test_a_local_copy_is_checked_before_use(tmp_path: Path, ml100k_dir: Path,
     with pytest.raises(FetchError, match=r"ml-100k.user: sha256 .* is not the pinned"):
         resolve_source("ml-100k")
     assert resolve_source("ml-100k", datasets / "ml-100k").origin.startswith("local ")
-    # A file beside the pinned ones (which the parser would read first) is no pinned copy.
+    # A file beside the pinned ones (which the parser would read first) is refused.
     shutil.copy(ml100k_dir / "ml-100k.user", users)
+    (datasets / "ml-100k" / ".DS_Store").write_text("hidden files do not count")
+    assert "sha256 pinned" in resolve_source("ml-100k").origin
     (datasets / "ml-100k" / "u.data").write_text("1\t1\t5\t100\n")
-    assert "pinned" not in resolve_source("ml-100k").origin
+    with pytest.raises(FetchError, match=r"holds u\.data besides the pinned ml-100k files"):
+        resolve_source("ml-100k")
     # Another layout: the hash recorded on first use, and a later change refused.
     grouplens = datasets / "ml-1m"
     grouplens.mkdir()

@@ -196,17 +196,23 @@ def verify_cached(settings: Settings, key: str, path: Path) -> str:
 def verify_local_copy(name: str, folder: Path, settings: Settings) -> Source:
     """Check a ``$MOVIEREC_DATASETS`` copy of release ``name`` before it is used.
 
-    ml-100k in RecBole's layout (those three files and nothing else) is compared with the
-    pinned files; any other copy with the sha256 recorded the first time it was used (in
-    ``checksums.json``, as downloads are).
+    ml-100k in RecBole's layout is compared with the pinned files (and may hold nothing else
+    but hidden files); any other copy with the sha256 recorded the first time it was used
+    (in ``checksums.json``, as downloads are).
 
     Raises:
         FetchError: A file differs from its pin, or the copy changed since its first use.
     """
     pinned = RECBOLE_ML100K_SHA256 if name == "ml-100k" else {}
-    # Exactly the pinned files: another one beside them (a u.data, an a.inter) is what the
-    # parser would read instead, unchecked.
-    if pinned and sorted(p.name for p in folder.iterdir()) == sorted(pinned):
+    if pinned and all((folder / file).is_file() for file in pinned):
+        # Anything beside the pinned files (a u.data, an a.inter, a subfolder) could be
+        # what the parser reads instead, unchecked.
+        others = sorted(p.name for p in folder.iterdir()
+                        if p.name not in pinned and not p.name.startswith("."))
+        if others:
+            raise FetchError(f"{folder} holds {', '.join(others[:5])} besides the pinned "
+                             "ml-100k files: remove them, or pass --source to use the "
+                             "folder as it is")
         for file, expected in pinned.items():
             actual = sha256_file(folder / file)
             if actual != expected:

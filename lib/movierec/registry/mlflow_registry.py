@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import getpass
 import json
+import logging
 import os
 import shutil
 import threading
@@ -45,6 +46,9 @@ BUNDLE_PATH_TAG, BUNDLE_DIGEST_TAG = "bundle_path", "bundle_sha256"
 # What MLflow answers for a model or an alias that does not exist (a file store, SQLite or
 # a tracking server alike); every other error is a real failure.
 _NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+log = logging.getLogger(__name__)
 
 
 class RegistryError(RuntimeError):
@@ -179,14 +183,29 @@ def settle_pending() -> None:
 def _settle(event: dict[str, Any]) -> str:
     """Record whether a pending move took effect, asking MLflow where its alias points."""
     state = DONE if current_version(event["alias"]) == event["to"] else NOT_APPLIED
-    if state == DONE and event["to"] is not None:  # its version tags may not have been set
-        _tag_version(event)
     _append_history({"id": event["id"], "state": state})
+    if state == DONE:  # its version tags may not have been set
+        _tag_version(event)
     return state
 
 
 def _tag_version(event: dict[str, Any]) -> None:
-    """The version's tags that show an alias move in MLflow's UI."""
+    """The version's tags that show an alias move in MLflow's UI (best effort).
+
+    The move itself is recorded (alias and history) before: a failure here warns and
+    never turns a move that happened into an error, nor blocks later moves.
+    """
+    if event["to"] is None:
+        return
+    try:
+        _set_version_tags(event)
+    except Exception as error:  # the alias and the history already say what happened
+        log.warning("version %s: the %s tags were not set (%s); the move is recorded",
+                    event["to"], event["alias"], error)
+
+
+def _set_version_tags(event: dict[str, Any]) -> None:
+    """``<alias>_since`` and ``<alias>_reason`` on the version the alias moved to."""
     client = _client()
     client.set_model_version_tag(MODEL_NAME, event["to"], f"{event['alias']}_since",
                                  event["at"])
@@ -224,9 +243,8 @@ def _move(alias: str, to: str | None, reason: str, who: str | None, action: str,
             if state != DONE:
                 raise
             return {**event, "state": DONE}
-        if to is not None:
-            _tag_version(event)
         _append_history({"id": event["id"], "state": DONE})
+        _tag_version(event)
     return {**event, "state": DONE}
 
 

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("movierec.serving")
 # How long shutdown waits for a reload's loading thread (which cannot be interrupted) to
-# finish, so that the model it loaded, and its child process, are closed too.
-LOAD_WAIT_AT_SHUTDOWN_S = 30.0
+# finish, so that the model it loaded, and its child process, are closed too. Well inside
+# Kubernetes' default 30 s grace period, with uvicorn's own shutdown.
+LOAD_WAIT_AT_SHUTDOWN_S = 10.0
 
 
 class ReloadManager:
@@ -105,16 +106,21 @@ class ReloadManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         loading, self._loading = self._loading, None
-        if loading is not None and not loading.done():
-            try:
-                bundle = await asyncio.wait_for(loading, LOAD_WAIT_AT_SHUTDOWN_S)
+        if loading is not None:
+            try:  # done already, or its thread finishes within the wait
+                bundle = await asyncio.wait_for(asyncio.shield(loading),
+                                                LOAD_WAIT_AT_SHUTDOWN_S)
             except TimeoutError:
                 log.warning("a reload was still loading at shutdown",
                             extra={"waited_s": LOAD_WAIT_AT_SHUTDOWN_S})
             except Exception:  # a failed load holds nothing to close
                 pass
             else:
-                await asyncio.to_thread(bundle.model.close)
+                # Loaded but never published (the reload was cancelled before the swap):
+                # nothing else will close it. A published one is closed with the server.
+                if bundle is not self.state.bundle and all(
+                        bundle.model is not m for m in self._retiring.values()):
+                    await asyncio.to_thread(bundle.model.close)
         for task, model in list(self._retiring.items()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import ray
 from ray.train import UserCallback
 from ray.util.queue import Empty, Queue
 from tqdm.auto import tqdm
@@ -41,9 +42,11 @@ class EpochRelay(UserCallback):
         if self._broken or not metrics or "epoch" not in metrics[0]:
             return
         try:
-            # Blocking put: the record is queued before the next report, so every record
-            # is there by the time ``trainer.fit`` returns.
-            self.records.put(dict(metrics[0]), timeout=PUT_TIMEOUT_S)
+            # Waited for: the record is queued before the next report, so every record is
+            # there by the time ``trainer.fit`` returns. Bounded: the queue is unbounded,
+            # so Queue.put's own timeout would never apply to a queue actor that hangs.
+            ray.get(self.records.actor.put_nowait.remote(dict(metrics[0])),
+                    timeout=PUT_TIMEOUT_S)
         except Exception as error:  # a lost queue costs the live view, never the run
             self._broken = True
             warnings.warn(f"epoch records no longer reach the driver ({error}); training "

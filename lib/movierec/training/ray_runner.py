@@ -86,16 +86,31 @@ class RayHooks:
             raise RuntimeError(f"injected failure after epoch {epoch}")
 
 
+def worker_data(source: str, generation: str | None) -> Path:
+    """A worker's own copy of the prepared data, of the generation the driver read.
+
+    The nodes of a cluster share no disk, so each worker downloads an ``s3://`` folder for
+    itself; an upload to the same prefix meanwhile would have it train on other data.
+
+    Raises:
+        RuntimeError: The data changed between the driver's read and the worker's.
+    """
+    from movierec.storage import materialize  # noqa: PLC0415
+
+    folder = materialize(source)
+    if generation is not None and folder.name != generation:
+        raise RuntimeError(f"{source} changed as training started: the driver read "
+                           f"{generation}, this worker {folder.name}; train again")
+    return folder
+
+
 def _train_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     import ray.train  # noqa: PLC0415
 
-    from movierec.storage import materialize  # noqa: PLC0415
-
     config = TrainConfig.model_validate(loop_config["config"])
     torch.set_num_threads(config.threads or 1)
-    # Each worker's own copy of an s3:// folder (the nodes of a cluster share no disk).
-    data = load_sequences(materialize(loop_config["data"]))
+    data = load_sequences(worker_data(loop_config["data"], loop_config.get("generation")))
     marker = loop_config.get("crash_marker")
     hooks = RayHooks(loop_config.get("crash_once_at_epoch"), Path(marker) if marker else None)
     result = fit(config, data, hooks, progress=False)
@@ -167,7 +182,9 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
     from movierec.storage import is_remote, materialize  # noqa: PLC0415
 
     source = str(data) if is_remote(data) else str(Path(data).resolve())
-    loop_config: dict[str, Any] = {"config": config.model_dump(), "data": source}
+    local = materialize(source)  # the driver's copy (its generation names the folder)
+    loop_config: dict[str, Any] = {"config": config.model_dump(), "data": source,
+                                   "generation": local.name if is_remote(data) else None}
     if crash_once_at_epoch is not None:
         local_root.mkdir(parents=True, exist_ok=True)
         loop_config.update(crash_once_at_epoch=crash_once_at_epoch,
@@ -193,7 +210,7 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
         raise RuntimeError("Ray training ended without a final checkpoint")
     with result.checkpoint.as_directory() as folder:
         final = torch.load(Path(folder) / "final.pt", weights_only=False, map_location="cpu")
-    sequences = load_sequences(materialize(source))
+    sequences = load_sequences(local)
     model = build_model(config.model, sequences.n_users, sequences.n_items)
     model.load_state_dict(final["model"])
     return FitResult(model=model, best_epoch=int(result.metrics["best_epoch"]),

@@ -163,7 +163,7 @@ def record_trials(results: list[Any], base: TrainConfig, trial_base: TrainConfig
         scored = [t for t in trials if t[METRIC] is not None]
         if not scored:
             raise RuntimeError(f"every one of the {len(trials)} trials failed; the first: "
-                               f"{next((t['error'] for t in trials), 'no trial ran')}")
+                               f"{next((t['error'] for t in trials if t['error']), 'none scored')}")
         # The best validation score of any epoch of a trial that did not fail (as ASHA's
         # scope="all"); a crashed trial's partial curve does not choose the config.
         best = max(scored, key=lambda t: t[METRIC])
