@@ -205,8 +205,17 @@ def test_ray_gets_the_object_store_without_logging_it_and_restarts_on_new_code()
         assert task["environment"] == "{{ ray_environment }}" and task["no_log"] is True
     assert "s3_secret_access_key" in play["vars"]["ray_environment"]
     assert play["vars"]["s3_secret_access_key"] == ""  # given at run time, never in the file
-    # A venv that got another movierec revision restarts Ray before it is started again.
+    # Ray restarts when what it runs with changes: code, pins or environment (a hash, as the
+    # environment holds credentials), recorded only once Ray runs.
     names = list(tasks)
-    stop = "Stop Ray started from the earlier venv or before this movierec revision"
-    assert "movierec_install is changed" in tasks[stop]["loop"]
-    assert names.index(stop) < names.index("Is Ray already running here?")
+    stop = "Stop Ray started from the earlier venv or with other code or settings"
+    assert "ray_fingerprint" in tasks[stop]["loop"]
+    fingerprint = next(t for name, t in tasks.items() if name.startswith("What this run starts"))
+    recipe = fingerprint["ansible.builtin.set_fact"]["ray_fingerprint"]
+    assert all(part in recipe for part in ("movierec_commit", "ray_version", "torch_version",
+                                           "ray_environment", "sha256"))
+    assert fingerprint["no_log"] is True
+    record = tasks["Record what Ray runs with"]
+    assert record["ansible.builtin.copy"]["mode"] == "0600"
+    assert names.index(stop) < names.index("Is Ray already running here?") \
+        < names.index("Check that every GPU is visible to Ray") < names.index(record["name"])

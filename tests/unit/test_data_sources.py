@@ -129,7 +129,12 @@ def test_a_local_copy_is_checked_before_use(tmp_path: Path, ml100k_dir: Path,
     # A file beside the pinned ones (which the parser would read first) is refused.
     shutil.copy(ml100k_dir / "ml-100k.user", users)
     (datasets / "ml-100k" / ".DS_Store").write_text("hidden files do not count")
+    (datasets / "ml-100k" / ".a.inter").write_text("user_id:token\titem_id:token\n1\t1\n")
+    (datasets / "ml-100k" / ".x").mkdir()
+    (datasets / "ml-100k" / ".x" / "u.data").write_text("1\t1\t5\t100\n")
     assert "sha256 pinned" in resolve_source("ml-100k").origin
+    from movierec.data.movielens import Layout, detect_layout
+    assert detect_layout(datasets / "ml-100k") == (Layout.ATOMIC, users.with_suffix(".inter"))
     (datasets / "ml-100k" / "u.data").write_text("1\t1\t5\t100\n")
     with pytest.raises(FetchError, match=r"holds u\.data besides the pinned ml-100k files"):
         resolve_source("ml-100k")

@@ -303,3 +303,17 @@ def test_a_move_the_server_applied_before_the_client_gave_up_is_a_success(
     assert [e["state"] for e in reg.read_history("canary", every_state=True)] == ["done"]
     tags = client.get_model_version(reg.MODEL_NAME, v1).tags
     assert tags["canary_reason"] == "try it"
+
+
+def test_failed_version_tags_never_undo_or_block_a_move(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    v1, v2 = _versions(2)
+
+    def tags_fail(event: dict) -> None:
+        raise ConnectionError("tracking server went away after the alias moved")
+
+    monkeypatch.setattr(reg, "_set_version_tags", tags_fail)
+    assert reg.set_alias("production", v1, "first")["state"] == "done"
+    assert "tags were not set" in caplog.text
+    assert reg.set_alias("production", v2, "second")["state"] == "done"  # not blocked
+    assert [e["to"] for e in reg.read_history("production")] == [v1, v2]

@@ -180,6 +180,28 @@ def test_a_reload_still_loading_at_shutdown_is_closed(
     assert isinstance(bundle.model, ModelProcess) and not bundle.model.alive
 
 
+def test_cancel_closes_a_loaded_bundle_only_if_it_was_never_published() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    closed: list[str] = []
+
+    def bundle(name: str) -> SimpleNamespace:
+        return SimpleNamespace(model=SimpleNamespace(close=lambda: closed.append(name)))
+
+    async def shut_down(loaded: SimpleNamespace, served: SimpleNamespace) -> None:
+        manager = admin.ReloadManager(SimpleNamespace(bundle=served))  # type: ignore[arg-type]
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(loaded)  # the load finished; the cancelled reload never swapped
+        manager._loading = done
+        await manager.cancel()
+
+    served = bundle("served")
+    asyncio.run(shut_down(bundle("orphan"), served))
+    asyncio.run(shut_down(served, served))  # published: closed with the server, not here
+    assert closed == ["orphan"]
+
+
 def test_no_request_fails_while_reloading(client: TestClient,
                                           bundles: tuple[Path, Path]) -> None:
     stop = threading.Event()

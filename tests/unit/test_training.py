@@ -614,4 +614,4 @@ def test_tuning_logs_failed_trials_and_never_chooses_them() -> None:
                         ("finished", "32", "-"), ("no-score", "50", "-")]
     with pytest.raises(RuntimeError, match="every one of the 2 trials failed; the first: "
                                            "RuntimeError: worker died"):
-        record_trials(results[:1] + results[2:3], base, trial_base, TuneConfig(), {})
+        record_trials(results[2:3] + results[:1], base, trial_base, TuneConfig(), {})

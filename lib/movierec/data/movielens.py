@@ -97,10 +97,21 @@ def unpack(path: Path, workdir: Path, sha256: str | None = None) -> Path:
     return target
 
 
+def _visible(paths: list[Path], folder: Path) -> list[Path]:
+    """``paths`` without hidden ones (a dot-name anywhere below ``folder``), sorted.
+
+    Hidden files are not data (``.DS_Store``, an editor's backup), and a source whose
+    files were verified one by one must not have an unverified one read instead.
+    """
+    return sorted(p for p in paths
+                  if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def detect_layout(folder: Path) -> tuple[Layout, Path]:
     """Find the layout marker file under ``folder`` (searching one level of subfolders)."""
     for pattern, layout in _MARKERS:
-        hits = sorted(folder.glob(pattern)) or sorted(folder.glob(f"*/{pattern}"))
+        hits = (_visible(list(folder.glob(pattern)), folder)
+                or _visible(list(folder.glob(f"*/{pattern}")), folder))
         if hits:
             return layout, hits[0]
     raise ParseError(
@@ -344,7 +355,7 @@ def _atomic_header(path: Path) -> list[str]:
 
 def parse_atomic(folder: Path, lenient: bool) -> RawTables:
     """RecBole atomic files: ``<name>.inter/.item/.user`` with ``field:type`` headers."""
-    inter_path = sorted(folder.glob("*.inter"))[0]
+    inter_path = _visible(list(folder.glob("*.inter")), folder)[0]
     header = _atomic_header(inter_path)
     wanted = ["user_id", "item_id", "rating", "timestamp"]
     missing = [w for w in wanted if w not in header]

@@ -206,7 +206,7 @@ def verify_local_copy(name: str, folder: Path, settings: Settings) -> Source:
     pinned = RECBOLE_ML100K_SHA256 if name == "ml-100k" else {}
     if pinned and all((folder / file).is_file() for file in pinned):
         # Anything beside the pinned files (a u.data, an a.inter, a subfolder) could be
-        # what the parser reads instead, unchecked.
+        # what the parser reads instead, unchecked; it skips hidden names.
         others = sorted(p.name for p in folder.iterdir()
                         if p.name not in pinned and not p.name.startswith("."))
         if others:
