@@ -167,6 +167,7 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
 
+    from movierec.storage import is_remote, materialize  # noqa: PLC0415
     from movierec.training.ray_progress import DriverProgress, relayed_epochs  # noqa: PLC0415
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -179,8 +180,6 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
             ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False)
     local_root = get_settings().home / "ray_results"
     name = f"train-{config.model.kind}-{int(time.time() * 1000)}"
-    from movierec.storage import is_remote, materialize  # noqa: PLC0415
-
     source = str(data) if is_remote(data) else str(Path(data).resolve())
     local = materialize(source)  # the driver's copy (its generation names the folder)
     loop_config: dict[str, Any] = {"config": config.model_dump(), "data": source,

@@ -75,13 +75,16 @@ def train_and_track(config: TrainConfig, data: str | Path, workers: int = 0,
     data_dir = materialize(data)  # s3://: the driver's own copy (Ray workers make theirs)
     card = load_card(data_dir)  # before training: a wrong folder fails at once
     name = model_name(config)
+    on_ray = bool(workers) and config.baseline != "pop"
     tags = {"data_version": card["data_version"], "dataset": card["name"], "model": name,
-            "runner": "ray" if workers and config.baseline != "pop" else "in-process"}
+            "runner": "ray" if on_ray else "in-process"}
     params = {**config.model_dump(), "workers": workers, "data_dir": str(data)}
     with tracked_run(run_name or name, params, tags, nested=nested) as mlflow:
         run_id = mlflow.active_run().info.run_id
         epochs = EpochLogger(run_id)
-        result = run_training(config, data, workers, on_epoch=epochs, **options)
+        # Ray workers get the URI (each downloads its copy); in-process, the copy read above.
+        result = run_training(config, data if on_ray else data_dir, workers, on_epoch=epochs,
+                              **options)
         epochs.flush(result.history + result.refit_history)  # a resumed run's earlier epochs
         mlflow.log_metrics({**metric_items(result.valid, "valid"),
                             **metric_items(result.test, "test"),
