@@ -309,10 +309,13 @@ def test_failed_version_tags_never_undo_or_block_a_move(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     v1, v2 = _versions(2)
 
-    def tags_fail(event: dict) -> None:
+    client = reg._client()
+
+    def tags_fail(*args: object) -> None:
         raise ConnectionError("tracking server went away after the alias moved")
 
-    monkeypatch.setattr(reg, "_set_version_tags", tags_fail)
+    monkeypatch.setattr(client, "set_model_version_tag", tags_fail)
+    monkeypatch.setattr(reg, "_client", lambda: client)
     assert reg.set_alias("production", v1, "first")["state"] == "done"
     assert "tags were not set" in caplog.text
     assert reg.set_alias("production", v2, "second")["state"] == "done"  # not blocked

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -97,7 +98,7 @@ def unpack(path: Path, workdir: Path, sha256: str | None = None) -> Path:
     return target
 
 
-def _visible(paths: list[Path], folder: Path) -> list[Path]:
+def _visible(paths: Iterable[Path], folder: Path) -> list[Path]:
     """``paths`` without hidden ones (a dot-name anywhere below ``folder``), sorted.
 
     Hidden files are not data (``.DS_Store``, an editor's backup), and a source whose
@@ -110,8 +111,8 @@ def _visible(paths: list[Path], folder: Path) -> list[Path]:
 def detect_layout(folder: Path) -> tuple[Layout, Path]:
     """Find the layout marker file under ``folder`` (searching one level of subfolders)."""
     for pattern, layout in _MARKERS:
-        hits = (_visible(list(folder.glob(pattern)), folder)
-                or _visible(list(folder.glob(f"*/{pattern}")), folder))
+        hits = (_visible(folder.glob(pattern), folder)
+                or _visible(folder.glob(f"*/{pattern}"), folder))
         if hits:
             return layout, hits[0]
     raise ParseError(
@@ -355,7 +356,7 @@ def _atomic_header(path: Path) -> list[str]:
 
 def parse_atomic(folder: Path, lenient: bool) -> RawTables:
     """RecBole atomic files: ``<name>.inter/.item/.user`` with ``field:type`` headers."""
-    inter_path = _visible(list(folder.glob("*.inter")), folder)[0]
+    inter_path = _visible(folder.glob("*.inter"), folder)[0]
     header = _atomic_header(inter_path)
     wanted = ["user_id", "item_id", "rating", "timestamp"]
     missing = [w for w in wanted if w not in header]

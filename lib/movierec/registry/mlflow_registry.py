@@ -198,19 +198,13 @@ def _tag_version(event: dict[str, Any]) -> None:
     if event["to"] is None:
         return
     try:
-        _set_version_tags(event)
+        client = _client()
+        for name, value in (("since", event["at"]), ("reason", event["why"])):
+            client.set_model_version_tag(MODEL_NAME, event["to"],
+                                         f"{event['alias']}_{name}", value)
     except Exception as error:  # the alias and the history already say what happened
         log.warning("version %s: the %s tags were not set (%s); the move is recorded",
                     event["to"], event["alias"], error)
-
-
-def _set_version_tags(event: dict[str, Any]) -> None:
-    """``<alias>_since`` and ``<alias>_reason`` on the version the alias moved to."""
-    client = _client()
-    client.set_model_version_tag(MODEL_NAME, event["to"], f"{event['alias']}_since",
-                                 event["at"])
-    client.set_model_version_tag(MODEL_NAME, event["to"], f"{event['alias']}_reason",
-                                 event["why"])
 
 
 def _move(alias: str, to: str | None, reason: str, who: str | None, action: str,

@@ -273,14 +273,31 @@ def _train_phase(config: TrainConfig, data: SequenceData, hooks: Hooks, model: n
 
 def _progress_fields(state: dict[str, Any], refit: bool, branch: int,
                      branches: int) -> dict[str, str]:
-    """Progress-bar fields after an epoch: the soup branch, or the last and best validation."""
-    best = {"valid_best": f"{state['best_score']:.4f}@{state['best_epoch']}"}
-    if refit:  # the refit does not validate: the selected score stays in view
-        return {"branch": f"{branch + 1}/{branches}"} if branches > 1 else best
+    """Progress-bar fields after an epoch of this run (see :func:`progress_fields`)."""
     # The last evaluated epoch's score (epochs between evaluations show the previous one).
     last = next((h["epoch_valid_ndcg_10"] for h in reversed(state["history"])
                  if "epoch_valid_ndcg_10" in h), None)
-    return {} if last is None else {"valid_ndcg10": f"{last:.4f}", **best}
+    return progress_fields(refit, last, (state["best_score"], state["best_epoch"]), branch,
+                           branches)
+
+
+def progress_fields(refit: bool, last: float | None, best: tuple[float, int] | None,
+                    branch: int, branches: int) -> dict[str, str]:
+    """Progress-bar fields: the soup branch, or the last and best validation NDCG@10.
+
+    One format for the in-process bar and the Ray driver's (``ray_progress``).
+
+    Args:
+        refit: An epoch of the refit (which does not validate).
+        last: The last validation score (None before the first).
+        best: The best score so far and its epoch.
+        branch: The refit's soup branch (0-based).
+        branches: How many branches the refit has.
+    """
+    shown = {} if best is None else {"valid_best": f"{best[0]:.4f}@{best[1]}"}
+    if refit:  # the refit does not validate: the selected score stays in view
+        return {"branch": f"{branch + 1}/{branches}"} if branches > 1 else shown
+    return {} if last is None else {"valid_ndcg10": f"{last:.4f}", **shown}
 
 
 def _train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer,

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import EpochListener
+from movierec.training.loop import progress_fields
 from movierec.training.soup import refit_loss_branch, soup_plan
 
 POLL_SECONDS = 0.2
@@ -103,6 +104,7 @@ class DriverProgress:
         self._config, self._enabled = config, enabled
         self._describe = f"{config.model.kind} on {workers} Ray worker{'s' * (workers > 1)}"
         self._best: tuple[float, int] | None = None  # the selected score and epoch so far
+        self._last: float | None = None  # the last validation score
         self._branches = 1
         self._refit = False
         self._bar = tqdm(total=config.epochs, desc=f"train {self._describe}", unit="epoch",
@@ -114,23 +116,16 @@ class DriverProgress:
         refit_losses.pop(None, None)
         if refit_losses and not self._refit:  # the first refit epoch: selection is over
             self._start_refit()
-        fields: dict[str, str] = {}
-        if refit_losses:
-            branch, key = next(iter(refit_losses.items()))
-            fields["loss"] = f"{record[key]:.4f}"
-            if self._branches > 1:
-                fields["branch"] = f"{branch + 1}/{self._branches}"
-        else:
-            fields["loss"] = f"{record['loss']:.4f}"
+        branch, key = next(iter(refit_losses.items()), (0, "loss"))
+        if not refit_losses:
             score = record.get("epoch_valid_ndcg_10")
             if score is not None:
-                fields["valid_ndcg10"] = f"{score:.4f}"
+                self._last = float(score)
                 if self._best is None or score > self._best[0]:  # as the loop selects
                     self._best = (float(score), int(record["epoch"]))
-        if self._best is not None:
-            fields["valid_best"] = f"{self._best[0]:.4f}@{self._best[1]}"
         self._bar.update()
-        self._bar.set_postfix(fields)
+        self._bar.set_postfix(loss=f"{record[key]:.4f}", **progress_fields(
+            self._refit, self._last, self._best, branch, self._branches))
 
     def _start_refit(self) -> None:
         """Close selection's bar and open the refit's, as long as the selected epochs."""
