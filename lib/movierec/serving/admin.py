@@ -118,8 +118,7 @@ class ReloadManager:
             else:
                 # Loaded but never published (the reload was cancelled before the swap):
                 # nothing else will close it. A published one is closed with the server.
-                if bundle is not self.state.bundle and all(
-                        bundle.model is not m for m in self._retiring.values()):
+                if bundle is not self.state.bundle:
                     await asyncio.to_thread(bundle.model.close)
         for task, model in list(self._retiring.items()):
             task.cancel()
