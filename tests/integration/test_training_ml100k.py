@@ -97,7 +97,8 @@ def test_tune_saves_a_trainable_best_config_and_logs_trials(small_prepared: Path
         # The whole config each trial trained, tagged like a train run.
         params, tags = trial.data.params, trial.data.tags
         assert (params["model.max_len"], params["epochs"], params["refit"]) == ("20", "2", "False")
-        assert tags["status"] == "finished" and tags["git_commit"]
+        assert (tags["status"], trial.info.status) == ("finished", "FINISHED")
+        assert tags["git_commit"] and tags["data_version"] == parent.data.tags["data_version"]
         steps = mlflow.MlflowClient().get_metric_history(trial.info.run_id,
                                                          "epoch_valid_ndcg_10")
         assert 1 <= len(steps) <= 2

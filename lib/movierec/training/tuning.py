@@ -1,8 +1,9 @@
 """Ray Tune over the model and optimiser with ASHA early stopping; trials become MLflow runs.
 
 Each trial runs the in-process ``fit`` and reports validation full-ranking NDCG@10 every
-epoch, which is what ASHA compares. Trials are logged as MLflow child runs of one parent
-by the driver, after tuning, so that workers never write to the tracking store at once.
+epoch, which is what ASHA compares. Each trial is an MLflow child run of the search's run,
+logged live by the driver as Tune reports (``tune_runs``), so workers never write to the
+tracking store at once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from movierec.config import get_settings
 from movierec.data.dataset import load_sequences
@@ -89,10 +90,12 @@ def _trial(sample: dict[str, Any], base: dict[str, Any], data_dir: str) -> None:
 
 
 def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> dict[str, Any]:
-    """Run the search; log the parent and child runs; return the best config and trials."""
+    """Run the search with its trials logged live; return the best config and trials."""
     import ray  # noqa: PLC0415
     from ray import tune  # noqa: PLC0415
     from ray.tune.schedulers import ASHAScheduler  # noqa: PLC0415
+
+    from movierec.training.tune_runs import TrialRuns  # noqa: PLC0415 - imports Ray
 
     card = load_card(Path(data_dir))  # before the search: a wrong folder fails at once
     if not ray.is_initialized():
@@ -106,76 +109,67 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> di
                               reduction_factor=tune_config.reduction_factor)
     trainable = tune.with_parameters(_trial, base=trial_base.model_dump(),
                                      data_dir=str(Path(data_dir).resolve()))
-    space = search_space()
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1}), param_space=space,
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
-                                    num_samples=tune_config.samples,
-                                    max_concurrent_trials=tune_config.concurrent,
-                                    search_alg=tune.search.BasicVariantGenerator(
-                                        random_state=tune_config.seed)),
-        run_config=tune.RunConfig(storage_path=str(get_settings().home / "ray_results"),
-                                  name=f"tune-{int(time.time() * 1000)}"))
-    grid = tuner.fit()
-    return record_trials(list(grid), base, trial_base, tune_config,
-                         {"data_version": card["data_version"]})
+    tags = {"data_version": card["data_version"]}
+    with tracked_run("tune", tune_config.model_dump(), {**tags, "kind": "tune"}) as mlflow:
+        log_json_artifact(mlflow, "base_config.json", base.model_dump())
+        runs = TrialRuns(mlflow.active_run().info.run_id, trial_base, tags)
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}), param_space=search_space(),
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
+                                        num_samples=tune_config.samples,
+                                        max_concurrent_trials=tune_config.concurrent,
+                                        search_alg=tune.search.BasicVariantGenerator(
+                                            random_state=tune_config.seed)),
+            run_config=tune.RunConfig(storage_path=str(get_settings().home / "ray_results"),
+                                      name=f"tune-{int(time.time() * 1000)}",
+                                      callbacks=[runs]))
+        try:
+            results = list(tuner.fit())
+        except BaseException:
+            runs.abandon()
+            raise
+        runs.flush(results)
+        summary = choose_best(results, base)
+        mlflow.log_metric(f"best_{METRIC}", summary[METRIC])
+        mlflow.log_metric("failed_trials", summary["failed_trials"])
+        log_json_artifact(mlflow, "best_config.json", summary["best_config"])
+    return summary
 
 
-def record_trials(results: list[Any], base: TrainConfig, trial_base: TrainConfig,
-                  tune_config: TuneConfig, tags: dict[str, str]) -> dict[str, Any]:
-    """Log the search as an MLflow parent run with a child per trial; choose the best.
+def choose_best(results: list[Any], base: TrainConfig) -> dict[str, Any]:
+    """The best trial's sample applied to ``base``, and every trial's outcome.
 
     Args:
         results: Ray Tune's results (``config``, ``error``, ``metrics_dataframe``).
         base: The config the best sample is applied to (the user's, with its epochs).
-        trial_base: The config the trials trained (short, no refit).
-        tune_config: The search settings, logged as the parent's params.
-        tags: Tags of every run (``tracked_run`` adds the git commit).
 
     Returns:
-        The best config (from trials that did not fail), its sample and score, every
-        trial's outcome, and how many failed.
+        The best config, its sample and score, every trial's outcome, and how many failed.
 
     Raises:
         RuntimeError: Every trial failed (the first one's error is named).
     """
     trials = []
-    with tracked_run("tune", tune_config.model_dump(), {**tags, "kind": "tune"}) as mlflow:
-        log_json_artifact(mlflow, "base_config.json", base.model_dump())
-        for result in results:
-            history = result.metrics_dataframe
-            failed = result.error is not None
-            score = (float(history[METRIC].max()) if history is not None and len(history)
-                     and not failed else None)
-            trials.append({"config": result.config, METRIC: score,
-                           "epochs": len(history) if history is not None else 0,
-                           "error": _one_line(result.error) if failed else None})
-            try:  # the whole config the trial trained, as a train run logs it
-                params = apply_sample(trial_base, result.config).model_dump()
-            except ValidationError:  # a sample the base cannot take: that trial failed
-                params = result.config
-            status = "failed" if failed else ("finished" if score is not None else "no-score")
-            with tracked_run("trial", params, {**tags, "kind": "trial", "status": status},
-                             nested=True):
-                for _, row in (history.iterrows() if history is not None else []):
-                    mlflow.log_metrics({METRIC: float(row[METRIC]), "loss": float(row["loss"])},
-                                       step=int(row["epoch"]))
-        scored = [t for t in trials if t[METRIC] is not None]
-        if not scored:
-            raise RuntimeError(f"every one of the {len(trials)} trials failed; the first: "
-                               f"{next((t['error'] for t in trials if t['error']), 'none scored')}")
-        # The best validation score of any epoch of a trial that did not fail (as ASHA's
-        # scope="all"); a crashed trial's partial curve does not choose the config.
-        best = max(scored, key=lambda t: t[METRIC])
-        best_config = apply_sample(base, best["config"])
-        mlflow.log_metric(f"best_{METRIC}", best[METRIC])
-        mlflow.log_metric("failed_trials", len(trials) - len(scored))
-        log_json_artifact(mlflow, "best_config.json", best_config.model_dump())
-    return {"best_config": best_config.model_dump(), "best_trial": best["config"],
-            METRIC: best[METRIC], "trials": trials, "failed_trials": len(trials) - len(scored)}
+    for result in results:
+        history, failed = result.metrics_dataframe, result.error is not None
+        score = (float(history[METRIC].max()) if history is not None and len(history)
+                 and not failed else None)
+        trials.append({"config": result.config, METRIC: score,
+                       "epochs": len(history) if history is not None else 0,
+                       "error": one_line(result.error) if failed else None})
+    scored = [t for t in trials if t[METRIC] is not None]
+    if not scored:
+        raise RuntimeError(f"every one of the {len(trials)} trials failed; the first: "
+                           f"{next((t['error'] for t in trials if t['error']), 'none scored')}")
+    # The best validation score of any epoch of a trial that did not fail (as ASHA's
+    # scope="all"); a crashed trial's partial curve does not choose the config.
+    best = max(scored, key=lambda t: t[METRIC])
+    return {"best_config": apply_sample(base, best["config"]).model_dump(),
+            "best_trial": best["config"], METRIC: best[METRIC], "trials": trials,
+            "failed_trials": len(trials) - len(scored)}
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     """The error's type and first line (a trial's traceback stays in Ray's logs)."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
