@@ -72,23 +72,37 @@ def test_prepare_train_export_serve_through_object_storage(
 
 
 def test_ray_train_reads_data_from_and_checkpoints_to_object_storage(
-        bucket: str, small_prepared: Path, isolated_home: Path) -> None:
+        bucket: str, small_prepared: Path, isolated_home: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
     from movierec.training.config import TrainConfig
-    from movierec.training.ray_runner import fit_on_ray
+    from movierec.training.runner import train_and_track
 
     data_uri = f"s3://{bucket}/prepared/small"
-    storage.upload_folder(small_prepared, data_uri)
+    manifest = storage.upload_folder(small_prepared, data_uri)
     assert not (isolated_home / "remote").exists()  # nobody has a copy yet
+    driver_reads: list[str] = []
+    read_manifest = storage.read_manifest
+
+    def counted(uri: str) -> dict[str, object]:
+        driver_reads.append(uri)
+        return read_manifest(uri)
+
+    monkeypatch.setattr(storage, "read_manifest", counted)  # the driver's reads only
     try:
         # The URI goes to the workers, which download the data for themselves (on a
         # cluster the driver's copy is on another machine).
-        result = fit_on_ray(TrainConfig(epochs=2), data_uri, workers=1,
-                            storage=f"s3://{bucket}/ray-results")
+        result = train_and_track(TrainConfig(epochs=2), data_uri, workers=1,
+                                 storage=f"s3://{bucket}/ray-results")
     finally:  # its workers carry this test's environment (home, endpoint, keys)
         ray.shutdown()
-    assert result.best_epoch >= 1
+    assert result["best_epoch"] >= 1
+    # One read of the manifest on the driver: the run is tagged with the data_version of
+    # the generation the workers were told to read (a second read could see a newer one).
+    assert driver_reads == [data_uri]
+    card = json.loads((small_prepared / "dataset.json").read_text())
+    assert result["data_version"] == card["data_version"] and manifest["generation"]
     assert len(list((isolated_home / "remote").glob(f"*/{storage.GENERATION_PREFIX}*"))) == 1
     client = boto3.client("s3", endpoint_url=storage.endpoint(),
                           region_name="us-east-1")

@@ -144,7 +144,8 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
                address: str | None = None, max_failures: int = 2,
                crash_once_at_epoch: int | None = None,
                storage: str | Path | None = None, progress: bool = False,
-               on_epoch: EpochListener | None = None) -> FitResult:
+               on_epoch: EpochListener | None = None,
+               driver_copy: Path | None = None) -> FitResult:
     """Train with ``workers`` Ray Train workers and return the rank-0 result.
 
     Args:
@@ -162,6 +163,9 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
         progress: A progress bar on the driver, one epoch at a time, as in-process.
         on_epoch: Hears rank 0's record of each epoch on the driver, as it finishes
             (called from a thread of the driver).
+        driver_copy: The driver's copy of an ``s3://`` ``data`` when the caller already
+            made one (``materialize``): the workers must read its generation, so the run is
+            described by the data it trains on (else the manifest is read here).
     """
     import ray  # noqa: PLC0415
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
@@ -181,7 +185,8 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
     local_root = get_settings().home / "ray_results"
     name = f"train-{config.model.kind}-{int(time.time() * 1000)}"
     source = str(data) if is_remote(data) else str(Path(data).resolve())
-    local = materialize(source)  # the driver's copy (its generation names the folder)
+    # The driver's copy: its generation names the folder, and the workers must read it.
+    local = driver_copy if driver_copy is not None and is_remote(data) else materialize(source)
     loop_config: dict[str, Any] = {"config": config.model_dump(), "data": source,
                                    "generation": local.name if is_remote(data) else None}
     if crash_once_at_epoch is not None:
