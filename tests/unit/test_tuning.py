@@ -62,8 +62,10 @@ def test_trials_are_logged_live_and_what_tracking_missed_at_the_end() -> None:
     from movierec.training.tune_runs import TrialRuns
 
     trial_base = TrainConfig.model_validate({"epochs": 3, "refit": False})
-    first, second = (SimpleNamespace(path=f"/ray/trial_{i}", config={**SAMPLE, "d": d})
-                     for i, d in ((0, 32), (1, 64)))
+    first, second, unborn = (SimpleNamespace(path=f"/ray/trial_{i}", config=config)
+                             for i, config in enumerate(
+                                 ({**SAMPLE, "d": 32}, {**SAMPLE, "d": 64},
+                                  {**SAMPLE, "dropout": 1.5})))
     with tracked_run("tune", {"samples": 3}, {"kind": "tune"}) as tracking:
         parent = tracking.active_run().info.run_id
         runs = TrialRuns(parent, trial_base, {"data_version": "v"})
@@ -83,23 +85,49 @@ def test_trials_are_logged_live_and_what_tracking_missed_at_the_end() -> None:
             runs.on_trial_result(0, [], first, {"epoch": 2, METRIC: 0.2, "loss": 0.9})
             runs.on_trial_start(0, [], second)  # no second warning, nothing tried
             runs.on_trial_complete(0, [], first)
+            runs.on_trial_error(0, [], second)
+            runs.on_trial_error(0, [], unborn)  # its actor never started: no start hook
         assert len(warned) == 1 and _child_runs().keys() == {"32"}
         del client.log_batch  # back again: flush logs what is missing, once
 
-        runs.flush([
+        cut_short = runs.flush([  # as Tune returns them
             SimpleNamespace(path=first.path, config=first.config, error=None,
                             metrics_dataframe=curve(0.1, 0.2)),
             SimpleNamespace(path=second.path, config=second.config, metrics_dataframe=curve(0.3),
                             error=RuntimeError("worker died\ntraceback")),
-            SimpleNamespace(path="/ray/trial_2", config={**SAMPLE, "dropout": 1.5},
-                            metrics_dataframe=None, error=None),
+            SimpleNamespace(path=unborn.path, config=None, metrics_dataframe=pd.DataFrame(),
+                            error=ValueError("dropout")),
         ])
-    children = _child_runs()
+    assert cut_short == 0
+    children = _child_runs()  # the unborn trial's params come from Tune's Trial.config
     assert _steps(children["32"]) == [1, 2]  # epoch 1 was not logged twice
     outcome = {key: (run.info.status, run.data.tags["status"]) for key, run in children.items()}
     assert outcome == {"32": ("FINISHED", "finished"), "64": ("FAILED", "failed"),
-                       "1.5": ("FINISHED", "no-score")}
+                       "1.5": ("FAILED", "failed")}
     assert children["64"].data.tags["error"] == "RuntimeError: worker died"
+
+
+def test_a_trial_run_ends_as_tune_reports_it_and_an_interrupted_search_kills_the_rest() -> None:
+    from movierec.training.tune_runs import TrialRuns
+
+    trials = [SimpleNamespace(path=f"/ray/trial_{d}", config={**SAMPLE, "d": d})
+              for d in (32, 50, 64)]
+    with tracked_run("tune", {"samples": 3}, {"kind": "tune"}) as tracking:
+        runs = TrialRuns(tracking.active_run().info.run_id, TrainConfig(), {})
+        for trial in trials[:2]:
+            runs.on_trial_start(0, [], trial)
+            runs.on_trial_result(0, [], trial, {"epoch": 1, METRIC: 0.1, "loss": 1.0})
+        runs.on_trial_error(0, [], trials[0])
+        assert _child_runs()["32"].info.status == "FAILED"  # at once, not at the end
+        # Ctrl+C: Tune stops the running trial and returns; the third never started.
+        cut_short = runs.flush([SimpleNamespace(path=trial.path, config=trial.config,
+                                                error=None, metrics_dataframe=curve(0.1))
+                                for trial in trials])
+    assert cut_short == 2
+    outcome = {key: (run.info.status, run.data.tags["status"])
+               for key, run in _child_runs().items()}
+    assert outcome == {"32": ("FAILED", "failed"), "50": ("KILLED", "killed"),
+                       "64": ("KILLED", "killed")}
 
 
 def test_a_failed_search_ends_its_open_trials_as_killed() -> None:
@@ -111,6 +139,15 @@ def test_a_failed_search_ends_its_open_trials_as_killed() -> None:
         runs.abandon()
     (run,) = _child_runs().values()
     assert (run.info.status, run.data.tags["status"]) == ("KILLED", "killed")
+
+
+def test_an_interrupted_run_ends_killed_and_a_failed_one_failed() -> None:
+    for error, status in ((KeyboardInterrupt(), "KILLED"), (RuntimeError("bug"), "FAILED")):
+        with pytest.raises(type(error)), tracked_run("x", {}, {"kind": "check"}) as tracking:
+            run_id = tracking.active_run().info.run_id
+            raise error
+        assert mlflow.get_run(run_id).info.status == status
+    assert mlflow.active_run() is None
 
 
 def _unreachable(*args: Any, **kwargs: Any) -> None:

@@ -93,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"movierec: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("movierec: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"movierec: interrupted{f': {interrupt}' if str(interrupt) else ''}",
+              file=sys.stderr)
         return 130
 
 

@@ -88,12 +88,19 @@ def configure() -> Any:
 @contextmanager
 def tracked_run(run_name: str, params: dict[str, Any], tags: dict[str, str],
                 nested: bool = False) -> Iterator[Any]:
-    """Start an MLflow run with flattened params and tags; yields the mlflow module."""
+    """Start an MLflow run with flattened params and tags; yields the mlflow module.
+
+    The run ends FINISHED, FAILED on an error, or KILLED when interrupted (Ctrl+C).
+    """
     mlflow = configure()
     with mlflow.start_run(run_name=run_name, nested=nested):
         mlflow.log_params(flatten(params))
         mlflow.set_tags({"git_commit": git_commit(), **tags})
-        yield mlflow
+        try:
+            yield mlflow
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")  # start_run's exit then finds no run to end
+            raise
 
 
 def _record_key(record: dict[str, Any]) -> tuple[int, tuple[str, ...]]:

@@ -4,7 +4,9 @@ Tune calls ``TrialRuns``'s hooks in the driver (one thread) as trials start, rep
 end, so a long search can be watched in the MLflow UI trial by trial, and only the driver
 writes to the tracking store. Tracking never stops a search: after a failed call it warns
 once and logs nothing more live; ``flush`` then logs, from Tune's results, whatever is
-missing, and there a failure counts. Imports Ray at module level: import it only to tune.
+missing, and there a failure counts. A search cut short (Ctrl+C: Tune then returns as if
+done) is told by the trials Tune never completed. Imports Ray at module level: import it
+only to tune.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ def trial_params(trial_base: TrainConfig, sample: dict[str, Any]) -> dict[str, A
     """The whole config a trial trains, as a train run logs it; the raw sample if invalid."""
     try:
         return apply_sample(trial_base, sample).model_dump()
-    except ValidationError:  # a sample the base cannot take: the trial fails on it too
+    except (ValidationError, KeyError):  # a sample the base cannot take, or none at all
         return sample
 
 
 @dataclass
 class _Trial:
-    """What one trial's run has received so far."""
+    """What Tune said of one trial, and what its run has received so far."""
 
+    config: dict[str, Any] | None = None  # Tune's sample (set even if no actor started)
+    ended: str | None = None  # "finished" or "failed" once Tune says so; None: cut short
     run_id: str | None = None
     described: bool = False  # its params are logged
     steps: set[int] = field(default_factory=set)
@@ -54,9 +58,11 @@ class TrialRuns(Callback):
     """Logs each Tune trial as a child run of ``parent_run_id`` as it goes.
 
     A trial's run carries the whole config it trained as params, the tags of the search
-    plus ``kind=trial`` and ``status`` (running, then finished, no-score or failed), and
-    per epoch its loss and validation figures. Trials are told apart by their folder
-    (``trial.path``, which is also their ``Result.path``).
+    plus ``kind=trial`` and ``status`` (running, then finished, no-score, failed, or killed
+    for a trial the search's end cut short), and per epoch its loss and validation figures.
+    Trials are told apart by their folder (``trial.path``, which is also their
+    ``Result.path``). What Tune says of a trial is noted before anything is logged, so a
+    tracking outage loses no trial's outcome.
     """
 
     def __init__(self, parent_run_id: str, trial_base: TrainConfig,
@@ -67,44 +73,54 @@ class TrialRuns(Callback):
         self._experiment_id = self._commit = ""
         self._failed = False
 
-    # Tune's hooks: each is one guarded call, so tracking never breaks the search.
+    # Tune's hooks, in the driver's Tune loop.
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any,
                        **info: Any) -> None:
         """Open the trial's run."""
-        self._live(self._open, trial.path, trial.config)
+        self._live(self._open, self._note(trial))
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
         """Log the epoch the trial just reported."""
-        self._live(self._log_epoch, trial.path, result)
+        self._live(self._log_epoch, self._note(trial), result)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                           **info: Any) -> None:
         """Close the run of a trial that ended (ASHA's stop included)."""
-        self._live(self._close, trial.path, None)
+        self._live(self._close, self._note(trial, ended="finished"))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
                        **info: Any) -> None:
-        """Close the run of a trial that failed."""
-        self._live(self._close, trial.path, "failed")
+        """Close the run of a trial that failed (its actor may never have started)."""
+        self._live(self._close, self._note(trial, ended="failed"))
 
-    def flush(self, results: Iterable[Any]) -> None:
+    def flush(self, results: Iterable[Any]) -> int:
         """Log what the live hooks did not, from Tune's results; errors propagate here.
 
         Args:
             results: Tune's results (``path``, ``config``, ``error``, ``metrics_dataframe``).
+
+        Returns:
+            How many trials the search's end cut short (Tune never completed them: an
+            interrupted search); their runs end as KILLED.
         """
+        cut_short = 0
         for result in results:
-            self._open(result.path, result.config)
+            trial = self._trials.setdefault(result.path, _Trial())
+            if trial.config is None:  # a Result has no config when no actor ever started
+                trial.config = result.config or {}
+            if result.error is not None:
+                trial.ended = "failed"
+            cut_short += trial.ended is None
+            self._open(trial)
             history = result.metrics_dataframe
             for row in (history.to_dict("records") if history is not None else []):
-                if int(row["epoch"]) not in self._trials[result.path].steps:
-                    self._log_epoch(result.path, row)
+                self._log_epoch(trial, row)  # the epochs not logged yet
             if result.error is not None:
-                self._tracking().set_tag(self._trials[result.path].run_id, "error",
-                                         one_line(result.error)[:5000])
-            if not self._trials[result.path].closed:
-                self._close(result.path, "failed" if result.error is not None else None)
+                self._tracking().set_tag(trial.run_id, "error", one_line(result.error)[:5000])
+            if not trial.closed:
+                self._close(trial)
+        return cut_short
 
     def abandon(self) -> None:
         """End every run still open as KILLED (the search itself failed); best effort."""
@@ -116,7 +132,20 @@ class TrialRuns(Callback):
                 except Exception:  # the search's own error is what matters
                     return
 
+    def _note(self, tune_trial: Any, ended: str | None = None) -> _Trial:
+        """Record what Tune says of a trial (always, even after a tracking failure)."""
+        trial = self._trials.setdefault(tune_trial.path, _Trial())
+        trial.config = tune_trial.config
+        trial.ended = ended or trial.ended
+        return trial
+
     def _live(self, log: Callable[..., None], *args: Any) -> None:
+        """Log now; after a failure, leave it to ``flush``.
+
+        Tune waits for its hooks, so the first failed call holds every trial for as long
+        as MLflow's client retries (minutes by default; ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``
+        and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` shorten it); after it nothing more is tried.
+        """
         if self._failed:
             return
         try:
@@ -135,10 +164,9 @@ class TrialRuns(Callback):
             self._commit = git_commit()
         return self._client
 
-    def _open(self, path: str, sample: dict[str, Any]) -> None:
+    def _open(self, trial: _Trial) -> None:
         from mlflow.entities import Param  # noqa: PLC0415 - MLflow is imported lazily
 
-        trial = self._trials.setdefault(path, _Trial())
         if trial.described:  # opened live, or a trial Tune started again
             return
         client = self._tracking()
@@ -147,27 +175,33 @@ class TrialRuns(Callback):
                     **self.tags, "kind": "trial", "status": "running"}
             trial.run_id = client.create_run(self._experiment_id, run_name="trial",
                                              tags=tags).info.run_id
-        params = [Param(key, str(value))
-                  for key, value in flatten(trial_params(self.trial_base, sample)).items()]
+        params = [Param(key, str(value)) for key, value
+                  in flatten(trial_params(self.trial_base, trial.config or {})).items()]
         for start in range(0, len(params), BATCH_LIMIT):
             client.log_batch(trial.run_id, params=params[start:start + BATCH_LIMIT])
         trial.described = True
 
-    def _log_epoch(self, path: str, result: dict[str, Any]) -> None:
+    def _log_epoch(self, trial: _Trial, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric  # noqa: PLC0415
 
-        trial = self._trials[path]
-        figures, step, now = logged_figures(result), int(result["epoch"]), int(time.time() * 1000)
+        self._open(trial)
+        step, now = int(result["epoch"]), int(time.time() * 1000)
+        if step in trial.steps:  # a trial Tune restarted reports its epochs again
+            return
+        figures = logged_figures(result)
         self._tracking().log_batch(trial.run_id, metrics=[
             Metric(key, value, now, step) for key, value in figures.items()])
         trial.steps.add(step)
         trial.scored = trial.scored or METRIC in figures
 
-    def _close(self, path: str, status: str | None) -> None:
-        trial = self._trials[path]
-        status = status or ("finished" if trial.scored else "no-score")
+    def _close(self, trial: _Trial) -> None:
+        self._open(trial)
+        if trial.ended == "failed":
+            status, state = "failed", "FAILED"
+        elif trial.ended is None:
+            status, state = "killed", "KILLED"
+        else:
+            status, state = ("finished" if trial.scored else "no-score"), "FINISHED"
         self._tracking().set_tag(trial.run_id, "status", status)
-        self._tracking().set_terminated(trial.run_id,
-                                        "FAILED" if status == "failed" else "FINISHED")
+        self._tracking().set_terminated(trial.run_id, state)
         trial.closed = True
-

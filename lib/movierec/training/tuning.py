@@ -125,10 +125,13 @@ def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> di
                                       callbacks=[runs]))
         try:
             results = list(tuner.fit())
+            cut_short = runs.flush(results)
         except BaseException:
             runs.abandon()
             raise
-        runs.flush(results)
+        if cut_short:  # Ctrl+C: Tune stops its trials and returns as if it were done
+            raise KeyboardInterrupt(f"tuning was interrupted ({cut_short} of {len(results)} "
+                                    "trials cut short); no config was chosen")
         summary = choose_best(results, base)
         mlflow.log_metric(f"best_{METRIC}", summary[METRIC])
         mlflow.log_metric("failed_trials", summary["failed_trials"])
