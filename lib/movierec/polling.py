@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -82,3 +84,49 @@ def process_gone(pid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return True
     return False
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in the kernel's clock ticks since boot (Linux).
+
+    None when it does not run or the system has no ``/proc``. A pid and its start time
+    name one process: a pid reused after the recorded process ended starts later.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """Record ``pid`` and its start time, so a later reader can tell a reused pid."""
+    path.write_text(f"{pid} {process_start(pid) or '-'}\n")
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid recorded in ``path`` while that very process runs, else None.
+
+    None for a missing or unreadable file, a process that ended, and a pid that now names
+    another process (after a reboot, say): signalling it would hit a stranger.
+    """
+    try:
+        fields = path.read_text().split()
+        pid = int(fields[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if process_gone(pid):
+        return None
+    recorded = fields[1] if len(fields) > 1 else "-"
+    started = process_start(pid)
+    if recorded != "-" and started is not None and started != recorded:
+        return None
+    return pid
+
+
+def stop_process_group(pid: int, timeout: float = 30.0) -> None:
+    """SIGTERM the process group led by ``pid``; SIGKILL it if still there after ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):  # it may exit meanwhile
+        os.killpg(pid, signal.SIGTERM)
+        if not poll(lambda: process_gone(pid), timeout):
+            os.killpg(pid, signal.SIGKILL)

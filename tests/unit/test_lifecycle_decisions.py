@@ -17,7 +17,7 @@ from movierec.lifecycle.canary import (
     two_proportion_test,
     user_permutation_test,
 )
-from movierec.lifecycle.config import CanaryConfig, GateConfig
+from movierec.lifecycle.config import CanaryConfig, GateConfig, LifecycleConfig
 from movierec.lifecycle.gates import full_ranks, offline_gate
 
 
@@ -225,44 +225,125 @@ def test_the_report_shows_an_unscored_candidate_as_such(tmp_path: Path) -> None:
     assert plot_run(summary, tmp_path / "run.png") is not None  # production's bar alone
 
 
+class _Recorder:
+    """A backend and a registry (aliases in a dict) that record what the pipeline asks."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, follows_alias: bool = False,
+                 failing: tuple[str, ...] = ()) -> None:
+        from movierec.registry import mlflow_registry
+
+        self.name, self.follows_alias, self.failing = "fake", follows_alias, failing
+        self.calls: list[tuple[str, ...]] = []
+        self.aliases: dict[str, str] = {}
+
+        def set_alias(alias: str, version: str, why: str) -> None:
+            self.calls.append(("alias", alias, version))
+            self.aliases[alias] = version
+
+        def remove_alias(alias: str, why: str) -> None:
+            self.calls.append(("unalias", alias))
+            del self.aliases[alias]
+
+        monkeypatch.setattr(mlflow_registry, "set_alias", set_alias)
+        monkeypatch.setattr(mlflow_registry, "remove_alias", remove_alias)
+        monkeypatch.setattr(mlflow_registry, "current_version", self.aliases.get)
+
+    def deploy(self, stage: str, version: str) -> dict[str, str]:
+        self.calls.append(("deploy", stage, version))
+        if "deploy" in self.failing:
+            raise TimeoutError(f"{stage} did not answer /ready in time")
+        return {"how": "fake"}
+
+    def retire(self, stage: str) -> None:
+        self.calls.append(("retire", stage))
+        if "retire" in self.failing:
+            raise TimeoutError(f"{stage} still serves 30 s after it was retired")
+
+    def serving_version(self, stage: str) -> None:
+        return None
+
+    def stage_url(self, stage: str) -> str:
+        return f"http://127.0.0.1:9/{stage}"
+
+    def pipeline(self) -> object:
+        from movierec.lifecycle.pipeline import Pipeline
+        from movierec.training.config import TrainConfig
+
+        return Pipeline(LifecycleConfig(), TrainConfig(), self,  # type: ignore[arg-type]
+                        say=lambda _: None)
+
+
 def test_a_crashed_canary_analysis_rolls_the_canary_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from movierec.lifecycle import pipeline as pipeline_module
-    from movierec.lifecycle.config import LifecycleConfig
-    from movierec.registry import mlflow_registry
-    from movierec.training.config import TrainConfig
 
-    calls: list[tuple[str, ...]] = []
-
-    class Backend:  # records what the pipeline asks of it
-        name, follows_alias = "fake", False
-
-        def deploy(self, stage: str, version: str) -> dict[str, str]:
-            calls.append(("deploy", stage, version))
-            return {"how": "fake"}
-
-        def retire(self, stage: str) -> None:
-            calls.append(("retire", stage))
-
-        def stage_url(self, stage: str) -> str:
-            return f"http://127.0.0.1:9/{stage}"
-
-    monkeypatch.setattr(mlflow_registry, "set_alias",
-                        lambda alias, version, why: calls.append(("alias", alias, version)))
-    monkeypatch.setattr(mlflow_registry, "remove_alias",
-                        lambda alias, why: calls.append(("unalias", alias)))
+    fake = _Recorder(monkeypatch)
 
     def no_traffic_left(world: object, events: int) -> None:
         raise ValueError("no future interactions are left to replay")
 
     monkeypatch.setattr(pipeline_module, "take_events", no_traffic_left)
-    run = pipeline_module.Pipeline(LifecycleConfig(), TrainConfig(), Backend(),  # type: ignore[arg-type]
-                                   say=lambda _: None)
-    run._canary(world=None, version="7")  # type: ignore[arg-type]
-    assert calls == [("deploy", "canary", "7"), ("alias", "canary", "7"), ("unalias", "canary"),
-                     ("retire", "canary")]
-    assert run.summary["decision"] == "rolled_back"
-    assert "crashed: ValueError: no future interactions" in run.summary["reason"]
+    run = fake.pipeline()
+    run._canary(world=None, version="7")  # type: ignore[attr-defined]
+    assert fake.calls == [("deploy", "canary", "7"), ("alias", "canary", "7"),
+                          ("unalias", "canary"), ("retire", "canary")]
+    assert run.summary["decision"] == "rolled_back"  # type: ignore[attr-defined]
+    assert "crashed: ValueError: no future interactions" in run.summary["reason"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("follows_alias", [True, False])
+def test_a_failed_candidate_deploy_is_undone_before_the_error_goes_on(
+        monkeypatch: pytest.MonkeyPatch, follows_alias: bool) -> None:
+    fake = _Recorder(monkeypatch, follows_alias=follows_alias, failing=("deploy",))
+    fake.aliases["canary"] = "5"  # an older canary's alias, left by a rolled-back run
+    run = fake.pipeline()
+    with pytest.raises(TimeoutError, match="did not answer"):
+        run._canary(world=None, version="7")  # type: ignore[attr-defined]
+    if follows_alias:  # the alias moved first (the pods load it): it comes off again
+        assert fake.calls == [("alias", "canary", "7"), ("deploy", "canary", "7"),
+                              ("unalias", "canary"), ("retire", "canary")]
+        assert "canary" not in fake.aliases
+    else:  # the deploy went first and failed: the alias never moved, only the stage stops
+        assert fake.calls == [("deploy", "canary", "7"), ("retire", "canary")]
+        assert fake.aliases == {"canary": "5"}
+    assert "TimeoutError" in run.summary["steps"]["canary"]["deploy"]["failed"]  # type: ignore[attr-defined]
+
+
+def test_a_promotion_stands_when_the_canary_cannot_be_taken_down(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _Recorder(monkeypatch, failing=("retire",))
+    fake.aliases.update(production="6", canary="7")
+    run = fake.pipeline()
+    run._promote("7", "canary analysis: no evidence the canary is worse")  # type: ignore[attr-defined]
+    assert fake.aliases == {"production": "7"}
+    assert run.summary["decision"] == "promoted"  # type: ignore[attr-defined]
+    assert "could not take canary down" in run.summary["steps"]["canary"]["cleanup_failed"]  # type: ignore[attr-defined]
+
+
+def test_a_canary_is_not_promoted_when_production_served_nothing() -> None:
+    canary = _per_user_arm([(3, 10)] * 6)
+    down = ArmStats(40, 40, 0, None)  # every production request failed
+    analysis = analyze(canary, down, CanaryConfig())
+    assert not analysis.promote and "no baseline" in analysis.reasons[0]
+    aggregate = analyze(ArmStats(60, 0, 18, 10.0), down, CanaryConfig())
+    assert not aggregate.promote and "no baseline" in aggregate.reasons[0]
+
+
+def test_platform_ports_must_name_one_service_each() -> None:
+    from pydantic import ValidationError
+
+    from movierec.lifecycle.config import PlatformConfig
+
+    ports = {"production": 8000, "staging": 8001, "canary": 8002}
+    assert PlatformConfig(ports=ports).url("canary") == "http://127.0.0.1:8002"
+    for bad, message in (({**ports, "canary": 8000}, "a port of its own"),
+                         ({**ports, "staging": 5000}, "a port of its own"),  # MLflow's
+                         ({**ports, "canary": 70000}, "outside 1-65535"),
+                         ({"production": 8000, "staging": 8001}, "no port for canary")):
+        with pytest.raises(ValidationError, match=message):
+            PlatformConfig(ports=bad)
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        GateConfig(min_gain=-0.5)
 
 
 def test_staging_load_seconds_are_whole_seconds() -> None:

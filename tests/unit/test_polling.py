@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,67 @@ def test_process_gone_collects_an_exited_child_that_would_look_alive() -> None:
     finally:
         child.kill()  # a no-op once collected: Popen sees the child is gone
         child.wait()
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    """A process in a session of its own, as the platform starts its services."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            start_new_session=True)
+
+
+def test_a_pid_file_names_its_process_and_never_a_stranger_with_the_same_pid(
+        tmp_path: Path) -> None:
+    from movierec.polling import process_start, read_pid_file, write_pid_file
+
+    child = _sleeper()
+    try:
+        path = tmp_path / "stage.pid"
+        write_pid_file(path, child.pid)
+        assert read_pid_file(path) == child.pid
+        # The same pid with another start time: the recorded process ended and the pid
+        # was given to another one (after a reboot, say).
+        start = process_start(child.pid)
+        assert start is not None and start.isdigit()
+        path.write_text(f"{child.pid} {int(start) - 1}\n")
+        assert read_pid_file(path) is None
+        path.write_text(f"{child.pid}\n")  # a file of the old format: the pid alone
+        assert read_pid_file(path) == child.pid
+    finally:
+        child.kill()
+        child.wait()
+    assert read_pid_file(path) is None  # the process ended
+    assert read_pid_file(tmp_path / "missing.pid") is None
+    (tmp_path / "garbage.pid").write_text("not a pid")
+    assert read_pid_file(tmp_path / "garbage.pid") is None
+
+
+def test_platform_down_stops_orphaned_stages_and_leaves_strangers_alone(
+        tmp_path: Path) -> None:
+    from movierec.lifecycle.backends.local import LocalPlatform
+    from movierec.polling import process_start, write_pid_file
+
+    platform = LocalPlatform(home=tmp_path)
+    platform.folder.mkdir(parents=True)
+    orphan, stranger = _sleeper(), _sleeper()
+    try:
+        # A stage whose supervisor was killed; a supervisor pid file naming a reused pid.
+        write_pid_file(platform.folder / "canary.pid", orphan.pid)
+        (platform.folder / "supervisor.pid").write_text(
+            f"{stranger.pid} {int(process_start(stranger.pid) or 1) - 1}\n")
+        assert platform.down() == ["canary"]
+        assert orphan.wait(timeout=10) is not None
+        assert stranger.poll() is None  # not ours: never signalled
+        assert not list(platform.folder.glob("*.pid"))
+    finally:
+        for process in (orphan, stranger):
+            process.kill()
+            process.wait()
+
+
+def test_a_service_that_keeps_failing_is_restarted_ever_more_slowly() -> None:
+    from movierec.lifecycle.backends.supervisor import MAX_BACKOFF_S, POLL_S, restart_delay
+
+    assert restart_delay(0, 1.0) == POLL_S
+    assert restart_delay(3, 1.0) == 8 * POLL_S
+    assert restart_delay(50, 1.0) == MAX_BACKOFF_S
+    assert restart_delay(50, 3600.0) == 0.0  # it ran an hour: restarted at once

@@ -2,6 +2,7 @@ import json
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 
 from movierec.cli.main import main
@@ -106,9 +107,17 @@ def test_an_unreachable_tracking_server_is_named_in_the_failure_reason(
         MlflowClient(url).search_registered_models()
     assert tracking_unreachable(refused.value)
     assert _failure_reason(refused.value).startswith(f"MLflow at {url} is unreachable")
+    after = _failure_reason(refused.value, registered="4")
+    assert "version 4 was registered" in after and "nothing was registered" not in after
     other = MlflowException("RESOURCE_DOES_NOT_EXIST: no such model")
     assert not tracking_unreachable(other)
     assert _failure_reason(other) == "MlflowException: RESOURCE_DOES_NOT_EXIST: no such model"
+    # A stage that refuses its reload is not MLflow, though a ConnectionRefusedError is in
+    # that chain too.
+    with pytest.raises(httpx.ConnectError) as stage_down:
+        httpx.post(f"{url}/admin/reload", timeout=2)
+    assert not tracking_unreachable(stage_down.value)
+    assert _failure_reason(stage_down.value).startswith("ConnectError: ")
 
 
 def test_current_version_is_none_only_when_nothing_is_there(

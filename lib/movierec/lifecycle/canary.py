@@ -220,6 +220,9 @@ def analyze(canary: ArmStats, production: ArmStats, config: CanaryConfig,
                                          production.hits, production.served)
     if canary.requests == 0:
         reasons.append("the canary received no traffic")
+    if production.served == 0:  # a hit rate compared with nothing would promote anything
+        reasons.append(f"production served none of its {production.requests} requests: no "
+                       "baseline to compare the canary with (is production up?)")
     if canary.error_rate > config.max_error_rate:
         reasons.append(f"error rate {canary.error_rate:.2%} > {config.max_error_rate:.2%}")
     if canary.p95_ms is not None and canary.p95_ms > config.slo_p95_ms:

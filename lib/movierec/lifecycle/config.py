@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from movierec.config import get_settings
 
@@ -31,6 +31,22 @@ class PlatformConfig(BaseModel):
         "production": 8000, "staging": 8001, "canary": 8002})
     ready_timeout_s: float = Field(120.0, gt=0)
 
+    @model_validator(mode="after")
+    def _one_service_per_port(self) -> PlatformConfig:
+        # Two stages on one port would be one service: a canary deployed "beside"
+        # production would reload production itself and then be compared with itself.
+        missing = [stage for stage in STAGES if stage not in self.ports]
+        if missing:
+            raise ValueError(f"ports: no port for {', '.join(missing)}")
+        wrong = {stage: port for stage, port in self.ports.items() if not 1 <= port <= 65535}
+        if wrong:
+            raise ValueError(f"ports: {wrong} outside 1-65535")
+        taken = [*self.ports.values(), self.mlflow_port]
+        if len(set(taken)) < len(taken):
+            raise ValueError(f"ports {dict(self.ports)} and mlflow_port {self.mlflow_port}: "
+                             "every service needs a port of its own")
+        return self
+
     def url(self, stage: Stage) -> str:
         """Base URL of a stage service."""
         return f"http://{self.host}:{self.ports[stage]}"
@@ -54,7 +70,7 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min_gain: float = 0.0
+    min_gain: float = Field(0.0, ge=0, description="a negative gain would pass a worse model")
     require_significant: bool = False
     bootstrap_resamples: int = Field(1000, ge=100)
     level: float = Field(0.95, gt=0.5, lt=1.0)

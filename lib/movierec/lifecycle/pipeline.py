@@ -102,7 +102,8 @@ class Pipeline:
         try:
             self._run(candidate, workers)
         except Exception as error:
-            self.summary.update(decision="failed", reason=_failure_reason(error))
+            self.summary.update(decision="failed", reason=_failure_reason(
+                error, self.summary["candidate_version"]))
             raise
         finally:
             self.summary["seconds"] = round(time.monotonic() - started, 1)
@@ -144,9 +145,7 @@ class Pipeline:
         version = registry.register_bundle(bundle, result["run_id"],
                                            f"{candidate} candidate ({self.summary['trigger']})")
         self.summary["candidate_version"] = version
-        deployed = deploy_and_point(self.backend, "staging", version, lambda: registry.set_alias(
-            "staging", version, f"passed the offline gate: {gate.reason}"))
-        self._step("staging", deploy=deployed)
+        self._deploy_candidate("staging", version, f"passed the offline gate: {gate.reason}")
         if not self._staging(version, data_dir):
             return
         if production is None:
@@ -209,6 +208,46 @@ class Pipeline:
         self._roll_back("staging", "staging tests failed: " + "; ".join(problems))
         return False
 
+    def _deploy_candidate(self, stage: Stage, version: str, reason: str) -> None:
+        """Serve the candidate at ``stage`` and point its alias at it.
+
+        A deploy that fails (a stage that never answers, a cluster call refused) is undone
+        before the error goes on: the alias comes off the candidate and the stage stops,
+        so no model that was never tested or analysed keeps serving.
+        """
+        from movierec.registry.mlflow_registry import set_alias  # noqa: PLC0415
+
+        try:
+            deployed = deploy_and_point(self.backend, stage, version,
+                                        lambda: set_alias(stage, version, reason))
+        except Exception as error:
+            self._step(stage, deploy={"failed": _failure_reason(error)})
+            self._take_down(stage, f"the {stage} deploy of version {version} failed", version)
+            raise
+        self._step(stage, deploy=deployed)
+
+    def _take_down(self, stage: Stage, reason: str, version: str | None = None) -> None:
+        """Best effort: take ``stage``'s alias off (only from ``version`` when given), stop it.
+
+        For clean-ups whose caller already has its outcome (an error, a promotion): a
+        failure here is said and recorded in the step, not raised.
+        """
+        from movierec.registry.mlflow_registry import (  # noqa: PLC0415
+            current_version,
+            remove_alias,
+        )
+
+        try:
+            current = current_version(stage)
+            if current is not None and version in (None, current):
+                remove_alias(stage, reason)
+            self.backend.retire(stage)
+        except Exception as error:
+            problem = (f"could not take {stage} down ({_failure_reason(error)}); check "
+                       f"`movierec registry history` and the {stage} service")
+            self._step(stage, cleanup_failed=problem)
+            self.say(f"warning: {problem}")
+
     def _roll_back(self, stage: Stage, reason: str) -> None:
         """Take ``stage``'s alias off the candidate, stop the stage, record the decision."""
         from movierec.registry.mlflow_registry import remove_alias  # noqa: PLC0415
@@ -218,11 +257,7 @@ class Pipeline:
         self._decide("rolled_back", reason)
 
     def _canary(self, world: World, version: str) -> None:
-        from movierec.registry.mlflow_registry import set_alias  # noqa: PLC0415
-
-        self._step("canary", deploy=deploy_and_point(
-            self.backend, "canary", version,
-            lambda: set_alias("canary", version, "passed staging tests")))
+        self._deploy_candidate("canary", version, "passed staging tests")
         try:
             analysis = self._canary_analysis(world)
         except Exception as error:  # a crashed analysis must not leave the canary serving
@@ -253,11 +288,7 @@ class Pipeline:
                        seed=self.config.seed)
 
     def _promote(self, version: str, reason: str) -> None:
-        from movierec.registry.mlflow_registry import (  # noqa: PLC0415
-            current_version,
-            remove_alias,
-            set_alias,
-        )
+        from movierec.registry.mlflow_registry import current_version, set_alias  # noqa: PLC0415
 
         url = self.backend.stage_url("production")
         serving = self.backend.serving_version("production") is not None
@@ -269,10 +300,9 @@ class Pipeline:
         if probe.failed:  # promoted all the same: the new version serves, but say so
             self.say(f"warning: {probe.failed} of {probe.sent} requests to production failed "
                      "during the swap (a reload in place should fail none)")
+        self._decide("promoted", reason)  # production serves it: whatever happens next
         if current_version("canary") is not None:
-            remove_alias("canary", f"promoted to production: {reason}")
-            self.backend.retire("canary")
-        self._decide("promoted", reason)
+            self._take_down("canary", f"promoted to production: {reason}")
 
     def _decide(self, decision: str, reason: str) -> None:
         self.summary.update(decision=decision, reason=reason)
@@ -304,12 +334,18 @@ def rollback_production(backend: Backend, reason: str) -> dict[str, Any]:
             "probe_requests": probe.sent, "failed_requests": probe.failed}
 
 
-def _failure_reason(error: Exception) -> str:
-    """One readable line for the summary; an unreachable MLflow is named as such."""
+def _failure_reason(error: Exception, registered: str | None = None) -> str:
+    """One readable line for the summary; an unreachable MLflow is named as such.
+
+    ``registered`` is the candidate's version when it was registered before the failure
+    (aliases move only after that).
+    """
     if tracking_unreachable(error):
         uri = os.environ.get("MLFLOW_TRACKING_URI") or "the tracking server"
-        return (f"MLflow at {uri} is unreachable: nothing was registered and no alias moved "
-                "(`movierec platform up` restarts it)")
+        done = ("nothing was registered and no alias moved" if registered is None else
+                f"version {registered} was registered; `movierec registry history` shows "
+                "which aliases moved")
+        return f"MLflow at {uri} is unreachable: {done} (`movierec platform up` restarts it)"
     text = str(error)
     first = text.splitlines()[0] if text else ""
     return f"{type(error).__name__}: {first[:300]}"

@@ -26,7 +26,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from movierec.lifecycle.config import PlatformConfig, Stage
-from movierec.polling import http_ok, poll, process_gone, wait_until
+from movierec.polling import http_ok, poll, process_gone, read_pid_file, wait_until
 from movierec.serving.loadtest import free_port
 
 # MLflow's client retries a refused connection for minutes by default; a fault scenario
@@ -311,11 +311,8 @@ class Lab:
 
     # ---- observations -----------------------------------------------------------------
     def platform_pid(self, name: str) -> int | None:
-        """Pid from ``platform/<name>.pid`` (mlflow, supervisor or a stage)."""
-        try:
-            return int((self.platform.folder / f"{name}.pid").read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        """Pid from ``platform/<name>.pid`` (mlflow, supervisor or a stage) while it runs."""
+        return read_pid_file(self.platform.folder / f"{name}.pid")
 
     def probe(self, stage: Stage, feedback_every: int = 0) -> Probe:
         """A probe against a stage, for the lab's known user."""

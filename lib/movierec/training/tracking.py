@@ -33,21 +33,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling, newest first."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+
+
 def tracking_unreachable(error: BaseException) -> bool:
     """Whether ``error`` comes from a tracking server that cannot be reached.
 
     MLflow's REST client turns a refused or failed connection into a plain
     ``MlflowException`` raised while handling the ``requests`` error, so the connection
-    error is found in the exception's chain (its cause or context), not in its type.
+    error is found in the exception's chain (its cause or context), not in its type. Only
+    ``requests``' own error counts: a refused connection to another service (a stage,
+    through httpx) is not the tracking server's.
     """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ConnectionError | requests.exceptions.ConnectionError):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    return any(isinstance(e, requests.exceptions.ConnectionError) for e in error_chain(error))
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,11 +11,9 @@ and ``/version`` names the deployed version.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +28,13 @@ from movierec.files import write_json_atomic
 from movierec.lifecycle.backends import reported_version
 from movierec.lifecycle.backends.supervisor import read_json
 from movierec.lifecycle.config import STAGES, PlatformConfig, Stage
-from movierec.polling import http_ok, poll, process_gone
+from movierec.polling import (
+    http_ok,
+    poll,
+    read_pid_file,
+    stop_process_group,
+    write_pid_file,
+)
 
 MLFLOW_START_TIMEOUT_S = 60.0
 RETIRE_TIMEOUT_S = 30.0
@@ -45,13 +49,6 @@ def _alive(pid: int | None) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _last_error(log: Path, tail: int = 20) -> str:
@@ -99,7 +96,7 @@ class LocalPlatform:
         with (self.folder / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True, env={**os.environ, **env})
-        (self.folder / f"{name}.pid").write_text(str(process.pid))
+        write_pid_file(self.folder / f"{name}.pid", process.pid)
         return process
 
     def _mlflow_healthy(self) -> bool:
@@ -110,7 +107,7 @@ class LocalPlatform:
         self.folder.mkdir(parents=True, exist_ok=True)
         started = []
         mlflow: subprocess.Popen | None = None
-        if not _alive(_read_pid(self.folder / "mlflow.pid")):
+        if read_pid_file(self.folder / "mlflow.pid") is None:
             if self._mlflow_healthy():
                 raise RuntimeError(f"port {self.config.mlflow_port} already serves an MLflow "
                                    "this platform did not start; stop it or choose "
@@ -135,7 +132,7 @@ class LocalPlatform:
         if not poll(self._mlflow_healthy, MLFLOW_START_TIMEOUT_S, every=0.5, abort=exited):
             raise TimeoutError(f"MLflow did not start within {MLFLOW_START_TIMEOUT_S:g} s: "
                                f"see {log}")
-        if not _alive(_read_pid(self.folder / "supervisor.pid")):
+        if read_pid_file(self.folder / "supervisor.pid") is None:
             ports = json.dumps(dict(self.config.ports))
             self._spawn("supervisor", [sys.executable, "-m",
                                        "movierec.lifecycle.backends.supervisor",
@@ -202,17 +199,18 @@ class LocalPlatform:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def down(self) -> list[str]:
-        """Stop the supervisor (it stops the stages) and MLflow; return what was stopped."""
+        """Stop the supervisor (it stops the stages) and MLflow; return what was stopped.
+
+        Stage services a supervisor left running (it was killed, so it could not stop
+        them) are stopped too. Only processes whose pid files still name them are
+        signalled: a pid reused by another process is left alone.
+        """
         stopped = []
-        for name in ("supervisor", "mlflow"):
+        for name in ("supervisor", *STAGES, "mlflow"):  # the stages once theirs is gone
             pid_file = self.folder / f"{name}.pid"
-            pid = _read_pid(pid_file)
-            if _alive(pid):
-                assert pid is not None
-                with contextlib.suppress(ProcessLookupError):  # it may exit meanwhile
-                    os.killpg(pid, signal.SIGTERM)
-                    if not poll(lambda pid=pid: process_gone(pid), 30):
-                        os.killpg(pid, signal.SIGKILL)
+            pid = read_pid_file(pid_file)
+            if pid is not None:
+                stop_process_group(pid)
                 stopped.append(name)
             pid_file.unlink(missing_ok=True)
         return stopped
@@ -221,11 +219,12 @@ class LocalPlatform:
         """Each service: pid, alive, port, version, uptime, restarts, last health check."""
         now = time.time()
         sup = read_json(self.folder / "status.json", {"services": {}})
+        supervisor = read_pid_file(self.folder / "supervisor.pid")
         rows: dict[str, Any] = {
-            "mlflow": {"pid": _read_pid(self.folder / "mlflow.pid"),
+            "mlflow": {"pid": read_pid_file(self.folder / "mlflow.pid"),
                        "alive": self._mlflow_healthy(), "url": self.config.mlflow_url},
-            "supervisor": {"pid": _read_pid(self.folder / "supervisor.pid"),
-                           "alive": _alive(_read_pid(self.folder / "supervisor.pid"))}}
+            "supervisor": {"pid": supervisor,
+                           "alive": supervisor is not None}}
         for stage in STAGES:
             service = sup["services"].get(stage)
             if service is None:

@@ -24,9 +24,12 @@ from typing import Any
 import httpx
 
 from movierec.files import write_json_atomic
+from movierec.polling import read_pid_file, stop_process_group, write_pid_file
 
 POLL_S = 0.5
 HEALTH_EVERY_S = 2.0
+STABLE_S = 60.0  # a service that ran this long before exiting is restarted at once
+MAX_BACKOFF_S = 60.0
 log = logging.getLogger("movierec.supervisor")
 
 
@@ -47,6 +50,19 @@ class Service:
     restarts: int = 0
     last_health: float | None = None
     healthy: bool = False
+    exited_at: float | None = None
+
+
+def restart_delay(restarts: int, uptime: float) -> float:
+    """Seconds to wait before restarting a service that exited after ``uptime`` seconds.
+
+    One that ran a while is restarted at once; one that keeps failing soon after it
+    starts (a broken bundle, a port someone else holds) waits twice as long each time,
+    up to ``MAX_BACKOFF_S``, instead of a new interpreter every half second.
+    """
+    if uptime >= STABLE_S:
+        return 0.0
+    return min(MAX_BACKOFF_S, POLL_S * 2.0 ** min(restarts, 16))
 
 
 class Supervisor:
@@ -60,6 +76,12 @@ class Supervisor:
         self.stopping = False
 
     def _start(self, stage: str, spec: dict[str, str], restarts: int = 0) -> Service:
+        orphan = read_pid_file(self.folder / f"{stage}.pid")
+        if orphan is not None and stage not in self.services:
+            # Left by a supervisor that was killed (its services run in their own sessions);
+            # it holds the stage's port, so a new service could never start.
+            log.warning("stopping %s's orphaned service (pid %d)", stage, orphan)
+            stop_process_group(orphan, timeout=15)
         log_file = (self.folder / f"{stage}.log").open("ab")
         argv = [sys.executable, "-m", "movierec.cli.main", "serve", "--bundle", spec["bundle"],
                 "--model-version", spec["version"], "--alias", stage, "--host", self.host,
@@ -67,7 +89,7 @@ class Supervisor:
         process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         log_file.close()
-        (self.folder / f"{stage}.pid").write_text(str(process.pid))
+        write_pid_file(self.folder / f"{stage}.pid", process.pid)
         log.info("started %s v%s pid %d (restart %d)", stage, spec["version"], process.pid,
                  restarts)
         return Service(stage, spec["version"], spec["bundle"], process, restarts=restarts)
@@ -101,9 +123,15 @@ class Supervisor:
             if service is None:
                 self.services[stage] = self._start(stage, spec)
             elif service.process.poll() is not None:
-                log.warning("%s (pid %d) exited with %s: restarting", stage,
-                            service.process.pid, service.process.returncode)
-                self.services[stage] = self._start(stage, spec, service.restarts + 1)
+                now = time.time()
+                if service.exited_at is None:
+                    service.exited_at = now
+                    delay = restart_delay(service.restarts, now - service.started_at)
+                    log.warning("%s (pid %d) exited with %s: restarting in %.1f s", stage,
+                                service.process.pid, service.process.returncode, delay)
+                if now - service.exited_at >= restart_delay(
+                        service.restarts, service.exited_at - service.started_at):
+                    self.services[stage] = self._start(stage, spec, service.restarts + 1)
             elif service.version != spec["version"]:
                 if self._reported_version(stage) == spec["version"]:
                     service.version, service.bundle = spec["version"], spec["bundle"]
