@@ -59,7 +59,7 @@ def test_optimize_and_serve_notebook(tmp_path: Path, notebook_home: Path) -> Non
     parity = results["parity"]
     assert parity["passed"], parity["reasons"]
     assert parity["fp32_max_abs_diff"] < 1e-4
-    assert set(parity["batches"]) == {"1", "8", "64", "edge"}
+    assert set(parity["batches"]) == {"1", "8", "64", "edge", "all"}
     # int8 ships unless it failed its checks, and then the report says why.
     shipped = "int8" in parity["models"]
     assert shipped == (not parity["int8_reasons"])

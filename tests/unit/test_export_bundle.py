@@ -58,9 +58,12 @@ def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
     data = load_sequences(small_prepared)
     model = tiny_model(kind, small_prepared)
     report = export_and_check(model, MAX_LEN, tmp_path, data, ExportConfig())
-    assert set(report["batches"]) == {"1", "8", "64", "edge"}
+    assert set(report["batches"]) == {"1", "8", "64", "edge", "all"}
     if kind != "pop":  # the edge cases' longest row is a history beyond max_len
         assert report["batches"]["edge"]["fp32_trimmed_length"] == MAX_LEN
+    every_user = report["batches"].pop("all")  # every validation user, as served
+    assert every_user["fp32_max_abs_diff"] <= 1e-4 and every_user["fp32_top10_overlap"] == 1.0
+    assert 0.8 <= every_user["int8_top10_overlap"] <= 1.0
     for entry in report["batches"].values():
         assert entry["fp32_max_abs_diff"] <= 1e-4
         assert entry["fp32_top10_overlap"] == 1.0
@@ -92,6 +95,58 @@ def test_export_matches_pytorch_at_batch_1_8_64(kind: str, small_prepared: Path,
         scores = scorer(np.array([1, 2, 3]), np.zeros((3, MAX_LEN), np.int64))
         assert scores.shape == (3, data.n_items + 1) and scores.dtype == np.float32
         assert np.all(scores[:, 0] < -1e30)
+
+
+def test_an_export_wrong_for_some_users_only_fails_parity(
+        small_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch import nn
+
+    from movierec.data.columns import VALID
+    from movierec.export import parity
+
+    data = load_sequences(small_prepared)
+    model = tiny_model("sse-pt", small_prepared)
+    eval_users = data.eval_users(VALID)
+    longest = max(eval_users, key=lambda u: len(data.history(int(u), VALID)))
+    spared = torch.tensor(sorted({0, int(eval_users[0]), int(longest)}))
+
+    class WrongForOthers(nn.Module):
+        """Right for the users of the parity batches below, off for everyone else."""
+
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner, self.n_users, self.n_items = inner, inner.n_users, inner.n_items
+            self.register_buffer("noise", torch.randn(inner.n_items + 1) * 5)
+
+        def score_all(self, users: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+            wrong = 1.0 - (users[:, None] == spared[None, :]).any(dim=1).float()[:, None]
+            return self.inner.score_all(users, seqs) + wrong * self.noise
+
+    export = parity.export_onnx
+    monkeypatch.setattr(parity, "export_onnx", lambda m, length, path, opset=18: export(
+        WrongForOthers(m), length, path, opset))
+    with pytest.raises(ExportError, match="fp32 max") as failed:
+        export_and_check(model, MAX_LEN, tmp_path, data,
+                         ExportConfig(quantize=False, parity_batches=(1,)))
+    batches = failed.value.report["batches"]
+    # The parity batches saw only the spared users; the pass over every user did not.
+    assert max(batches[b]["fp32_max_abs_diff"] for b in ("1", "edge")) <= 1e-4
+    assert batches["all"]["fp32_max_abs_diff"] > 1.0
+
+
+def test_an_int8_model_that_ranks_other_items_is_left_out(small_prepared: Path,
+                                                          tmp_path: Path) -> None:
+    data = load_sequences(small_prepared)
+    model = tiny_model("sse-pt", small_prepared)
+    torch.manual_seed(1)  # another model altogether, standing in for a broken quantisation
+    other = build_model(tiny_config("sse-pt").model, data.n_users, data.n_items).eval()
+    fp32 = export_onnx(model, MAX_LEN, tmp_path / "model.onnx")
+    stranger = export_onnx(other, MAX_LEN, tmp_path / "other.onnx")
+    report = parity_report(model, fp32, stranger, data, ExportConfig())
+    assert report["passed"] and report["models"] == ["fp32"]
+    assert not report["int8_accepted"]
+    assert any("min_int8_top10_overlap" in reason for reason in report["int8_reasons"])
+    assert report["batches"]["all"]["int8_top10_overlap"] < 0.8
 
 
 def test_ort_scorer_pads_and_cuts_sequences(small_prepared: Path, tmp_path: Path) -> None:

@@ -57,6 +57,9 @@ class ExportConfig(BaseModel):
             leaves the int8 model out of the bundle when it is also more than noise: its
             paired 95% bootstrap interval over validation users lies above zero
             (``export.parity``). The fp32 model ships either way.
+        min_int8_top10_overlap: Smallest mean share of PyTorch's top 10 that the int8
+            model keeps over all validation users (the NDCG verdict alone passes any
+            model when PyTorch hits almost nobody).
         parity_batches: Batch sizes at which scores are compared.
         opset: ONNX opset (18 is the dynamo exporter's native one: no version conversion).
         quantize: Also write and check the int8 model.
@@ -66,6 +69,9 @@ class ExportConfig(BaseModel):
 
     max_fp32_diff: float = Field(1e-4, description="negative values force a failure (tests)")
     max_int8_ndcg_loss: float = 0.005
+    min_int8_top10_overlap: float = Field(
+        0.8, ge=0, le=1, description="mean share of PyTorch's top 10 the int8 model keeps, "
+        "over all validation users; below it the int8 model is left out")
     parity_batches: tuple[int, ...] = Field((1, 8, 64), min_length=1)
     opset: int = Field(18, ge=17, description="LayerNormalization needs opset 17")
     quantize: bool = True

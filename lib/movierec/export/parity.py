@@ -69,6 +69,34 @@ def _top_k_overlap(expected: np.ndarray, got: np.ndarray, k: int) -> float:
     return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b, strict=True)]))
 
 
+class _ComparedScorer:
+    """An ONNX scorer that compares each answer with PyTorch's on the same input.
+
+    The NDCG@10 pass feeds every validation user through it as serving would, so the
+    score differences and top-k overlaps cover all users, not only the parity batches
+    (a graph wrong for some users only must not pass). PyTorch scores each batch again
+    rather than keeping its answers: those would take n_users x n_items floats.
+    """
+
+    def __init__(self, scorer: OrtScorer, reference: Any, k: int) -> None:
+        self.scorer, self.reference, self.k = scorer, reference, k
+        self.max_abs_diff, self.overlap_sum, self.rows, self.padding_ok = 0.0, 0.0, 0, True
+
+    def __call__(self, users: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+        got = self.scorer(users, seqs)
+        expected = self.reference(users, seqs)
+        self.max_abs_diff = max(self.max_abs_diff, _max_abs_diff(expected, got))
+        self.overlap_sum += _top_k_overlap(expected, got, self.k) * len(users)
+        self.rows += len(users)
+        self.padding_ok &= bool(np.all(got[:, 0] <= PADDING_CEILING))
+        return got
+
+    def entry(self, name: str) -> dict[str, float]:
+        """The variant's figures over every row it scored (a ``batches`` entry)."""
+        return {f"{name}_max_abs_diff": self.max_abs_diff,
+                f"{name}_top{TOP_K}_overlap": self.overlap_sum / max(self.rows, 1)}
+
+
 def int8_loss_verdict(pytorch_ndcg: np.ndarray, int8_ndcg: np.ndarray,
                       tolerance: float) -> dict[str, Any]:
     """Whether the int8 model's NDCG@10 loss is both beyond ``tolerance`` and real.
@@ -162,9 +190,10 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
     """Compare the ONNX models with PyTorch on real validation histories.
 
     Per batch size in ``config.parity_batches`` (validation users, repeated when there are
-    fewer) and for a batch of edge cases (user 0, one item, histories beyond max_len, mixed
-    lengths): max |score difference| and mean top-10 overlap for fp32 and int8, at max_len
-    and (dynamic graphs) at the batch's longest history. Over all validation users:
+    fewer), for a batch of edge cases (user 0, one item, histories beyond max_len, mixed
+    lengths) and for every validation user as served (``all``): max |score difference|
+    and mean top-10 overlap for fp32 and int8, at max_len and (dynamic graphs) at the
+    batch's longest history. Over all validation users:
     full-ranking NDCG@10 of PyTorch, fp32 and int8, and the int8 loss's paired interval,
     the ONNX models fed as serving feeds them (batches of similar lengths cut to their
     longest history; dynamic int8 activations are quantised per batch, so the width counts).
@@ -194,9 +223,17 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
     if len(eval_users) == 0:
         raise ExportError("the data has no validation users to check parity on")
     batches, padding_ok = _compare_batches(reference, variants, data, eval_users, config)
-    scorers = {"pytorch": make_scorer(reference, torch.device("cpu")), **variants}
+    pytorch = make_scorer(reference, torch.device("cpu"))
+    compared = {name: _ComparedScorer(scorer, pytorch, min(TOP_K, data.n_items))
+                for name, scorer in variants.items()}
+    scorers = {"pytorch": pytorch, **compared}
     per_user = {name: full_ranking_per_user(scorer, data, VALID, max_len)["ndcg@10"]
                 for name, scorer in scorers.items()}
+    # Every validation user, fed as serving feeds them (the NDCG@10 pass above).
+    batches["all"] = {key: value for name, scorer in compared.items()
+                      for key, value in scorer.entry(name).items()}
+    for name, scorer in compared.items():
+        padding_ok[name] &= scorer.padding_ok
     ndcg = {name: float(values.mean()) for name, values in per_user.items()}
     report: dict[str, Any] = {
         "batches": batches,
@@ -204,7 +241,8 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
         "ndcg@10": ndcg,
         "fp32_ndcg_diff": ndcg["fp32"] - ndcg["pytorch"],
         "thresholds": {"max_fp32_diff": config.max_fp32_diff,
-                       "max_int8_ndcg_loss": config.max_int8_ndcg_loss},
+                       "max_int8_ndcg_loss": config.max_int8_ndcg_loss,
+                       "min_int8_top10_overlap": config.min_int8_top10_overlap},
     }
     for name in variants:
         report[f"{name}_max_abs_diff"] = max(
@@ -231,6 +269,13 @@ def parity_report(model: nn.Module, fp32_path: Path, int8_path: Path | None,
         report.update(verdict)
         if not np.isfinite(report["int8_max_abs_diff"]):
             int8_reasons.append("int8 scores are not finite")
+        # The NDCG verdict alone passes any model when PyTorch hits almost nobody: the
+        # int8 model must also keep most of PyTorch's top 10 (all users, as served).
+        overlap = batches["all"][f"int8_top{TOP_K}_overlap"]
+        if not overlap >= config.min_int8_top10_overlap:
+            int8_reasons.append(f"int8 keeps {overlap:.2f} of PyTorch's top {TOP_K} on "
+                                f"average < min_int8_top10_overlap "
+                                f"{config.min_int8_top10_overlap:g}")
         if not padding_ok["int8"]:
             int8_reasons.append(f"int8: padding column 0 is not excluded (must be <= "
                                 f"{PADDING_CEILING:g})")
