@@ -138,6 +138,13 @@ def test_a_local_copy_is_checked_before_use(tmp_path: Path, ml100k_dir: Path,
     (datasets / "ml-100k" / "u.data").write_text("1\t1\t5\t100\n")
     with pytest.raises(FetchError, match=r"holds u\.data besides the pinned ml-100k files"):
         resolve_source("ml-100k")
+    # A pinned file missing: a truncated copy without it must not pass by trust on first use.
+    (datasets / "ml-100k" / "u.data").unlink()
+    users.unlink()
+    inter = datasets / "ml-100k" / "ml-100k.inter"
+    inter.write_text("".join(inter.read_text().splitlines(keepends=True)[:1000]))
+    with pytest.raises(FetchError, match=r"holds RecBole's ml-100k files but not ml-100k\.user"):
+        resolve_source("ml-100k")
     # Another layout: the hash recorded on first use, and a later change refused.
     grouplens = datasets / "ml-1m"
     grouplens.mkdir()

@@ -204,7 +204,13 @@ def verify_local_copy(name: str, folder: Path, settings: Settings) -> Source:
         FetchError: A file differs from its pin, or the copy changed since its first use.
     """
     pinned = RECBOLE_ML100K_SHA256 if name == "ml-100k" else {}
-    if pinned and all((folder / file).is_file() for file in pinned):
+    if pinned and any((folder / file).exists() for file in pinned):
+        # RecBole's layout: all of its files, or a truncated copy would pass as the release.
+        missing = [file for file in pinned if not (folder / file).is_file()]
+        if missing:
+            raise FetchError(f"{folder} holds RecBole's ml-100k files but not "
+                             f"{', '.join(missing)}: restore them, or pass --source {folder} "
+                             "to use the folder as it is")
         # Anything beside the pinned files (a u.data, an a.inter, a subfolder) could be
         # what the parser reads instead, unchecked; it skips hidden names.
         others = sorted(p.name for p in folder.iterdir()
