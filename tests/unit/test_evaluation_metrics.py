@@ -49,6 +49,11 @@ def test_bootstrap_ci_brackets_the_mean_and_narrows_with_users() -> None:
     lo2, hi2 = bootstrap_ci(large, seed=1)
     assert hi2 - lo2 < (hi - lo) / 5
     assert bootstrap_ci(small, seed=1) == (lo, hi)  # seeded
+    # Drawn in chunks for many users, the same resamples as one index matrix would take.
+    many = rng.random(20_000)
+    means = many[np.random.default_rng(2).integers(0, len(many), (1000, len(many)))].mean(axis=1)
+    assert bootstrap_ci(many, seed=2) == (float(np.quantile(means, 0.025)),
+                                          float(np.quantile(means, 0.975)))
 
 
 def test_beyond_accuracy_by_hand() -> None:

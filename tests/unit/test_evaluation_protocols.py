@@ -122,6 +122,16 @@ def test_history_length_slices_never_share_a_length(tmp_path: Path) -> None:
              for label in slices]
     covered = [n for n in lengths if sum(low <= n <= high for low, high in spans) != 1]
     assert covered == [] and sum(s["users"] for s in slices.values()) == len(lengths)
+    # Most users at the shortest length: they are Q1, not a later quartile (the next
+    # groups start where their first user falls in length order).
+    lengths = [1] * 6 + [2, 3, 5, 8]
+    train = [list(range(1, n + 1)) for n in lengths]
+    data = tiny_data(tmp_path / "piled", train, [9] * 10, [10] * 10, 12)
+    ranked = rank_users(lambda users, seqs: np.random.default_rng(0).random((len(users), 13)),
+                        data, "valid", max_len=10, sampled=False)
+    slices = detailed_report(ranked, data, "valid")["slices"]["history_length"]
+    assert {label: s["users"] for label, s in slices.items()} == {
+        "Q1 (1-1)": 6, "Q3 (2-3)": 2, "Q4 (5-8)": 2}
 
 
 def test_ml1m_age_codes_are_named_and_an_empty_split_is_a_clear_error(tmp_path: Path) -> None:

@@ -99,10 +99,12 @@ def detailed_report(ranked: RankedUsers, data: SequenceData, split: str,
           for proto, metrics in per_user.items()}
     ndcg = per_user["full"][SLICE_METRIC]
     lengths = np.array([len(data.history(int(u), split)) for u in ranked.users])
-    edges = np.quantile(lengths, [0.25, 0.5, 0.75])
-    quartile = np.searchsorted(edges, lengths, side="right")
-    # Each quartile is named by its own users' shortest and longest history, so a length
-    # on an edge never appears in two labels.
+    # A user's quartile is where the first user of their length falls in length order, so
+    # users of one length share a group and the shortest are always in Q1 (with many ties
+    # a quartile may be empty: 60% of users at the shortest length make Q1 and Q3, Q4).
+    # Each group is named by its own users' shortest and longest history.
+    shorter = np.searchsorted(np.sort(lengths), lengths, side="left")
+    quartile = 4 * shorter // len(lengths)
     names = {q: f"Q{q + 1} ({lengths[quartile == q].min()}-{lengths[quartile == q].max()})"
              for q in np.unique(quartile)}
     labels = np.array([names[q] for q in quartile])
