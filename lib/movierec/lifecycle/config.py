@@ -70,7 +70,8 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min_gain: float = Field(0.0, ge=0, description="a negative gain would pass a worse model")
+    min_gain: float = Field(0.0, description="below 0 lets a somewhat worse model through "
+                            "(the fault drills pass every candidate with -1)")
     require_significant: bool = False
     bootstrap_resamples: int = Field(1000, ge=100)
     level: float = Field(0.95, gt=0.5, lt=1.0)
