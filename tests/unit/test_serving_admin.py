@@ -93,6 +93,26 @@ def test_reload_swaps_version_and_precision(client: TestClient,
     assert 'movierec_reloads_total{outcome="ok"} 2.0' in client.get("/metrics").text
 
 
+def test_a_reload_of_the_same_folder_keeps_its_version_only_for_the_same_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOVIEREC_ADMIN_TOKEN", TOKEN)
+    folder = make_bundle(tmp_path / "served", seed=0, run_id="run-a")
+    app = create_app(ServeSettings(bundle=folder, threads=1, model_version="7",
+                                   feedback_url=str(tmp_path / "fb.db")))
+    with TestClient(app) as client:
+        def reload() -> dict[str, str]:
+            reply = client.post("/admin/reload", headers=AUTH, json={"wait": True})
+            assert reply.status_code == 200, reply.text
+            return client.get("/version").json()
+
+        assert reload()["version"] == "7"  # the same files: the registry's label stays
+        make_bundle(folder, seed=1, run_id="run-b")  # another model written into the folder
+        assert (reload()["version"], client.get("/version").json()["run_id"]) == (
+            "run-b", "run-b")
+        reply = client.post("/recommend", json={"user_id": user_id(3)})
+        assert reply.json()["model_version"] == "run-b"
+
+
 def test_a_swapped_out_model_process_exits_and_shutdown_ends_the_last(
         bundles: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOVIEREC_ADMIN_TOKEN", TOKEN)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import time
@@ -51,11 +52,9 @@ class ReloadManager:
         current = self.state.bundle
         path = Path(request.bundle) if request.bundle else current.path
         precision = request.precision or current.precision
-        same = path.resolve() == current.path.resolve() and precision == current.precision
-        version = request.version or (current.version if same else None)
         alias = request.alias if request.alias is not None else current.alias
         self.status = ReloadStatus(status="running", bundle=str(path), started_at=time.time())
-        self._task = asyncio.create_task(self._run(path, precision, version, alias),
+        self._task = asyncio.create_task(self._run(path, precision, request.version, alias),
                                          name="movierec-reload")
         return self._task
 
@@ -78,7 +77,13 @@ class ReloadManager:
             metrics.reloads.labels(outcome="failed").inc()
             log.error("reload failed", extra={"bundle": str(path), "error": reason})
             return
-        retired = self.state.bundle.model
+        current = self.state.bundle
+        if version is None and bundle.meta == current.meta:
+            # The same files (every one's sha256 is in the metadata, checked on load): keep
+            # the version the service was given (``serve --model-version``). New files in
+            # the same folder are another model, named by their own metadata.
+            bundle = dataclasses.replace(bundle, version=current.version)
+        retired = current.model
         self.state.publish(bundle)
         # The old model answers what was admitted before the swap, then goes (a child
         # process would otherwise stay until the server exits).
