@@ -30,6 +30,7 @@ from movierec.lifecycle.traffic import take_events
 from movierec.lifecycle.world import build_world, prepare_round
 from movierec.serving.feedback import (
     ENV_FEEDBACK_URL,
+    FeedbackConflictError,
     FeedbackEvent,
     FeedbackStoreError,
     feedback_location,
@@ -344,6 +345,12 @@ def test_event_ids_store_an_event_once_and_old_tables_gain_the_column(
         assert store.add(resent, "1") == [first[2], resent[3]]
         assert list(store.watches()) == [(1, 2, 3), (7, 1, 10), (7, 3, 12)]
         assert store.count() == 6
+        # An id reused for another event: refused, and nothing of that call stored.
+        reused = [FeedbackEvent(8, 5, "watch", 20, "new-1"),
+                  FeedbackEvent(7, 9, "watch", 10, "w-1")]
+        with pytest.raises(FeedbackConflictError, match="w-1 already names another event"):
+            store.add(reused, "1")
+        assert store.count() == 6 and store.add(reused[:1], "1") == reused[:1]
     finally:
         store.close()
 

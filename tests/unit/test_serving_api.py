@@ -175,6 +175,17 @@ def test_resent_feedback_with_event_ids_is_stored_once(client: TestClient,
     for bad in ("", "has space", "x" * 65):
         refused = client.post("/feedback", json={"events": [{**events[0], "event_id": bad}]})
         assert refused.status_code == 422, bad
+    # An id used again for another event is a client's bug: refused whole, nothing stored,
+    # the history untouched (a second client numbering its events 1, 2, 3 would lose them).
+    other = {**events[0], "movie_id": movie_id(7), "event_id": "a1b2-watch"}
+    fresh = {**events[2], "event_id": "brand-new"}
+    for batch in ([fresh, other], [fresh, {**fresh, "timestamp": 99}]):
+        conflict = client.post("/feedback", json={"events": batch})
+        assert conflict.status_code == 409 and "already names another event" in conflict.text
+    with sqlite3.connect(tmp_path / "fb.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == len(ids)
+    history = client.get("/users/5/history").json()["items"]
+    assert movie_id(7) not in [item["movie_id"] for item in history]
 
 
 def test_a_watch_resent_after_an_unknown_outcome_joins_the_history(

@@ -34,6 +34,7 @@ from movierec.serving.drift import DriftGauges
 from movierec.serving.engine import LoadedBundle, load_bundle, top_k
 from movierec.serving.errors import validation_error_handler
 from movierec.serving.feedback import (
+    FeedbackConflictError,
     FeedbackEvent,
     FeedbackOutcomeUnknownError,
     FeedbackStore,
@@ -49,6 +50,7 @@ from movierec.serving.page import load_page
 from movierec.serving.schemas import (
     ADMIN_ERROR_RESPONSES,
     ERROR_RESPONSES,
+    FEEDBACK_ERROR_RESPONSES,
     INT64_MAX,
     DemoUserOut,
     DemoUsersResponse,
@@ -288,7 +290,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return Response(await state.recommend(body.user_id, body.sequence, body.top_k, True),
                         media_type=JSON)
 
-    @app.post("/feedback", response_model=FeedbackResponse)
+    @app.post("/feedback", response_model=FeedbackResponse, responses=FEEDBACK_ERROR_RESPONSES)
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         """Store events; the answer comes only after they are committed to disk."""
         events = [FeedbackEvent(e.user_id, e.movie_id, e.event, e.timestamp, e.event_id)
@@ -302,6 +304,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(503, "feedback store is full (no disk space left): none of "
                                 "these events were stored; retry later",
                                 headers={"Retry-After": RETRY_AFTER_S}) from exc
+        except FeedbackConflictError as exc:  # a client bug: say so, lose nothing silently
+            raise HTTPException(409, str(exc)) from exc
         except FeedbackOutcomeUnknownError as exc:
             log.error("feedback commit outcome unknown", extra={"error": str(exc)})
             raise HTTPException(503, "feedback store lost the connection while committing: "

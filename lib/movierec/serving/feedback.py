@@ -50,6 +50,8 @@ EVENT_ID_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS feedback_event_id ON feedba
                   "WHERE event_id IS NOT NULL")
 INSERT_COLUMNS = "user_id, movie_id, event, timestamp, received_at, model_version, event_id"
 SKIP_STORED_ID = "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
+# What an event is, to tell a resend (the same event) from an id used for another one.
+EVENT_FIELDS = "event_id, user_id, movie_id, event, timestamp"
 
 
 class FeedbackStoreError(ValueError):
@@ -88,6 +90,32 @@ class FeedbackEvent:
     event: str
     timestamp: int
     event_id: str | None = None
+
+
+class FeedbackConflictError(ValueError):
+    """An ``event_id`` already names another event; nothing of the request was stored."""
+
+
+def check_resends(duplicates: Sequence[FeedbackEvent],
+                  kept: Sequence[tuple[object, ...]]) -> None:
+    """Refuse duplicates whose id the store keeps for a different event.
+
+    Args:
+        duplicates: Events whose ``event_id`` was stored before (now or earlier).
+        kept: The stored events of those ids, as ``EVENT_FIELDS`` rows.
+
+    Raises:
+        FeedbackConflictError: Naming the ids reused for other events (the caller rolls
+            its transaction back: a client that reuses ids must not lose events silently).
+    """
+    stored = {str(row[0]): tuple(row[1:]) for row in kept}
+    reused = sorted({e.event_id for e in duplicates if e.event_id is not None and
+                     stored.get(e.event_id) != (e.user_id, e.movie_id, e.event, e.timestamp)})
+    if reused:
+        raise FeedbackConflictError(
+            f"event_id {', '.join(reused[:5])} already names another event (user, movie, "
+            "event or timestamp differ): none of these events were stored; give each event "
+            "an id of its own")
 
 
 def insert_rows(events: Sequence[FeedbackEvent], model_version: str | None,
@@ -130,6 +158,9 @@ class FeedbackStore:
         Returns:
             The events stored now: all of them, less any whose ``event_id`` was stored
             before (in this call or an earlier one).
+
+        Raises:
+            FeedbackConflictError: An ``event_id`` was stored before for another event.
         """
         rows = insert_rows(events, model_version)
         insert = f"INSERT INTO feedback ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -139,6 +170,10 @@ class FeedbackStore:
                 if any(event.event_id for event in events):  # which ones are new, row by row
                     stored = [event for event, row in zip(events, rows, strict=True)
                               if self._conn.execute(f"{insert} {SKIP_STORED_ID}", row).rowcount]
+                    duplicates = [event for event in events if event not in stored]
+                    check_resends(duplicates, [self._conn.execute(
+                        f"SELECT {EVENT_FIELDS} FROM feedback WHERE event_id = ?",
+                        (event.event_id,)).fetchone() for event in duplicates])
                 else:
                     self._conn.executemany(insert, rows)
                     stored = list(events)

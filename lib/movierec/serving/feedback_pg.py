@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from movierec.serving.feedback import (
+    EVENT_FIELDS,
     EVENT_ID_COLUMN,
     EVENT_ID_INDEX,
     INSERT_COLUMNS,
@@ -26,6 +27,7 @@ from movierec.serving.feedback import (
     FeedbackOutcomeUnknownError,
     FeedbackStoreError,
     FeedbackWriteError,
+    check_resends,
     insert_rows,
     mask_url,
 )
@@ -182,6 +184,7 @@ class PostgresFeedbackStore:
             FeedbackOutcomeUnknownError: The connection was lost during COMMIT; the route
                 answers 503 and says that resending may store the events twice (once, for
                 events with an ``event_id``).
+            FeedbackConflictError: An ``event_id`` was stored before for another event.
         """
         rows = insert_rows(events, model_version)
         with_ids = any(event.event_id for event in events)
@@ -200,6 +203,12 @@ class PostgresFeedbackStore:
                                 if cur.fetchone() is not None:
                                     new.append(event)
                                 cur.nextset()
+                            duplicates = [event for event in events if event not in new]
+                            if duplicates:  # raising here rolls the transaction back
+                                cur.execute(f"SELECT {EVENT_FIELDS} FROM feedback WHERE "
+                                            "event_id = ANY(%s)",
+                                            ([e.event_id for e in duplicates],))
+                                check_resends(duplicates, cur.fetchall())
                         else:
                             cur.executemany(_INSERT, rows)
                             new = list(events)

@@ -132,6 +132,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     413: _error("The body is over the route's size limit"),
     503: _error("Not ready yet, or the feedback store is unavailable: retry later"),
 }
+FEEDBACK_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    409: _error("An event_id of the request already names another stored event: none of "
+                "the request's events were stored"),
+}
 ADMIN_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     401: _error("No 'Authorization: Bearer <admin token>' header"),
     403: _error("The admin token is wrong, or the admin API is disabled"),
