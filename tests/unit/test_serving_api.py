@@ -188,6 +188,24 @@ def test_resent_feedback_with_event_ids_is_stored_once(client: TestClient,
     assert movie_id(7) not in [item["movie_id"] for item in history]
 
 
+def test_feedback_writes_waiting_for_the_store_are_bounded(client: TestClient) -> None:
+    from movierec.serving.app import MAX_FEEDBACK_WAITING
+
+    state = client.app.state.serving  # type: ignore[attr-defined]
+    event = {"user_id": 6, "movie_id": movie_id(2), "event": "click", "timestamp": 1}
+    before = state.store.count()
+    state.feedback_waiting = MAX_FEEDBACK_WAITING  # as many writes wait for a slow disk
+    busy = client.post("/feedback", json={"events": [event]})
+    assert busy.status_code == 503 and "busy" in busy.text and busy.headers["retry-after"]
+    assert state.store.count() == before and state.feedback_waiting == MAX_FEEDBACK_WAITING
+    state.feedback_waiting = 0
+    assert client.post("/feedback", json={"events": [event]}).status_code == 200
+    assert client.post("/feedback", json={"events": [{**event, "event_id": "k"},
+                                                      {**event, "event_id": "k",
+                                                       "timestamp": 2}]}).status_code == 409
+    assert state.feedback_waiting == 0  # released after an answer and after an error
+
+
 def test_a_watch_resent_after_an_unknown_outcome_joins_the_history(
         client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     from movierec.serving.feedback import FeedbackOutcomeUnknownError

@@ -183,11 +183,14 @@ def test_stop_fails_queued_requests_clearly(two: tuple[LoadedBundle, LoadedBundl
     np.testing.assert_allclose(again, _direct(real, 1, np.array([3]))[1:], rtol=1e-5, atol=1e-5)
 
 
-def test_a_full_queue_refuses_at_once(two: tuple[LoadedBundle, LoadedBundle]) -> None:
+@pytest.mark.parametrize("batch_size", [2, 1])  # 1: batching off, no queue, same bound
+def test_a_full_queue_refuses_at_once(two: tuple[LoadedBundle, LoadedBundle],
+                                      batch_size: int) -> None:
     model = _SlowModel(two[0].model)
 
     async def main() -> list[BaseException | np.ndarray]:
-        batcher = MicroBatcher(max_batch_size=2, max_queue_delay_ms=500, max_queued=2)
+        batcher = MicroBatcher(max_batch_size=batch_size, max_queue_delay_ms=500,
+                               max_queued=2)
         await batcher.start()
         tasks = []
         for user in range(1, 10):  # far more than the model, its next batch and 2 queued

@@ -71,6 +71,9 @@ __all__ = ["BundleError", "ServeSettings", "ServingState", "create_app", "run_se
 log = logging.getLogger("movierec.serving")
 JSON = "application/json"
 RETRY_AFTER_S = "5"  # seconds a client should wait after a 503 (feedback store or model)
+# Feedback writes waiting for the store at once; beyond, 503 at once: each holds its body
+# (up to 256 KB) while it waits, and a slow disk must not grow the server without bound.
+MAX_FEEDBACK_WAITING = 64
 # How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
 # With the model in this process (--no-model-process), its thread needs the GIL for a few
 # microseconds after every ONNX Runtime call; under load the event loop would keep it for
@@ -92,6 +95,7 @@ class ServingState:
         self.batcher = batcher
         self.drift = DriftGauges(metrics)
         self.started = False
+        self.feedback_waiting = 0  # /feedback requests waiting for the store
 
     def publish(self, bundle: LoadedBundle) -> None:
         """Swap in a loaded bundle (requests already running keep the one they took)."""
@@ -295,6 +299,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         """Store events; the answer comes only after they are committed to disk."""
         events = [FeedbackEvent(e.user_id, e.movie_id, e.event, e.timestamp, e.event_id)
                   for e in body.events]
+        if state.feedback_waiting >= MAX_FEEDBACK_WAITING:
+            raise HTTPException(503, f"feedback store busy ({MAX_FEEDBACK_WAITING} writes "
+                                "waiting): none of these events were stored; retry shortly",
+                                headers={"Retry-After": RETRY_AFTER_S})
+        state.feedback_waiting += 1
         try:
             stored = await asyncio.to_thread(state.store.add, events, state.bundle.version)
         except FeedbackStoreFullError as exc:
@@ -317,6 +326,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise HTTPException(503, "feedback store unavailable: none of these events were "
                                 "stored; retry later",
                                 headers={"Retry-After": RETRY_AFTER_S}) from exc
+        finally:
+            state.feedback_waiting -= 1
         for event in events:
             # Every watch, resent ones too: a first try may have been stored and answered
             # 503 (its outcome unknown) before it got here. The history keeps one of each.

@@ -78,6 +78,7 @@ class MicroBatcher:
         self._slots: asyncio.Semaphore | None = None  # batches in flight: running + next
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pending: dict[Ranker, int] = {}  # requests not yet answered, by model
+        self._alone = 0  # requests running without the queue (batching off), admitted
 
     @property
     def running(self) -> bool:
@@ -128,14 +129,23 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(model, user, seq, loop.create_future(), loop.time(), k, exclude, ties)
         self._pending[model] = self._pending.get(model, 0) + 1
+        overloaded = OverloadedError(f"the service is overloaded ({self.max_queued} "
+                                     "requests queued); retry shortly")
         try:
             if not self.running or self._queue is None:
-                return (await self._rank(model, [job], None))[0]
+                # Without the queue the same bound holds: requests waiting for the model
+                # (its process's slots, or the thread pool) would otherwise pile up.
+                if self._alone >= self.max_queued:
+                    raise overloaded
+                self._alone += 1
+                try:
+                    return (await self._rank(model, [job], None))[0]
+                finally:
+                    self._alone -= 1
             try:
                 self._queue.put_nowait(job)
             except asyncio.QueueFull:  # overloaded: shed the request now, not after a wait
-                raise OverloadedError(f"the service is overloaded ({self.max_queued} requests "
-                                      "queued); retry shortly") from None
+                raise overloaded from None
             return await job.future
         finally:
             left = self._pending.pop(model) - 1
