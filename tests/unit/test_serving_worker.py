@@ -114,6 +114,19 @@ def test_a_model_that_cannot_load_is_a_bundle_error(tmp_path: Path) -> None:
         ModelProcess(broken, MAX_LEN, N_ITEMS, threads=1)
 
 
+def test_a_child_that_dies_at_once_is_named_by_its_exit_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import movierec.serving.worker as worker
+
+    crash = tmp_path / "python"
+    crash.write_text("#!/bin/sh\nexit 3\n")
+    crash.chmod(0o755)
+    monkeypatch.setattr(worker.sys, "executable", str(crash))  # the child exits at once
+    for _ in range(5):  # its pipe often closes before it is reaped
+        with pytest.raises(BundleError, match="exited with code 3 while loading"):
+            ModelProcess(tmp_path / "model.onnx", MAX_LEN, N_ITEMS, threads=1)
+
+
 def test_a_failed_batch_leaves_the_process_serving(remote: ModelProcess) -> None:
     out_of_range = np.array([N_ITEMS + 50])  # ONNX Runtime's Gather refuses it
     with pytest.raises(ModelProcessError, match="failed a batch") as failed:

@@ -14,6 +14,7 @@ of 16 ml-100k histories is about 15 KB and costs microseconds to encode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -37,6 +38,7 @@ SLOTS = 2
 PIPE_BUFFER_BYTES = 1 << 20
 # How long a child may take to load and warm up a model before the load counts as failed.
 READY_TIMEOUT_S = 300.0
+EXIT_CODE_WAIT_S = 2.0  # for the exit code of a child that closed its pipe
 # How long one batch may take before the child counts as hung: it is then killed, so the
 # service reports itself unhealthy (and its supervisor restarts it) instead of every
 # request waiting forever. A batch takes milliseconds; this is far beyond any real one.
@@ -216,6 +218,10 @@ class ModelProcess:
             except EOFError:
                 reply = b""
         if reply[:1] != _OK:
+            # No reply: the pipe closed because the child exited (or it never answered).
+            # An exited child may not be reaped yet; a moment's wait gets its exit code.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=EXIT_CODE_WAIT_S if not reply else 0)
             code = self._process.poll()
             self.close()
             why = (reply[1:].decode() if reply else
