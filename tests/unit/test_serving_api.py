@@ -518,3 +518,31 @@ def test_mask_url_hides_both_places_a_password_can_be(url: str, shown: str) -> N
     from movierec.serving.feedback import mask_url
 
     assert mask_url(url) == shown
+
+
+def test_a_client_that_leaves_mid_upload_is_no_server_error(client: TestClient) -> None:
+    import asyncio
+
+    async def abandoned_upload() -> list[int]:
+        messages = iter([{"type": "http.request", "body": b'{"events":', "more_body": True},
+                         {"type": "http.disconnect"}])
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, object]:
+            return next(messages)
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/feedback",
+                 "raw_path": b"/feedback", "root_path": "", "query_string": b"",
+                 "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("test", 80)}
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+        return statuses
+
+    assert asyncio.run(abandoned_upload()) == []  # nobody to answer
+    text = client.get("/metrics").text
+    assert 'status="499"' in text and 'status="500"' not in text

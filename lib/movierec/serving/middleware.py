@@ -82,6 +82,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client abandoned
+
+
 class RequestMetricsMiddleware:
     """Observe every request's latency by route template and status, and log it as JSON."""
 
@@ -96,15 +99,18 @@ class RequestMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500  # what the client sees when the app raises
+        responded = False
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, responded = int(message["status"]), True
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
+            if not responded:  # the client went away before an answer: not a server error
+                status = CLIENT_CLOSED_REQUEST
         finally:
             elapsed = time.perf_counter() - started
             # The template ("/users/{user_id}/history"), never the raw path: bounded labels.
