@@ -60,9 +60,12 @@ def plot_run(summary: dict[str, Any], path: Path) -> Path | None:
                      for a in arms]
             ax.bar(arms, [r for r, _ in rates], yerr=[h for _, h in rates], capsize=6,
                    color=["tab:gray", "tab:orange"])
-            # Per-request intervals, for scale: the decision's test counts users (p below).
+            # Per-request intervals, for scale: the decision's test counts users when both
+            # arms know theirs (p below), else requests.
+            unit = ("user-level" if analysis["canary"].get("users")
+                    and analysis["production"].get("users") else "per-request")
             ax.set(title=f"canary: online hit rate (per-request 95% CI)\n"
-                         f"user-level p={analysis['p_value']:.3f}, "
+                         f"{unit} p={analysis['p_value']:.3f}, "
                          f"{'promote' if analysis['promote'] else 'roll back'}",
                    ylabel="hits / served lists")
     fig.suptitle(f"{summary.get('decision', '?')}: {summary.get('reason', '')}"[:110],
