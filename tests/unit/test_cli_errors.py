@@ -56,6 +56,8 @@ def test_unknown_ids_and_folders_are_one_line(capsys: pytest.CaptureFixture[str]
 @pytest.mark.parametrize(("argv", "says"), [
     (["serve", "--bundle", "b", "--port", "99999"], "--port: 99999 is out of range"),
     (["train", "--data", "d", "--workers", "-1"], "--workers: -1 is out of range"),
+    (["pipeline", "--workers", "-1"], "--workers: -1 is out of range"),
+    (["pipeline", "--epochs", "0"], "--epochs: 0 is out of range"),
     (["evaluate", "--latest", "0"], "--latest: 0 is out of range"),
     (["export", "--run", "r", "--data", "d", "--out", "o", "--max-fp32-diff", "-1"],
      "--max-fp32-diff: -1 is out of range"),
@@ -125,3 +127,46 @@ def test_user_message_reads_mlflow_subclasses_and_keeps_lines_short() -> None:
     except ValidationError as error:
         message = user_message(error) or ""
     assert message.startswith("invalid Settings settings: name:") and len(message) < 300
+
+
+def test_sigterm_ends_a_training_run_as_killed_and_exits_130(small_prepared: Path,
+                                                              tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    # Long enough to be stopped mid-way: 200 epochs, no early stop within reach.
+    proc = subprocess.Popen([sys.executable, "-m", "movierec.cli.main", "train", "--data",
+                             str(small_prepared), "--epochs", "200", "--quiet"],
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    client = mlflow.MlflowClient()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        experiment = client.get_experiment_by_name("movierec")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+            break  # training runs: an epoch was logged
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # as Kubernetes stops a pod
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: terminated (SIGTERM)" in err
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "KILLED"
+
+
+def test_an_unreachable_tracking_server_is_one_line(capsys: pytest.CaptureFixture[str],
+                                                     small_prepared: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.serving.loadtest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    line = _error(capsys, ["train", "--data", str(small_prepared), "--model", "pop",
+                           "--quiet"])
+    assert f"MLflow at {url} is unreachable" in line

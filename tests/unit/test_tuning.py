@@ -1,4 +1,4 @@
-"""Ray Tune's bookkeeping: the choice of the best trial and the trials' MLflow runs."""
+"""Tracking bookkeeping: Ray Tune's trials and best config, run states and tags."""
 
 from types import SimpleNamespace
 from typing import Any
@@ -152,3 +152,15 @@ def test_an_interrupted_run_ends_killed_and_a_failed_one_failed() -> None:
 
 def _unreachable(*args: Any, **kwargs: Any) -> None:
     raise ConnectionError("tracking server unreachable")
+
+
+def test_runs_name_the_commit_from_the_environment_in_images(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.training.tracking import ENV_GIT_COMMIT, git_commit
+
+    checkout = git_commit()
+    assert len(checkout) == 40 or checkout == "unknown"  # this checkout's, read by git
+    monkeypatch.setenv(ENV_GIT_COMMIT, "0123abcd")  # an image has no .git: the build sets it
+    with tracked_run("x", {}, {"kind": "check"}) as tracking:
+        run_id = tracking.active_run().info.run_id
+    assert mlflow.get_run(run_id).data.tags["git_commit"] == "0123abcd"

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from movierec.cli.types import int_range
+
 # Exit status of a command whose answer is "no" (drift found, the canary is worse, requests
 # failed): apart from 1, which Python gives a crash, and 2, a user error.
 VERDICT_NO = 3
@@ -40,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pipe.add_argument("--backend", choices=("local", "chameleon"), default="local")
     pipe.add_argument("--dataset", help="MovieLens release (default: --config's, else ml-100k)")
     pipe.add_argument("--source", type=Path, help="local copy of the dataset")
-    pipe.add_argument("--epochs", type=int, help="training epochs (upper bound)")
-    pipe.add_argument("--workers", type=int, default=1,
+    pipe.add_argument("--epochs", type=int_range(1), help="training epochs (upper bound)")
+    pipe.add_argument("--workers", type=int_range(0), default=1,
                       help="Ray Train workers (0: in-process, no Ray)")
     pipe.add_argument("--candidate", choices=("sse-pt", "weak"), default="sse-pt",
                       help="weak: popularity only, which the gates must reject")

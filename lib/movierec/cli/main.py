@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import reprlib
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
@@ -67,6 +69,12 @@ def user_message(exc: BaseException) -> str | None:
                 "`movierec registry history` the versions)")
     if isinstance(exc, USER_ERRORS):
         return str(exc) or type(exc).__name__
+    from movierec.training.tracking import tracking_unreachable  # noqa: PLC0415
+
+    if tracking_unreachable(exc):
+        where = os.environ.get("MLFLOW_TRACKING_URI") or "the tracking URI"
+        return (f"MLflow at {where} is unreachable: start it (`movierec platform up`) or "
+                "point MLFLOW_TRACKING_URI at a running server")
     return None
 
 
@@ -82,9 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (Kubernetes, Argo, ``kill``) ends a command as Ctrl+C does, cleanly."""
+    del signum, frame
+    raise KeyboardInterrupt("terminated (SIGTERM)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen command; return the exit status."""
+    """Parse ``argv`` and run the chosen command; return the exit status.
+
+    SIGTERM is turned into an interruption while the command runs, so what a command
+    cleans up on Ctrl+C (a tracked run ends KILLED, not RUNNING forever) happens when a
+    pod or workflow step is stopped too.
+    """
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(args.run(args) or 0)
     except Exception as exc:
@@ -97,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"movierec: interrupted{f': {interrupt}' if str(interrupt) else ''}",
               file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,16 @@ from movierec.config import get_settings
 EXPERIMENT = "movierec"
 
 
+ENV_GIT_COMMIT = "MOVIEREC_GIT_COMMIT"  # set in the images, which hold no .git
+
+
 def git_commit() -> str:
-    """The current git commit (``unknown`` outside a checkout), for run tags."""
+    """The current git commit, for run tags: ``$MOVIEREC_GIT_COMMIT``, else the checkout's.
+
+    ``unknown`` outside a checkout when the variable is not set.
+    """
+    if os.environ.get(ENV_GIT_COMMIT):
+        return os.environ[ENV_GIT_COMMIT]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True, cwd=Path(__file__).parent).stdout.strip()
