@@ -6,7 +6,8 @@ from a reader's view: its files go under a fresh generation prefix
 the generation and the sha256 and size of every file), is written last. A reader starts from
 the manifest, so it sees the old folder or the new one, never a mix, and a folder whose upload
 stopped half-way has no manifest and is refused. The previous generation is kept (a reader may
-still be downloading it); older ones are deleted.
+still be downloading it); older ones are deleted, but never one that another upload to the
+same prefix may still be copying (started after the previous one, or within the last hour).
 
 Credentials come from the environment only: ``AWS_ACCESS_KEY_ID`` and
 ``AWS_SECRET_ACCESS_KEY``; the endpoint from ``MOVIEREC_S3_ENDPOINT``, ``AWS_ENDPOINT_URL_S3``
@@ -43,6 +44,7 @@ MANIFEST_FORMAT = 1
 GENERATION_PREFIX = "_v"
 LOCK_FILE, LATEST_COPY = ".lock", ".latest"  # materialize's lock and its newest copy's name
 GENERATION_PATTERN = re.compile(r"_v\d{8}T\d{6}-[0-9a-f]{8}")  # as upload_folder names it
+UPLOAD_GRACE_S = 3600.0  # a generation this young may be another upload still copying
 ENV_ENDPOINT = "MOVIEREC_S3_ENDPOINT"
 ENDPOINT_ENVS = (ENV_ENDPOINT, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 CREDENTIAL_ENVS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -213,20 +215,36 @@ def upload_folder(local: str | Path, uri: str) -> dict[str, Any]:
     except OSError as error:
         raise _storage_error(uri, "upload", error) from None
     try:  # the upload is done: a failed cleanup leaves old files, not a broken folder
-        _delete_generations(s3, remote, keep={generation, (previous or {}).get("generation")})
+        _delete_generations(s3, remote, generation, (previous or {}).get("generation"))
     except OSError as error:
         log.warning("%s", _storage_error(uri, "deleting old generations (the upload itself "
                                               "succeeded)", error))
     return manifest
 
 
-def _delete_generations(s3: Any, remote: RemoteFolder, keep: set[str | None]) -> None:
-    """Delete the generation folders under ``remote`` that are not in ``keep``."""
+def _generation_time(name: str) -> str:
+    """The start time in a generation's name (``YYYYmmddTHHMMSS``; sorts as text)."""
+    return name[len(GENERATION_PREFIX):len(GENERATION_PREFIX) + 15]
+
+
+def _delete_generations(s3: Any, remote: RemoteFolder, published: str,
+                        previous: str | None) -> None:
+    """Delete the generations under ``remote`` that no reader or uploader can still need.
+
+    Kept: ``published`` (the new one), ``previous`` (a reader may still be downloading it),
+    and any started after ``previous`` or less than ``UPLOAD_GRACE_S`` ago: another upload
+    to the same prefix may still be copying its files, and deleting them would leave its
+    manifest naming files that are gone. Those go at a later upload.
+    """
     from pyarrow import fs as pafs  # noqa: PLC0415
 
+    recent = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() - UPLOAD_GRACE_S))
+    cutoff = min(recent, _generation_time(previous)) if previous else recent
     for info in s3.get_file_info(pafs.FileSelector(remote.root, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith(
-                GENERATION_PREFIX) and info.base_name not in keep:
+        if (info.type == pafs.FileType.Directory
+                and GENERATION_PATTERN.fullmatch(info.base_name)
+                and info.base_name not in (published, previous)
+                and _generation_time(info.base_name) < cutoff):
             s3.delete_dir(info.path)
 
 

@@ -109,17 +109,60 @@ def test_round_trip_with_a_manifest_written_last(s3: S3, tmp_path: Path) -> None
         storage.download_folder(s3.uri("data/a"), tmp_path / "b")
 
 
+class _Clock:
+    """``time`` as storage uses it, at a moment the test moves on."""
+
+    strftime = staticmethod(time.strftime)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def gmtime(self, seconds: float | None = None) -> time.struct_time:
+        return time.gmtime(self.now if seconds is None else seconds)
+
+    def time(self) -> float:  # last: in the class body it hides the module from here on
+        return self.now
+
+
+def _generations(s3: S3, prefix: str) -> set[str]:
+    return {k.split("/")[2] for k in s3.keys(f"{prefix}/")
+            if k.count("/") >= 3 and not k.endswith("/")}
+
+
 def test_reupload_switches_atomically_and_keeps_one_previous_generation(
-        s3: S3, tmp_path: Path) -> None:
+        s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock(1_800_000_000.0)
+    monkeypatch.setattr(storage, "time", clock)
     uri = s3.uri("data/a")
-    generations = [storage.upload_folder(_folder(tmp_path / str(i), extra=str(i)), uri)[
-        "generation"] for i in range(3)]
+    generations = []
+    for i in range(3):  # a day apart: nothing is young enough to be another's upload
+        generations.append(storage.upload_folder(_folder(tmp_path / str(i), extra=str(i)),
+                                                 uri)["generation"])
+        clock.now += 86_400
     assert len(set(generations)) == 3
-    prefixes = {k.split("/")[2] for k in s3.keys("data/a/")
-                if k.count("/") >= 3 and not k.endswith("/")}
-    assert prefixes == set(generations[1:])  # the oldest was pruned, the previous kept
+    assert _generations(s3, "data/a") == set(generations[1:])  # the oldest went
     storage.download_folder(uri, tmp_path / "got")
     assert json.loads((tmp_path / "got" / "dataset.json").read_text())["data_version"] == "v12"
+
+
+def test_an_upload_never_deletes_another_upload_still_copying(
+        s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock(1_800_000_000.0)
+    monkeypatch.setattr(storage, "time", clock)
+    uri = s3.uri("data/b")
+    first = storage.upload_folder(_folder(tmp_path / "first"), uri)["generation"]
+    clock.now += 86_400
+    # Another upload started before this one and is still copying: files, no manifest yet.
+    started = time.strftime("%Y%m%dT%H%M%S", clock.gmtime())
+    copying = f"{storage.GENERATION_PREFIX}{started}-0000beef"
+    s3.client.put_object(Bucket=s3.bucket, Key=f"data/b/{copying}/dataset.json", Body=b"{}")
+    clock.now += 60
+    second = storage.upload_folder(_folder(tmp_path / "second", extra="2"), uri)["generation"]
+    assert _generations(s3, "data/b") == {first, copying, second}
+    # A day later it is long finished or abandoned: the next upload clears it.
+    clock.now += 86_400
+    third = storage.upload_folder(_folder(tmp_path / "third", extra="3"), uri)["generation"]
+    assert _generations(s3, "data/b") == {second, third}
 
 
 def test_a_folder_without_manifest_is_refused(s3: S3, tmp_path: Path) -> None:
@@ -204,7 +247,7 @@ def test_a_failed_cleanup_of_old_generations_does_not_fail_the_upload(
     for i in range(2):
         storage.upload_folder(_folder(tmp_path / str(i), extra=str(i)), uri)
 
-    def access_denied(s3fs: Any, remote: storage.RemoteFolder, keep: set[str]) -> None:
+    def access_denied(s3fs: Any, remote: storage.RemoteFolder, *generations: str) -> None:
         raise OSError(f"AccessDenied deleting under {remote} with {FAKE_SECRET}")
 
     monkeypatch.setattr(storage, "_delete_generations", access_denied)
