@@ -57,6 +57,8 @@ def test_unknown_ids_and_folders_are_one_line(capsys: pytest.CaptureFixture[str]
     (["serve", "--bundle", "b", "--port", "99999"], "--port: 99999 is out of range"),
     (["train", "--data", "d", "--workers", "-1"], "--workers: -1 is out of range"),
     (["pipeline", "--workers", "-1"], "--workers: -1 is out of range"),
+    (["train", "--data", "d", "--model", "pop", "--workers", "2", "--gpu"],
+     "--workers, --gpu: the popularity baseline counts training interactions in-process"),
     (["pipeline", "--epochs", "0"], "--epochs: 0 is out of range"),
     (["evaluate", "--latest", "0"], "--latest: 0 is out of range"),
     (["export", "--run", "r", "--data", "d", "--out", "o", "--max-fp32-diff", "-1"],

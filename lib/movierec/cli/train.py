@@ -74,6 +74,14 @@ def run_train(args: argparse.Namespace) -> int:
     from movierec.training.runner import train_and_track  # noqa: PLC0415 - torch is heavy
 
     config = config_from_args(args)
+    runner_flags = [flag for flag, given in (
+        ("--workers", args.workers), ("--gpu", args.gpu), ("--ray-address", args.ray_address),
+        ("--storage", args.storage), ("--checkpoint-dir", args.checkpoint_dir),
+        ("--resume", args.resume)) if given]
+    if config.baseline == "pop" and runner_flags:
+        raise ValueError(f"{', '.join(runner_flags)}: the popularity baseline counts "
+                         "training interactions in-process (no network, no Ray, no "
+                         "checkpoints); leave them out")
     if not args.workers and (args.gpu or args.ray_address):
         raise ValueError("--gpu and --ray-address are Ray Train options: add --workers N >= 1")
     if args.workers and (args.checkpoint_dir or args.resume):

@@ -78,7 +78,8 @@ def train_and_track(config: TrainConfig, data: str | Path, workers: int = 0,
     on_ray = bool(workers) and config.baseline != "pop"
     tags = {"data_version": card["data_version"], "dataset": card["name"], "model": name,
             "runner": "ray" if on_ray else "in-process"}
-    params = {**config.model_dump(), "workers": workers, "data_dir": str(data)}
+    params = {**config.model_dump(), "workers": workers if on_ray else 0,
+              "data_dir": str(data)}
     with tracked_run(run_name or name, params, tags, nested=nested) as mlflow:
         run_id = mlflow.active_run().info.run_id
         epochs = EpochLogger(run_id)
