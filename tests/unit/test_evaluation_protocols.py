@@ -50,6 +50,23 @@ def test_negatives_are_saved_once_per_seed(tmp_path: Path) -> None:
     assert not np.array_equal(fixed_negatives(data, "test", seed=8), first)
 
 
+def test_a_read_only_data_folder_draws_the_same_negatives_without_saving(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.evaluation import protocols
+
+    data = tiny_data(tmp_path, [[1, 2, 3]] * 3, [4, 4, 4], [5, 5, 5], 200)
+    saved = fixed_negatives(data, "valid", seed=3)
+    (tmp_path / "negatives" / "valid-seed3-n100.npz").unlink()
+
+    def read_only(*args: object) -> None:
+        raise PermissionError(30, "Read-only file system")
+
+    monkeypatch.setattr(protocols, "write_atomic", read_only)
+    with pytest.warns(RuntimeWarning, match="drawn again from the seed"):
+        again = fixed_negatives(data, "valid", seed=3)
+    assert np.array_equal(again, saved)  # training goes on; every model sees the same ones
+
+
 def test_too_few_items_for_negatives_is_a_clear_error() -> None:
     data = tiny_data(Path("/x"), [[1, 2, 3]], [4], [5], 50)
     with pytest.raises(ValueError, match="cannot draw 100 distinct negatives"):

@@ -556,6 +556,10 @@ def test_an_option_of_the_other_runner_is_an_error_not_ignored(tmp_path: Path) -
         run_training(TrainConfig(), tmp_path, workers=2, resume=True)
     with pytest.raises(ValueError, match="address, use_gpu: Ray Train options"):
         run_training(TrainConfig(), tmp_path, workers=0, use_gpu=True, address="ray://x")
+    # On Ray a device of the config would be ignored: a conflict with use_gpu is an error.
+    for device, gpu in (("cuda", False), ("cpu", True)):
+        with pytest.raises(ValueError, match="ask for GPUs with --gpu"):
+            run_training(TrainConfig(device=device), tmp_path, workers=1, use_gpu=gpu)
 
 
 def test_train_flags_of_the_other_runner_are_user_errors(

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,11 @@ def fixed_negatives(data: SequenceData, split: str, seed: int, n: int = N_NEGATI
     negatives = draw_negatives(data, users, n, seed)
     # Ray's workers and tuning trials may draw the same negatives at once: each writes a
     # temporary file of its own, and the same seed makes whichever lands last right.
-    write_atomic(path, lambda handle: np.savez(handle, users=users, negatives=negatives))
+    try:
+        write_atomic(path, lambda handle: np.savez(handle, users=users, negatives=negatives))
+    except OSError as error:  # a read-only data folder: the seed draws the same ones again
+        warnings.warn(f"could not save the sampled negatives to {path} ({error}); they are "
+                      "drawn again from the seed each time", RuntimeWarning, stacklevel=2)
     return negatives
 
 

@@ -174,6 +174,10 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
     from movierec.storage import is_remote, materialize  # noqa: PLC0415
     from movierec.training.ray_progress import DriverProgress, relayed_epochs  # noqa: PLC0415
 
+    if config.device != "auto" and (config.device == "cuda") != use_gpu:
+        raise ValueError(f"device {config.device!r} with use_gpu={use_gpu}: on Ray the workers "
+                         "train where Ray places them; ask for GPUs with --gpu (use_gpu) and "
+                         "leave device at 'auto'")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Resolved first: missing object-store credentials fail before Ray starts.
     storage_path, storage_filesystem = run_storage(storage)

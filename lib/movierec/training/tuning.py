@@ -75,6 +75,14 @@ def apply_sample(base: TrainConfig, sample: dict[str, Any]) -> TrainConfig:
 class TuneHooks(LocalHooks):
     """Report every epoch to Ray Tune (ASHA decides whether the trial goes on)."""
 
+    def device(self, config: TrainConfig) -> torch.device:
+        """CPU under ``auto`` unless Ray gave the trial a GPU (trials reserve CPUs only)."""
+        import ray  # noqa: PLC0415
+
+        if config.device == "auto" and not ray.get_gpu_ids():
+            return torch.device("cpu")
+        return super().device(config)
+
     def report(self, record: dict[str, Any], state: dict[str, Any]) -> None:
         """Send the epoch's metrics to Tune."""
         from ray import tune  # noqa: PLC0415
