@@ -219,3 +219,70 @@ def test_ray_gets_the_object_store_without_logging_it_and_restarts_on_new_code()
     assert record["ansible.builtin.copy"]["mode"] == "0600"
     assert names.index(stop) < names.index("Is Ray already running here?") \
         < names.index("Check that every GPU is visible to Ray") < names.index(record["name"])
+
+
+def test_ray_is_reachable_only_from_the_project(tmp_path: Path) -> None:
+    """Ray takes no credentials: a host firewall admits the GPU nodes and the cluster only."""
+    play = _load(ansible_infra.ansible_dir() / "ray_gpu.yml")[0]
+    tasks = {t["name"]: t for t in _tasks(play)}
+    names = list(tasks)
+    rules = next(t for n, t in tasks.items() if n.startswith("Firewall rules"))
+    copy = rules["ansible.builtin.copy"]
+    assert copy["validate"] == "nft -c -f %s"
+    text = copy["content"]
+    assert "ray_node_ip" in text and "ray_client_cidrs" in text
+    assert "tcp dport 22 accept" in text and "ip saddr @project accept" in text
+    assert text.rstrip().splitlines()[-3].strip() == "counter drop"  # the chain's last rule
+    assert play["vars"]["ray_client_cidrs"] == []
+    assert names.index("Apply changed rules before Ray starts") < names.index("Start the Ray head")
+    assert tasks["Enable and start the firewall"]["ansible.builtin.systemd_service"][
+        "enabled"] is True  # loaded at every boot
+    # The cluster's floating IP (where the train workflow's Ray client runs) is passed in.
+    inventory.write_inventories(inventory.parse_terraform_outputs(OUTPUTS), tmp_path)
+    assert ansible_infra.ray_client_cidrs(tmp_path) == ["203.0.113.7/32"]
+    assert ansible_infra.ray_client_cidrs(tmp_path / "none") == []
+
+
+def test_ray_client_cidrs_from_the_environment(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ansible_infra.RAY_CLIENTS_ENV, "198.51.100.4/32, 198.51.100.4/32")
+    assert ansible_infra.ray_client_cidrs(tmp_path) == ["198.51.100.4/32"]
+    monkeypatch.setenv(ansible_infra.RAY_CLIENTS_ENV, "my-laptop")
+    with pytest.raises(ValueError, match=r"MOVIEREC_RAY_CLIENT_CIDRS.*my-laptop"):
+        ansible_infra.ray_client_cidrs(tmp_path)
+
+
+def test_ray_workers_join_only_when_the_head_does_not_list_them() -> None:
+    """`ray status` names node ids, so the join compares the node's address with the head's."""
+    play = _load(ansible_infra.ansible_dir() / "ray_gpu.yml")[0]
+    tasks = {t["name"]: t for t in _tasks(play)}
+    text = json.dumps(list(tasks.values()))
+    assert "ray_status.stdout" not in text
+    alive = tasks["Addresses of the alive Ray nodes, from the head"]
+    assert alive["run_once"] is True and alive["delegate_to"] == "{{ ray_head }}"
+    assert 'n["Alive"]' in alive["ansible.builtin.command"]["argv"][2]
+    join = tasks["Does this worker need to join?"]["ansible.builtin.set_fact"]["ray_join"]
+    assert "ray_node_ip not in (ray_alive.stdout_lines | last | from_json)" in join
+    start = tasks["Join the workers to the head"]
+    assert start["when"] == "ray_join"
+    assert "--node-ip-address {{ ray_node_ip }}" in start["ansible.builtin.command"]
+
+
+def test_nodes_allow_the_user_namespaces_of_rootless_buildkit() -> None:
+    play = _load(ansible_infra.ansible_dir() / "pre_k8s.yml")[0]
+    task = next(t for t in _tasks(play) if "ansible.posix.sysctl" in t)
+    sysctl = task["ansible.posix.sysctl"]
+    assert (sysctl["name"], sysctl["value"]) == ("kernel.apparmor_restrict_unprivileged_userns",
+                                                 "0")
+    assert sysctl["sysctl_file"].startswith("/etc/sysctl.d/99-")  # persistent, read last
+    assert sysctl["sysctl_set"] is True
+
+
+def test_the_workflow_token_secret_carries_the_cli_flags() -> None:
+    play = _load(ansible_infra.ansible_dir() / "argocd" / "workflow_secrets.yml")[0]
+    tasks = {t["name"]: t for t in _tasks(play)}
+    create = tasks["Store the token for the workflows"]["kubernetes.core.k8s"]["definition"]
+    assert create["stringData"]["opts"] == "{{ argocd_cli_opts }}"
+    patch = tasks["Keep the CLI flags of an existing workflow token up to date"]
+    assert patch["kubernetes.core.k8s"]["state"] == "patched" and patch["no_log"] is True
+    assert "token" not in patch["kubernetes.core.k8s"]["definition"]["stringData"]

@@ -45,12 +45,39 @@ def test_application_model_rejects_unknown_fields(repo_root: Path) -> None:
         argocd_model.ArgoCDApplication.model_validate(doc)
 
 
-def test_register_stages_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+def test_register_stages_dry_run(capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(argocd.REPO_URL_ENV, raising=False)
+    monkeypatch.delenv(argocd.REVISION_ENV, raising=False)
     commands = argocd.register_stages(dry_run=True)
     out = capsys.readouterr().out
     assert out.count("[dry-run] kubectl apply --server-side --field-manager") == 4
     assert "platform.yaml" in commands[0].render()  # the platform first
     assert "argocd app wait movierec-production --health" in out
+    # Without a fork given, the same source as ansible's register_apps.yml.
+    assert "from https://git.example.org/movierec/movierec.git at main" in out
+
+
+def test_register_stages_applies_the_fork_not_the_placeholder(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-registration must not point ArgoCD back at the files' placeholder repository."""
+    fork, revision = "https://github.test/me/movierec.git", "release-2"
+    monkeypatch.setenv(argocd.REPO_URL_ENV, fork)
+    monkeypatch.setenv(argocd.REVISION_ENV, revision)
+    commands = argocd.register_stages(dry_run=True)
+    applies = [c for c in commands if "apply" in c.argv]
+    assert len(applies) == 4 and all(c.argv[-2:] == ("-f", "-") for c in applies)
+    for command in applies:
+        doc = yaml.safe_load(command.stdin or "")
+        assert doc["spec"]["source"]["repoURL"] == fork
+        assert doc["spec"]["source"]["targetRevision"] == revision
+        assert doc["kind"] == "Application" and "parameters" not in doc["spec"]["source"].get(
+            "helm", {})
+    out = capsys.readouterr().out
+    assert f"spec.source.repoURL={fork}, targetRevision={revision}" in out
+    given = argocd.register_stages(dry_run=True, repo_url="https://other.test/x.git",
+                                   revision="v3")
+    assert "https://other.test/x.git" in (given[0].stdin or "")
 
 
 def test_missing_tools_say_how_to_get_them(monkeypatch: pytest.MonkeyPatch) -> None:

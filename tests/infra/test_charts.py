@@ -217,3 +217,44 @@ def test_a_registered_stage_runs_nothing_until_its_first_deploy(repo_root: Path)
         assert not {"Ingress", "HorizontalPodAutoscaler"} & {d["kind"] for d in docs}
     checks = {r.name: r for r in manifests.check_charts(repo_root)}
     assert checks["undeployed app (canary)"].passed
+
+
+def test_host_network_ingress_reaches_the_stages(rendered: dict[str, list[dict]],
+                                                  repo_root: Path) -> None:
+    """ingress-nginx runs on the host network: its traffic matches no namespaceSelector."""
+    from movierec.infra import cluster_assumptions
+
+    assert cluster_assumptions.network_problems(repo_root) == []
+    for stage in manifests.STAGES:
+        policy = next(d for d in rendered[stage] if d["kind"] == "NetworkPolicy")
+        blocks = [rule for rule in policy["spec"]["ingress"]
+                  if any("ipBlock" in source for source in rule["from"])]
+        assert len(blocks) == 1, stage
+        assert {s["ipBlock"]["cidr"] for s in blocks[0]["from"]} == {"192.168.1.0/24",
+                                                                     "10.233.64.0/18"}
+        assert blocks[0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
+def test_storage_check_catches_overcommit_and_claims_per_run(repo_root: Path,
+                                                             tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from movierec.infra import cluster_assumptions
+
+    problems, summary = cluster_assumptions.storage_problems(repo_root)
+    assert problems == [] and summary == "132 GiB of claims on a 150 GiB volume"
+    for folder in ("k8s/platform", "workflows", "tf/kvm"):
+        shutil.copytree(repo_root / folder, tmp_path / folder)
+    variables = tmp_path / "tf" / "kvm" / "variables.tf"
+    variables.write_text(variables.read_text().replace("default     = 150", "default     = 50"))
+    train = tmp_path / "workflows" / "train.yaml"
+    doc = yaml.safe_load(train.read_text())
+    doc["spec"]["volumeClaimTemplates"] = [{"metadata": {"name": "work"}}]
+    train.write_text(yaml.safe_dump(doc))
+    problems, _ = cluster_assumptions.storage_problems(tmp_path)
+    assert "exceed the platform volume's 50 GiB" in problems[0]
+    assert problems[1].startswith("train.yaml: volumeClaimTemplates")
+    with pytest.raises(ValueError, match="<n>Gi"):
+        cluster_assumptions.gib("20G")

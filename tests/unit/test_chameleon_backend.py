@@ -104,6 +104,8 @@ def test_dry_run_prints_the_commands_and_calls_nothing(
         "[dry-run] argocd app set movierec-production -p model.version=3 "
         "-p autoscaling.enabled=true -p ingress.enabled=true",
         "[dry-run] argocd app sync movierec-production --timeout 600",
+        "[dry-run]   while 'another operation is already in progress': argocd app wait "
+        "movierec-production --operation --timeout 600, then the sync again (at most 5 tries)",
         "[dry-run] argocd app wait movierec-production --health --sync --timeout 600"]
     assert result["dry_run"] is True and len(result["commands"]) == 3
 
@@ -121,6 +123,49 @@ def test_a_failed_sync_stops_the_deploy(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(subprocess.CalledProcessError):
         ChameleonBackend().deploy("staging", "2")
     assert [a[2] for a in fake.argvs] == ["set", "sync"]  # never waited or polled
+
+
+class BusyRunner(FakeRunner):
+    """An automated sync holds the app for the first ``busy`` sync requests."""
+
+    def __init__(self, busy: int) -> None:
+        super().__init__()
+        self.busy = busy
+
+    def __call__(self, command: Command, *, dry_run: bool, **kwargs: Any) -> Any:
+        super().__call__(command, dry_run=dry_run, **kwargs)
+        if command.argv[2] == "sync" and self.busy:
+            self.busy -= 1
+            raise subprocess.CalledProcessError(
+                20, list(command.argv), stderr="FATA[0000] rpc error: code = FailedPrecondition "
+                "desc = another operation is already in progress\n")
+        return subprocess.CompletedProcess(list(command.argv), 0, stdout="synced\n", stderr="")
+
+
+def test_a_sync_held_by_the_automated_sync_waits_for_it_and_retries(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = BusyRunner(busy=2)
+    monkeypatch.setattr(chameleon, "run", fake)
+    monkeypatch.setattr(chameleon, "require_tool", lambda name, how: name)
+    ChameleonBackend(ChameleonConfig(timeout_s=30)).retire("staging")
+    assert fake.argvs[1:] == [
+        ("argocd", "app", "sync", "movierec-staging", "--timeout", "30"),
+        ("argocd", "app", "wait", "movierec-staging", "--operation", "--timeout", "30"),
+        ("argocd", "app", "sync", "movierec-staging", "--timeout", "30"),
+        ("argocd", "app", "wait", "movierec-staging", "--operation", "--timeout", "30"),
+        ("argocd", "app", "sync", "movierec-staging", "--timeout", "30"),
+        ("argocd", "app", "wait", "movierec-staging", "--health", "--sync", "--timeout", "30")]
+    assert "another operation is already in progress" in capsys.readouterr().err
+
+
+def test_a_sync_held_too_long_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = BusyRunner(busy=chameleon.SYNC_ATTEMPTS)
+    monkeypatch.setattr(chameleon, "run", fake)
+    monkeypatch.setattr(chameleon, "require_tool", lambda name, how: name)
+    with pytest.raises(subprocess.CalledProcessError):
+        ChameleonBackend().retire("canary")
+    assert [a[2] for a in fake.argvs].count("sync") == chameleon.SYNC_ATTEMPTS
+    assert "--health" not in [arg for argv in fake.argvs for arg in argv]  # never waited
 
 
 def test_deploy_times_out_when_the_version_never_shows(runner: FakeRunner,

@@ -39,9 +39,9 @@ variable "node_count" {
 }
 
 variable "volume_size" {
-  description = "Size in GiB of the block volume for platform data (PostgreSQL, MinIO, MLflow), attached to node1"
+  description = "Size in GiB of the block volume for platform data, attached to node1: every local-path claim (PostgreSQL 10, MinIO 50, Prometheus 20, Grafana 2, registry 30, workflow state 20 = 132 GiB; tests/infra checks the sum fits)"
   type        = number
-  default     = 50
+  default     = 150
 }
 
 variable "private_cidr" {

@@ -7,6 +7,8 @@ requirements), and ``post_k8s.yml``. Inventories come from ``movierec infra inve
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import shutil
 import sys
@@ -124,10 +126,44 @@ def cluster_up(*, dry_run: bool) -> list[Command]:
     return run_commands(cluster_up_commands(dry_run=dry_run), dry_run=dry_run)
 
 
+# Extra sources the Ray firewall admits (comma-separated CIDRs, e.g. your own address/32).
+RAY_CLIENTS_ENV = "MOVIEREC_RAY_CLIENT_CIDRS"
+
+
+def ray_client_cidrs(inventory_dir: Path | None = None) -> list[str]:
+    """Who may reach Ray besides the GPU nodes: the cluster's floating IP and the variable's CIDRs.
+
+    The workflows' Ray client runs on the platform node, whose floating IP (``ansible_host``
+    in the cluster inventory, ``movierec infra inventory``) is its source address on the
+    internet. Without a cluster inventory only the variable's CIDRs are returned.
+
+    Raises:
+        ValueError: A CIDR of the variable, or the inventory's address, is not an IP network.
+    """
+    cidrs = []
+    path = (inventory_dir or default_inventory_dir()) / "inventory.yml"
+    if path.is_file():
+        root = (yaml.safe_load(path.read_text()) or {}).get("all") or {}
+        hosts = root.get("hosts") or {}
+        platform = ((root.get("children") or {}).get("platform") or {}).get("hosts") or {}
+        for name in platform:
+            address = (hosts.get(name) or {}).get("ansible_host", "")
+            cidrs.append(str(ipaddress.ip_network(f"{address}/32")))
+    for item in os.environ.get(RAY_CLIENTS_ENV, "").split(","):
+        if item.strip():
+            try:
+                cidrs.append(str(ipaddress.ip_network(item.strip())))
+            except ValueError as exc:
+                raise ValueError(f"{RAY_CLIENTS_ENV}: {item.strip()!r} is not a CIDR "
+                                 "(write e.g. 203.0.113.10/32)") from exc
+    return list(dict.fromkeys(cidrs))
+
+
 def ray_up(*, inventory: Path | None = None, dry_run: bool) -> list[Command]:
-    """Start Ray on the leased GPU nodes (``ray_gpu.yml``)."""
+    """Start Ray on the leased GPU nodes (``ray_gpu.yml``), firewalled to the project."""
     inv = inventory or default_inventory_dir() / "gpu-inventory.yml"
     if not dry_run and not inv.is_file():
         raise FileNotFoundError(f"{inv} missing: run `movierec infra gpu lease` first")
-    return run_commands([playbook_command("ray_gpu.yml", inventory=inv, dry_run=dry_run)],
-                        dry_run=dry_run)
+    extra = ("-e", json.dumps({"ray_client_cidrs": ray_client_cidrs()}))
+    return run_commands([playbook_command("ray_gpu.yml", inventory=inv, dry_run=dry_run,
+                                          extra=extra)], dry_run=dry_run)

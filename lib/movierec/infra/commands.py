@@ -40,18 +40,24 @@ class Command:
         env: Extra environment variables; values of names listed in ``secret_env`` are never
             printed.
         secret_env: Names in ``env`` whose values are secrets.
+        stdin: Text written to the command's standard input (None: inherited).
+        stdin_name: What ``stdin`` is, for the printed line (the text itself is not shown).
     """
 
     argv: tuple[str, ...]
     cwd: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     secret_env: frozenset[str] = frozenset()
+    stdin: str | None = None
+    stdin_name: str = "text"
 
     def render(self) -> str:
         """The command as a shell line, with secret values masked."""
         shown = {k: ("***" if k in self.secret_env else v) for k, v in self.env.items()}
         prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items())
         line = shlex.join(self.argv)
+        if self.stdin is not None:
+            line += f" < {self.stdin_name}"
         where = f"(cd {shlex.quote(str(self.cwd))} && " if self.cwd else ""
         body = f"{prefix} {line}".strip()
         return f"{where}{body})" if where else body
@@ -77,7 +83,8 @@ def run(command: Command, *, dry_run: bool, capture: bool = False,
     if dry_run:
         return None
     return subprocess.run(list(command.argv), cwd=command.cwd, check=True, text=True,
-                          env={**os.environ, **command.env}, capture_output=capture)
+                          env={**os.environ, **command.env}, capture_output=capture,
+                          input=command.stdin)
 
 
 def repo_root() -> Path:

@@ -274,12 +274,17 @@ def scan_unpinned(root: Path | None = None) -> CheckResult:
 
 
 def validate_all(root: Path | None = None) -> list[CheckResult]:
-    """Every offline check of the cluster half: charts, ArgoCD, Argo, monitoring, pins, registry."""
+    """Every offline check of the cluster half: charts, ArgoCD, Argo, monitoring, pins, registry.
+
+    Also what they assume of the cluster: its networks and the platform volume's size.
+    """
     # Imported here: those modules import this one (shared helpers), not the other way round.
     from movierec.infra.argo_checks import check_workflows  # noqa: PLC0415
     from movierec.infra.argocd_model import check_argocd  # noqa: PLC0415
+    from movierec.infra.cluster_assumptions import check_cluster_assumptions  # noqa: PLC0415
     from movierec.infra.images import check_registry  # noqa: PLC0415
 
     root = root or repo_root()
     return [*check_charts(root), *check_argocd(root), *check_workflows(root),
-            *check_monitoring(root), scan_unpinned(root), check_registry(root)]
+            *check_monitoring(root), scan_unpinned(root), check_registry(root),
+            *check_cluster_assumptions(root)]

@@ -7,13 +7,21 @@ so ``deploy`` writes Helm parameters on the stage's ArgoCD Application (``argocd
 autoscaling and the Ingress on (for the canary also the canary weight: a rolled-back canary
 comes back with its traffic share), then ``argocd app sync`` and ``argocd app wait --health``,
 then polls the stage's ``/version`` until it names the version. ``retire`` turns the Ingress
-off and scales to zero. Every command goes through :func:`movierec.infra.commands.run`, so a
-dry run prints the exact ``argocd`` commands and touches nothing.
+off and scales to zero. The Applications sync automatically, so the sync that ``app set``
+starts may hold the app when ``app sync`` asks ("another operation is already in progress",
+argo-cd#6674): the sync then waits for that operation (``app wait --operation``) and asks
+again. Every command goes through :func:`movierec.infra.commands.run`, so a dry run prints the
+exact ``argocd`` commands and touches nothing. Server, token and flags come from the
+environment (``ARGOCD_SERVER``, ``ARGOCD_AUTH_TOKEN``, ``ARGOCD_OPTS``: in the lifecycle
+workflow the Secret ``argocd-workflow``, whose flags accept the in-cluster server's
+self-signed certificate).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -26,6 +34,9 @@ from movierec.lifecycle.config import Stage
 from movierec.polling import poll
 
 PLATFORM_MLFLOW = "http://platform-mlflow.movierec-platform.svc.cluster.local:5000"
+# What argocd-server answers a sync while another operation (the automated sync) runs.
+OPERATION_IN_PROGRESS = "another operation is already in progress"
+SYNC_ATTEMPTS = 5
 
 
 def _service_urls() -> dict[Stage, str]:
@@ -121,11 +132,40 @@ class ChameleonBackend:
                 Command((argocd, "app", "sync", app, "--timeout", limit)),
                 Command((argocd, "app", "wait", app, "--health", "--sync", "--timeout", limit))]
 
+    def operation_wait(self, stage: Stage) -> Command:
+        """``argocd app wait --operation``: until the app's running operation has finished."""
+        argocd = "argocd" if self.dry_run else require_tool("argocd", ARGOCD_HOW)
+        return Command((argocd, "app", "wait", self.app_name(stage), "--operation",
+                        "--timeout", str(self.config.timeout_s)))
+
     def _apply(self, stage: Stage, params: dict[str, str]) -> list[str]:
-        commands = self.commands(stage, params)
-        for command in commands:
-            run(command, dry_run=self.dry_run)
-        return [command.render() for command in commands]
+        setter, sync, wait = self.commands(stage, params)
+        run(setter, dry_run=self.dry_run)
+        self._sync(sync, self.operation_wait(stage))
+        run(wait, dry_run=self.dry_run)
+        return [command.render() for command in (setter, sync, wait)]
+
+    def _sync(self, sync: Command, operation_wait: Command) -> None:
+        """Run ``sync``; while an automated sync holds the app, wait for it and ask again."""
+        if self.dry_run:
+            run(sync, dry_run=True)
+            print(f"[dry-run]   while {OPERATION_IN_PROGRESS!r}: {operation_wait.render()}, "
+                  f"then the sync again (at most {SYNC_ATTEMPTS} tries)", flush=True)
+            return
+        for attempt in range(1, SYNC_ATTEMPTS + 1):
+            try:
+                done = run(sync, dry_run=False, capture=True)
+            except subprocess.CalledProcessError as exc:
+                output = f"{exc.stdout or ''}{exc.stderr or ''}"
+                print(output, end="", file=sys.stderr, flush=True)
+                if OPERATION_IN_PROGRESS not in output or attempt == SYNC_ATTEMPTS:
+                    raise
+                run(operation_wait, dry_run=False)
+                continue
+            if done is not None:
+                print(done.stdout, end="", flush=True)
+                print(done.stderr, end="", file=sys.stderr, flush=True)
+            return
 
     def deploy(self, stage: Stage, version: str) -> dict[str, Any]:
         """Roll the stage onto ``version`` (its alias already names it) and wait for it.
