@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,12 +91,20 @@ def test_ray_train_reads_data_from_and_checkpoints_to_object_storage(
         return read_manifest(uri)
 
     monkeypatch.setattr(storage, "read_manifest", counted)  # the driver's reads only
+
+    def on_sigterm(signum: int, frame: object) -> None:  # as the CLI's: an interruption
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         # The URI goes to the workers, which download the data for themselves (on a
         # cluster the driver's copy is on another machine).
         result = train_and_track(TrainConfig(epochs=2), data_uri, workers=1,
                                  storage=f"s3://{bucket}/ray-results")
+        # ray.init installs a SIGTERM handler that calls sys.exit: ours must survive it.
+        assert signal.getsignal(signal.SIGTERM) is on_sigterm
     finally:  # its workers carry this test's environment (home, endpoint, keys)
+        signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
     assert result["best_epoch"] >= 1
     # One read of the manifest on the driver: the run is tagged with the data_version of

@@ -250,7 +250,7 @@ class _Recorder:
 
     def deploy(self, stage: str, version: str) -> dict[str, str]:
         self.calls.append(("deploy", stage, version))
-        if "deploy" in self.failing:
+        if f"deploy {version}" in self.failing:
             raise TimeoutError(f"{stage} did not answer /ready in time")
         return {"how": "fake"}
 
@@ -294,23 +294,35 @@ def test_a_crashed_canary_analysis_rolls_the_canary_back(
 @pytest.mark.parametrize("follows_alias", [True, False])
 def test_a_failed_candidate_deploy_is_undone_before_the_error_goes_on(
         monkeypatch: pytest.MonkeyPatch, follows_alias: bool) -> None:
-    fake = _Recorder(monkeypatch, follows_alias=follows_alias, failing=("deploy",))
-    fake.aliases["canary"] = "5"  # an older canary's alias, left by a rolled-back run
+    fake = _Recorder(monkeypatch, follows_alias=follows_alias, failing=("deploy 7",))
     run = fake.pipeline()
     with pytest.raises(TimeoutError, match="did not answer"):
         run._canary(world=None, version="7")  # type: ignore[attr-defined]
     if follows_alias:  # the alias moved first (the pods load it): it comes off again
         assert fake.calls == [("alias", "canary", "7"), ("deploy", "canary", "7"),
                               ("unalias", "canary"), ("retire", "canary")]
-        assert "canary" not in fake.aliases
-    else:  # the deploy went first and failed: the alias never moved, only the stage stops
+    else:  # the deploy went first and failed: no alias moved, the stage stops
         assert fake.calls == [("deploy", "canary", "7"), ("retire", "canary")]
-        assert fake.aliases == {"canary": "5"}
+    assert "canary" not in fake.aliases
     assert "TimeoutError" in run.summary["steps"]["canary"]["deploy"]["failed"]  # type: ignore[attr-defined]
+
+
+def test_a_failed_staging_deploy_serves_the_tested_version_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _Recorder(monkeypatch, failing=("deploy 7",))
+    fake.aliases["staging"] = "5"  # staging serves the last candidate, tested and promoted
+    run = fake.pipeline()
+    with pytest.raises(TimeoutError):
+        run._deploy_candidate("staging", "7", "passed the offline gate")  # type: ignore[attr-defined]
+    # The alias never moved off 5 (deploy first, alias after): 5 is served again, not stopped.
+    assert fake.calls == [("deploy", "staging", "7"), ("deploy", "staging", "5")]
+    assert fake.aliases == {"staging": "5"}
 
 
 def test_a_promotion_stands_when_the_canary_cannot_be_taken_down(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    from movierec.registry import mlflow_registry
+
     fake = _Recorder(monkeypatch, failing=("retire",))
     fake.aliases.update(production="6", canary="7")
     run = fake.pipeline()
@@ -318,6 +330,21 @@ def test_a_promotion_stands_when_the_canary_cannot_be_taken_down(
     assert fake.aliases == {"production": "7"}
     assert run.summary["decision"] == "promoted"  # type: ignore[attr-defined]
     assert "could not take canary down" in run.summary["steps"]["canary"]["cleanup_failed"]  # type: ignore[attr-defined]
+
+    def unreachable(alias: str) -> None:
+        raise ConnectionError("MLflow went away")
+
+    # MLflow gone after production moved: still promoted (the canary is cleaned up later).
+    fake.aliases.update(production="6", canary="7")
+    monkeypatch.setattr(mlflow_registry, "current_version", unreachable)
+    run = fake.pipeline()
+    run._promote("7", "canary analysis")  # type: ignore[attr-defined]
+    assert run.summary["decision"] == "promoted"  # type: ignore[attr-defined]
+    # No canary at all (the first production model): nothing to take down, nothing retired.
+    fake = _Recorder(monkeypatch)
+    run = fake.pipeline()
+    run._promote("1", "first production model")  # type: ignore[attr-defined]
+    assert ("retire", "canary") not in fake.calls and fake.aliases == {"production": "1"}
 
 
 def test_a_canary_is_not_promoted_when_production_served_nothing() -> None:

@@ -173,3 +173,36 @@ def test_a_service_that_keeps_failing_is_restarted_ever_more_slowly() -> None:
     assert restart_delay(3, 1.0) == 8 * POLL_S
     assert restart_delay(50, 1.0) == MAX_BACKOFF_S
     assert restart_delay(50, 3600.0) == 0.0  # it ran an hour: restarted at once
+
+
+def test_the_supervisor_waits_out_a_crash_loop_but_not_for_a_new_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from movierec.lifecycle.backends import supervisor as module
+
+    started: list[tuple[str, int]] = []
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+
+    def start(stage: str, spec: dict[str, str], restarts: int = 0) -> module.Service:
+        started.append((spec["version"], restarts))
+        return module.Service(stage, spec["version"], spec["bundle"], dead,
+                              started_at=clock[0], restarts=restarts)
+
+    clock = [1000.0]
+    monkeypatch.setattr(module.time, "time", lambda: clock[0])
+    sup = module.Supervisor(tmp_path, "127.0.0.1", {"staging": 8001})
+    monkeypatch.setattr(sup, "_start", start)
+    desired = tmp_path / "stages.json"
+    desired.write_text(json.dumps({"staging": {"version": "1", "bundle": "b1"}}))
+    sup.reconcile()  # started; it dies at once, over and over
+    for _ in range(3):
+        sup.reconcile()  # notices the exit: restart after restart_delay, not at once
+        clock[0] += module.restart_delay(sup.services["staging"].restarts, 0.0)
+        sup.reconcile()
+    assert started == [("1", 0), ("1", 1), ("1", 2), ("1", 3)]
+    sup.reconcile()  # dead again, now in a backoff of 8 polls
+    desired.write_text(json.dumps({"staging": {"version": "2", "bundle": "b2"}}))
+    sup.reconcile()  # a new version starts at once, with a clean slate
+    assert started[-1] == ("2", 0)

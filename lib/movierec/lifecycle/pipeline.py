@@ -227,10 +227,15 @@ class Pipeline:
         self._step(stage, deploy=deployed)
 
     def _take_down(self, stage: Stage, reason: str, version: str | None = None) -> None:
-        """Best effort: take ``stage``'s alias off (only from ``version`` when given), stop it.
+        """Best effort: end what ``stage`` serves for this run.
 
-        For clean-ups whose caller already has its outcome (an error, a promotion): a
-        failure here is said and recorded in the step, not raised.
+        Without ``version`` (a promoted canary): remove the alias and stop the stage, if the
+        alias is set. With the ``version`` of a failed deploy: an alias on it comes off and
+        the stage stops; with no alias the stage stops (it may have started the candidate);
+        an alias on another version (the backend moves aliases after deploying, so the
+        failed deploy never moved it) gets that version served again. For clean-ups whose
+        caller already has its outcome (an error, a promotion): a failure here is said and
+        recorded in the step, not raised.
         """
         from movierec.registry.mlflow_registry import (  # noqa: PLC0415
             current_version,
@@ -239,9 +244,12 @@ class Pipeline:
 
         try:
             current = current_version(stage)
-            if current is not None and version in (None, current):
-                remove_alias(stage, reason)
-            self.backend.retire(stage)
+            if current is not None and version not in (None, current):
+                self.backend.deploy(stage, current)  # the tested version it served before
+            elif current is not None or version is not None:
+                if current is not None:
+                    remove_alias(stage, reason)
+                self.backend.retire(stage)
         except Exception as error:
             problem = (f"could not take {stage} down ({_failure_reason(error)}); check "
                        f"`movierec registry history` and the {stage} service")
@@ -288,7 +296,7 @@ class Pipeline:
                        seed=self.config.seed)
 
     def _promote(self, version: str, reason: str) -> None:
-        from movierec.registry.mlflow_registry import current_version, set_alias  # noqa: PLC0415
+        from movierec.registry.mlflow_registry import set_alias  # noqa: PLC0415
 
         url = self.backend.stage_url("production")
         serving = self.backend.serving_version("production") is not None
@@ -301,8 +309,7 @@ class Pipeline:
             self.say(f"warning: {probe.failed} of {probe.sent} requests to production failed "
                      "during the swap (a reload in place should fail none)")
         self._decide("promoted", reason)  # production serves it: whatever happens next
-        if current_version("canary") is not None:
-            self._take_down("canary", f"promoted to production: {reason}")
+        self._take_down("canary", f"promoted to production: {reason}")
 
     def _decide(self, decision: str, reason: str) -> None:
         self.summary.update(decision=decision, reason=reason)

@@ -8,7 +8,9 @@ the latest checkpoint. Ray is imported lazily so the rest of movierec does not n
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,23 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(final)
 
 
+def init_ray(**options: Any) -> None:
+    """``ray.init(**options)`` unless Ray runs, keeping this process's SIGTERM handler.
+
+    ``ray.init`` replaces it with one that calls ``sys.exit``: the CLI's handler turns
+    SIGTERM into an interruption, so a stopped pod's tracked run ends KILLED (exit 130),
+    which a bare ``SystemExit`` would skip.
+    """
+    import ray  # noqa: PLC0415
+
+    if ray.is_initialized():
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    ray.init(**options)
+    if threading.current_thread() is threading.main_thread() and handler is not None:
+        signal.signal(signal.SIGTERM, handler)
+
+
 def run_storage(storage: str | Path | None) -> tuple[str, Any]:
     """Ray Train's ``(storage_path, storage_filesystem)`` for a folder or ``s3://`` URI.
 
@@ -167,7 +186,6 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
             made one (``materialize``): the workers must read its generation, so the run is
             described by the data it trains on (else the manifest is read here).
     """
-    import ray  # noqa: PLC0415
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
 
@@ -181,11 +199,10 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Resolved first: missing object-store credentials fail before Ray starts.
     storage_path, storage_filesystem = run_storage(storage)
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False)
+    if address:
+        init_ray(address=address, log_to_driver=False)
+    else:
+        init_ray(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False)
     local_root = get_settings().home / "ray_results"
     name = f"train-{config.model.kind}-{int(time.time() * 1000)}"
     source = str(data) if is_remote(data) else str(Path(data).resolve())

@@ -6,6 +6,7 @@ Tracking URI: ``MLFLOW_TRACKING_URI`` when set (any server), else SQLite under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -112,7 +113,10 @@ def tracked_run(run_name: str, params: dict[str, Any], tags: dict[str, str],
         try:
             yield mlflow
         except KeyboardInterrupt:
-            mlflow.end_run("KILLED")  # start_run's exit then finds no run to end
+            # start_run's exit then finds no run to end. A tracking server that is down
+            # must not turn the interruption into another error.
+            with contextlib.suppress(Exception):
+                mlflow.end_run("KILLED")
             raise
 
 

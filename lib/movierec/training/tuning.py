@@ -99,15 +99,14 @@ def _trial(sample: dict[str, Any], base: dict[str, Any], data_dir: str) -> None:
 
 def tune_model(base: TrainConfig, data_dir: Path, tune_config: TuneConfig) -> dict[str, Any]:
     """Run the search with its trials logged live; return the best config and trials."""
-    import ray  # noqa: PLC0415
     from ray import tune  # noqa: PLC0415
     from ray.tune.schedulers import ASHAScheduler  # noqa: PLC0415
 
+    from movierec.training.ray_runner import init_ray  # noqa: PLC0415
     from movierec.training.tune_runs import TrialRuns  # noqa: PLC0415 - imports Ray
 
     card = load_card(Path(data_dir))  # before the search: a wrong folder fails at once
-    if not ray.is_initialized():
-        ray.init(num_cpus=tune_config.concurrent, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=tune_config.concurrent, include_dashboard=False, log_to_driver=False)
     # Trials are judged on validation, so a refit would only spend their time; the best
     # config keeps the base's epochs and refit, for the final run's early stopping.
     trial_base = base.model_copy(update={"epochs": tune_config.max_epochs, "eval_every": 1,

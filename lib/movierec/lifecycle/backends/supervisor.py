@@ -122,6 +122,9 @@ class Supervisor:
             service = self.services.get(stage)
             if service is None:
                 self.services[stage] = self._start(stage, spec)
+            elif service.process.poll() is not None and service.version != spec["version"]:
+                # Another version was deployed: it owes nothing to the old one's crashes.
+                self.services[stage] = self._start(stage, spec)
             elif service.process.poll() is not None:
                 now = time.time()
                 if service.exited_at is None:
