@@ -78,6 +78,12 @@ def test_register_stages_applies_the_fork_not_the_placeholder(
     given = argocd.register_stages(dry_run=True, repo_url="https://other.test/x.git",
                                    revision="v3")
     assert "https://other.test/x.git" in (given[0].stdin or "")
+    from movierec.cli.main import main
+
+    capsys.readouterr()
+    assert main(["infra", "stages", "register", "--dry-run", "--repo-url",
+                 "https://flag.test/y.git", "--revision", "v4"]) == 0
+    assert "from https://flag.test/y.git at v4" in capsys.readouterr().out
 
 
 def test_missing_tools_say_how_to_get_them(monkeypatch: pytest.MonkeyPatch) -> None:

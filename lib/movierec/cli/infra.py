@@ -85,8 +85,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "with ArgoCD (create or update).")
     stage_cmds = stages.add_subparsers(dest="stages_command", metavar="SUBCOMMAND",
                                        required=True)
-    _dry(stage_cmds.add_parser("register", help="create or update the four Applications")
-         ).set_defaults(run=run_stages_register)
+    register = _dry(stage_cmds.add_parser("register",
+                                          help="create or update the four Applications"))
+    register.add_argument("--repo-url", help="Git repository ArgoCD syncs from (your fork; "
+                          "default: $MOVIEREC_REPO_URL, else ansible/argocd/register_apps.yml's)")
+    register.add_argument("--revision", help="branch, tag or commit to deploy (default: "
+                          "$MOVIEREC_REVISION, else register_apps.yml's)")
+    register.set_defaults(run=run_stages_register)
 
     workflow = cmds.add_parser("workflow", help="Argo workflows",
                                description="Submit one of the WorkflowTemplates in workflows/.")
@@ -193,7 +198,7 @@ def run_stages_register(args: argparse.Namespace) -> int:
     """Register the ArgoCD applications (the other half's movierec.infra.argocd)."""
     from movierec.infra import argocd  # noqa: PLC0415
 
-    argocd.register_stages(args.dry_run)
+    argocd.register_stages(args.dry_run, repo_url=args.repo_url, revision=args.revision)
     return 0
 
 

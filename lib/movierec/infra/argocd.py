@@ -102,7 +102,8 @@ def register_stages(dry_run: bool, root: Path | None = None, *, repo_url: str | 
     source = GitSource(repo_url or default.repo_url, revision or default.revision)
     commands = register_commands(root, dry_run=dry_run, source=source)
     print(f"{'[dry-run] ' if dry_run else ''}ArgoCD Applications from {source.repo_url} at "
-          f"{source.revision} (set {REPO_URL_ENV}/{REVISION_ENV} for your fork)", flush=True)
+          f"{source.revision} (your fork: --repo-url/--revision, or {REPO_URL_ENV}/"
+          f"{REVISION_ENV})", flush=True)
     for command in commands:
         run(command, dry_run=dry_run)
     return commands
