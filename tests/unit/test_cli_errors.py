@@ -141,9 +141,12 @@ def test_sigterm_ends_a_training_run_as_killed_and_exits_130(small_prepared: Pat
 
     import mlflow
 
-    # Long enough to be stopped mid-way: 200 epochs, no early stop within reach.
+    # A run that would never end by itself: no early stop, so SIGTERM always finds it training.
+    endless = tmp_path / "endless.json"
+    endless.write_text('{"patience": 1000000}')
     proc = subprocess.Popen([sys.executable, "-m", "movierec.cli.main", "train", "--data",
-                             str(small_prepared), "--epochs", "200", "--quiet"],
+                             str(small_prepared), "--epochs", "1000000", "--config",
+                             str(endless), "--quiet"],
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     client = mlflow.MlflowClient()
     deadline = time.monotonic() + 120
