@@ -334,7 +334,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
             if event.event == "watch":
                 state.online.add(event.user_id, event.movie_id, event.timestamp)
         watched = []
-        for event in stored:  # counted once: a duplicate was counted when it was stored
+        # Stored events only: a resend is not counted again (nor, after a 503 of unknown
+        # outcome, ever: the first try stored it but never got here).
+        for event in stored:
             metrics.feedback_events.labels(event=event.event).inc()
             if event.event == "watch":
                 watched.append(event.movie_id)
