@@ -148,7 +148,8 @@ def test_sigterm_ends_a_training_run_as_killed_and_exits_130(small_prepared: Pat
                              str(small_prepared), "--epochs", "1000000", "--config",
                              str(endless), "--quiet"],
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    client = mlflow.MlflowClient()
+    # The child's store (an earlier test may have pointed mlflow's global URI elsewhere).
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         experiment = client.get_experiment_by_name("movierec")
