@@ -181,7 +181,7 @@ def build_manifest(local: Path, generation: str) -> dict[str, Any]:
 
 def _new_generation() -> str:
     """A generation name: the upload's time and a random suffix (GENERATION_PATTERN)."""
-    return (f"{GENERATION_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    return (f"{GENERATION_PREFIX}{_generation_stamp(time.time())}"
             f"-{uuid.uuid4().hex[:8]}")
 
 
@@ -222,6 +222,11 @@ def upload_folder(local: str | Path, uri: str) -> dict[str, Any]:
     return manifest
 
 
+def _generation_stamp(seconds: float) -> str:
+    """A moment as generation names write it (UTC ``YYYYmmddTHHMMSS``; sorts as text)."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
+
+
 def _generation_time(name: str) -> str:
     """The start time in a generation's name (``YYYYmmddTHHMMSS``; sorts as text)."""
     return name[len(GENERATION_PREFIX):len(GENERATION_PREFIX) + 15]
@@ -238,7 +243,7 @@ def _delete_generations(s3: Any, remote: RemoteFolder, published: str,
     """
     from pyarrow import fs as pafs  # noqa: PLC0415
 
-    recent = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() - UPLOAD_GRACE_S))
+    recent = _generation_stamp(time.time() - UPLOAD_GRACE_S)
     cutoff = min(recent, _generation_time(previous)) if previous else recent
     for info in s3.get_file_info(pafs.FileSelector(remote.root, allow_not_found=True)):
         if (info.type == pafs.FileType.Directory

@@ -62,10 +62,11 @@ def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, level: float = 0.9
     rng = np.random.default_rng(seed)
     # Resamples in chunks of about 2^22 draws: one [n_resamples, n_users] index matrix
     # would take GBs for ml-25m's 160k users. The draws are those of one matrix, in order.
+    values = np.asarray(values)
     chunk = max(1, (1 << 22) // len(values))
     means = np.concatenate([
-        np.asarray(values)[rng.integers(0, len(values), size=(min(chunk, n_resamples - start),
-                                                              len(values)))].mean(axis=1)
+        values[rng.integers(0, len(values), size=(min(chunk, n_resamples - start),
+                                                  len(values)))].mean(axis=1)
         for start in range(0, n_resamples, chunk)])
     tail = (1.0 - level) / 2.0
     return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))

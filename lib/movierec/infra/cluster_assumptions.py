@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from movierec.infra.argo_checks import load_argo_objects
 from movierec.infra.commands import CheckResult, repo_root
 
 _SIZE = re.compile(r"^(\d+)(Mi|Gi|Ti)$")
@@ -66,8 +67,13 @@ def network_problems(root: Path | None = None) -> list[str]:
     return problems
 
 
-def platform_claims(root: Path | None = None) -> dict[str, float]:
-    """``{claim: GiB}`` of every local-path claim on the platform node (chart and workflows)."""
+def platform_claims(root: Path | None = None,
+                    workflows: list[tuple[Path, dict[str, Any]]] | None = None,
+                    ) -> dict[str, float]:
+    """``{claim: GiB}`` of every local-path claim on the platform node (chart and workflows).
+
+    ``workflows``: the objects of ``workflows/`` when the caller has them already.
+    """
     from movierec.infra.manifests import (  # noqa: PLC0415 - Helm is loaded only here
         PLATFORM_NAMESPACE,
         PLATFORM_RELEASE,
@@ -77,8 +83,7 @@ def platform_claims(root: Path | None = None) -> dict[str, float]:
     root = root or repo_root()
     platform = yaml.safe_load((root / "k8s" / "platform" / "values.yaml").read_text())
     docs = render_chart(root / "k8s" / "platform", {}, PLATFORM_RELEASE, PLATFORM_NAMESPACE)
-    docs += [d for f in sorted((root / "workflows").rglob("*.yaml"))
-             for d in yaml.safe_load_all(f.read_text()) if isinstance(d, dict)]
+    docs += [doc for _, doc in (workflows or load_argo_objects(root))]
     claims = {}
     for doc in docs:
         if doc.get("kind") != "PersistentVolumeClaim":
@@ -94,20 +99,20 @@ def storage_problems(root: Path | None = None) -> tuple[list[str], str]:
     """Claims that overcommit the platform volume, and workflows that leave claims behind."""
     root = root or repo_root()
     size = float(_tf_defaults(root)["volume_size"])
-    claims = platform_claims(root)
+    workflows = load_argo_objects(root)
+    claims = platform_claims(root, workflows)
     total = sum(claims.values())
     listed = ", ".join(f"{name} {value:g}" for name, value in sorted(claims.items()))
     problems = []
     if total > size:
         problems.append(f"local-path claims of {total:g} GiB ({listed}) exceed the platform "
                         f"volume's {size:g} GiB (tf/kvm volume_size): raise it or shrink them")
-    for path in sorted((root / "workflows").rglob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            spec = (doc or {}).get("spec") or {}
-            spec = spec.get("workflowSpec", spec)
-            if spec.get("volumeClaimTemplates"):
-                problems.append(f"{path.name}: volumeClaimTemplates leave a retained volume per "
-                                f"run (local-path reclaims nothing): use an emptyDir")
+    for path, doc in workflows:
+        spec = doc.get("spec") or {}
+        spec = spec.get("workflowSpec", spec)
+        if spec.get("volumeClaimTemplates"):
+            problems.append(f"{path.name}: volumeClaimTemplates leave a retained volume per "
+                            f"run (local-path reclaims nothing): use an emptyDir")
     return problems, f"{total:g} GiB of claims on a {size:g} GiB volume"
 
 

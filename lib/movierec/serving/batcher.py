@@ -129,14 +129,12 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(model, user, seq, loop.create_future(), loop.time(), k, exclude, ties)
         self._pending[model] = self._pending.get(model, 0) + 1
-        overloaded = OverloadedError(f"the service is overloaded ({self.max_queued} "
-                                     "requests queued); retry shortly")
         try:
             if not self.running or self._queue is None:
                 # Without the queue the same bound holds: requests waiting for the model
                 # (its process's slots, or the thread pool) would otherwise pile up.
                 if self._alone >= self.max_queued:
-                    raise overloaded
+                    raise self._overloaded()
                 self._alone += 1
                 try:
                     return (await self._rank(model, [job], None))[0]
@@ -145,12 +143,17 @@ class MicroBatcher:
             try:
                 self._queue.put_nowait(job)
             except asyncio.QueueFull:  # overloaded: shed the request now, not after a wait
-                raise overloaded from None
+                raise self._overloaded() from None
             return await job.future
         finally:
             left = self._pending.pop(model) - 1
             if left:
                 self._pending[model] = left
+
+    def _overloaded(self) -> OverloadedError:
+        """The error a request gets when the bound is reached (built only then)."""
+        return OverloadedError(f"the service is overloaded ({self.max_queued} requests "
+                               "queued); retry shortly")
 
     async def drained(self, model: Ranker, poll_s: float = 0.05) -> None:
         """Wait until no request admitted with ``model`` is still waiting for an answer."""

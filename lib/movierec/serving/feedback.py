@@ -168,9 +168,10 @@ class FeedbackStore:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 if any(event.event_id for event in events):  # which ones are new, row by row
-                    stored = [event for event, row in zip(events, rows, strict=True)
-                              if self._conn.execute(f"{insert} {SKIP_STORED_ID}", row).rowcount]
-                    duplicates = [event for event in events if event not in stored]
+                    stored, duplicates = [], []
+                    for event, row in zip(events, rows, strict=True):
+                        new = self._conn.execute(f"{insert} {SKIP_STORED_ID}", row).rowcount
+                        (stored if new else duplicates).append(event)
                     check_resends(duplicates, [self._conn.execute(
                         f"SELECT {EVENT_FIELDS} FROM feedback WHERE event_id = ?",
                         (event.event_id,)).fetchone() for event in duplicates])

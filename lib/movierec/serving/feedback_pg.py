@@ -198,12 +198,10 @@ class PostgresFeedbackStore:
                         if with_ids:  # RETURNING tells which rows were new, one set per row
                             cur.executemany(f"{_INSERT} {SKIP_STORED_ID} RETURNING 1", rows,
                                             returning=True)
-                            new = []
+                            new, duplicates = [], []
                             for event in events:
-                                if cur.fetchone() is not None:
-                                    new.append(event)
+                                (new if cur.fetchone() is not None else duplicates).append(event)
                                 cur.nextset()
-                            duplicates = [event for event in events if event not in new]
                             if duplicates:  # raising here rolls the transaction back
                                 cur.execute(f"SELECT {EVENT_FIELDS} FROM feedback WHERE "
                                             "event_id = ANY(%s)",

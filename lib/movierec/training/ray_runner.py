@@ -182,9 +182,9 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
         progress: A progress bar on the driver, one epoch at a time, as in-process.
         on_epoch: Hears rank 0's record of each epoch on the driver, as it finishes
             (called from a thread of the driver).
-        driver_copy: The driver's copy of an ``s3://`` ``data`` when the caller already
-            made one (``materialize``): the workers must read its generation, so the run is
-            described by the data it trains on (else the manifest is read here).
+        driver_copy: ``materialize(data)`` when the caller already made it: for ``s3://``
+            the workers must read its generation, so the run is described by the data it
+            trains on (else the manifest is read here).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
@@ -207,7 +207,7 @@ def fit_on_ray(config: TrainConfig, data: str | Path, workers: int, *, use_gpu: 
     name = f"train-{config.model.kind}-{int(time.time() * 1000)}"
     source = str(data) if is_remote(data) else str(Path(data).resolve())
     # The driver's copy: its generation names the folder, and the workers must read it.
-    local = driver_copy if driver_copy is not None and is_remote(data) else materialize(source)
+    local = driver_copy or materialize(source)
     loop_config: dict[str, Any] = {"config": config.model_dump(), "data": source,
                                    "generation": local.name if is_remote(data) else None}
     if crash_once_at_epoch is not None:

@@ -10,7 +10,7 @@ import torch
 
 from movierec.data.dataset import load_sequences
 from movierec.data.prepare import load_card
-from movierec.storage import is_remote, materialize
+from movierec.storage import materialize
 from movierec.training.config import TrainConfig
 from movierec.training.hooks import EpochListener, LocalHooks
 from movierec.training.loop import FitResult, fit
@@ -85,7 +85,7 @@ def train_and_track(config: TrainConfig, data: str | Path, workers: int = 0,
         epochs = EpochLogger(run_id)
         # Ray workers get the URI (each downloads its copy of the generation read above);
         # in-process, the copy read above.
-        if on_ray and is_remote(data):
+        if on_ray:
             options = {**options, "driver_copy": data_dir}
         result = run_training(config, data if on_ray else data_dir, workers, on_epoch=epochs,
                               **options)

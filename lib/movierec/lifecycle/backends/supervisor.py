@@ -50,7 +50,7 @@ class Service:
     restarts: int = 0
     last_health: float | None = None
     healthy: bool = False
-    exited_at: float | None = None
+    restart_at: float | None = None  # set when its exit is noticed
 
 
 def restart_delay(restarts: int, uptime: float) -> float:
@@ -120,20 +120,18 @@ class Supervisor:
                 self._stop(self.services.pop(stage))
         for stage, spec in desired.items():
             service = self.services.get(stage)
-            if service is None:
+            exited = service is not None and service.process.poll() is not None
+            if service is None or (exited and service.version != spec["version"]):
+                # New, or another version deployed: it owes nothing to the old one's crashes.
                 self.services[stage] = self._start(stage, spec)
-            elif service.process.poll() is not None and service.version != spec["version"]:
-                # Another version was deployed: it owes nothing to the old one's crashes.
-                self.services[stage] = self._start(stage, spec)
-            elif service.process.poll() is not None:
+            elif exited:
                 now = time.time()
-                if service.exited_at is None:
-                    service.exited_at = now
+                if service.restart_at is None:
                     delay = restart_delay(service.restarts, now - service.started_at)
+                    service.restart_at = now + delay
                     log.warning("%s (pid %d) exited with %s: restarting in %.1f s", stage,
                                 service.process.pid, service.process.returncode, delay)
-                if now - service.exited_at >= restart_delay(
-                        service.restarts, service.exited_at - service.started_at):
+                if now >= service.restart_at:
                     self.services[stage] = self._start(stage, spec, service.restarts + 1)
             elif service.version != spec["version"]:
                 if self._reported_version(stage) == spec["version"]:
